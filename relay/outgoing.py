@@ -1,0 +1,18 @@
+"""The one shape of an HTTP request a sink sends, built by pure code and sent at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OutgoingRequest:
+    """A request relative to a destination's base URL; `body` is JSON-serialisable or None."""
+
+    method: str
+    path: str
+    body: Any = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "body": self.body}
