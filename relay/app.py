@@ -1,0 +1,309 @@
+"""The composition root: builds the aiohttp application, its store, sinks and workers from a config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from relay import __version__
+from relay.config import (
+    SEGMENT_WEBHOOK_SOURCE,
+    Config,
+    CustomerIODestination,
+    SegmentDestination,
+)
+from relay.delivery import DestinationWorker, Sink
+from relay.errors import ClientError, ConfigError, ConfigProblem
+from relay.intake import Intake
+from relay.metrics import CONTENT_TYPE, Metrics
+from relay.routing import Routes, compile_routes
+from relay.sinks.customerio import CustomerIOSink
+from relay.sinks.limiter import DestinationLimiter
+from relay.sinks.transport import AiohttpTransport, Transport
+from relay.sources.customerio_webhooks import CustomerIOWebhooks
+from relay.sources.segment_api import SegmentAPI
+from relay.store.base import Store
+from relay.store.sqlite import SqliteStore
+
+log = logging.getLogger("relay")
+
+
+def compile_config_routes(config: Config) -> Routes:
+    """The config's routes, compiled; raises ConfigError with every problem located."""
+    routes, problems = compile_routes(
+        config.routes,
+        destinations=list(config.destinations),
+        segment_sources=[*config.segment_write_keys, SEGMENT_WEBHOOK_SOURCE],
+        customerio_sources=list(config.customerio_signing_keys),
+    )
+    if problems:
+        located = []
+        for p in problems:
+            path = ("routes", *p.path)
+            line, col = config.locate(path)
+            located.append(
+                ConfigProblem(
+                    config.path, line, col, ".".join(str(x) for x in path), p.message, p.hint
+                )
+            )
+        raise ConfigError(located)
+    return routes
+
+
+def build_store(config: Config) -> Store:
+    return SqliteStore(
+        config.sqlite_path, max_pending=config.max_pending, max_size_mb=config.max_size_mb
+    )
+
+
+@dataclass
+class Relay:
+    """Everything a running relay holds; one per application, no globals."""
+
+    config: Config
+    store: Store
+    metrics: Metrics
+    transport: Transport
+    routes: Routes
+    clock: Callable[[], float] = time.time
+    workers: dict[str, DestinationWorker] = field(default_factory=dict)
+    accepting: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.intake = Intake(
+            self.store,
+            self.routes,
+            self.metrics,
+            dedup_windows={
+                "segment": self.config.segment_dedup_window,
+                "customerio": self.config.customerio_dedup_window,
+            },
+            notify=self.notify,
+            clock=self.clock,
+        )
+
+    def notify(self, destinations: set[str]) -> None:
+        for key in destinations:
+            worker = self.workers.get(key)
+            if worker is not None:
+                worker.notify()
+
+    def make_sink(self, dest: CustomerIODestination | SegmentDestination) -> Sink | None:
+        if dest.missing:
+            return None
+        limiter = DestinationLimiter(dest.rate_limit)
+        self.metrics.rate.labels(dest.key).set(dest.rate_limit)
+        if isinstance(dest, CustomerIODestination):
+            return CustomerIOSink(dest, self.transport, limiter, self.metrics, self.clock)
+        from relay.sinks.segment import SegmentSink
+
+        return SegmentSink(dest, self.transport, limiter, self.metrics, self.clock)
+
+    async def start(self) -> None:
+        await self.store.open()
+        for key, dest in self.config.destinations.items():
+            unconfigured = None
+            if dest.missing:
+                unconfigured = (
+                    "not configured: set the environment variable"
+                    f"{'s' if len(dest.missing) > 1 else ''} {', '.join(dest.missing)}"
+                    " and restart; its events are kept until then"
+                )
+            lease = (
+                dest.batch_size
+                if isinstance(dest, CustomerIODestination) and dest.api == "v2"
+                else (dest.batch_size if isinstance(dest, SegmentDestination) else 10)
+            )
+            worker = DestinationWorker(
+                key,
+                self.make_sink(dest),
+                self.store,
+                self.metrics,
+                concurrency=dest.concurrency,
+                lease_size=lease,
+                max_age=dest.max_age,
+                unconfigured=unconfigured,
+                clock=self.clock,
+            )
+            self.workers[key] = worker
+            worker.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="relay-housekeeping"))
+        self.accepting = True
+
+    async def stop(self) -> None:
+        self.accepting = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(w.stop(self.config.shutdown_timeout) for w in self.workers.values()))
+        await self.store.close()
+        await self.transport.close()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            try:
+                await self.store.purge(self.clock())
+                for dest, states in (await self.store.counts()).items():
+                    for state in ("pending", "leased", "dead"):
+                        self.metrics.queue.labels(dest, state).set(states.get(state, 0))
+            except Exception as exc:
+                log.error("housekeeping failed: %s", exc)
+
+
+RELAY = web.AppKey("relay", Relay)
+
+
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    # Segment's Python library reads code/message, its Ruby library reads error.
+    return {"success": False, "code": code, "message": message, "error": message}
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ClientError as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return web.json_response(
+            _error_body(exc.code, exc.message), status=exc.status, headers=headers
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "invalid_request"
+        )
+        message = {
+            404: f"no endpoint at {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+        }.get(exc.status, exc.reason)
+        return web.json_response(
+            _error_body(code, message),
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+
+
+_CORS_PREFIX = "/v1/"
+
+
+@web.middleware
+async def cors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """analytics.js posts from browsers on other origins; answer preflights and allow them."""
+    if not request.path.startswith(_CORS_PREFIX):
+        return await handler(request)
+    origin = request.headers.get("Origin", "*")
+    cors = {
+        "Access-Control-Allow-Origin": origin,
+        "Vary": "Origin",
+    }
+    if request.method == "OPTIONS":
+        cors.update(
+            {
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": request.headers.get(
+                    "Access-Control-Request-Headers", "Content-Type, Authorization"
+                ),
+                "Access-Control-Max-Age": "86400",
+            }
+        )
+        return web.Response(status=204, headers=cors)
+    response = await handler(request)
+    response.headers.update(cors)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    writable = relay.accepting and await relay.store.writable()
+    destinations = {key: w.state for key, w in relay.workers.items()}
+    body = {
+        "status": "ready" if writable else "unavailable",
+        "store": "writable" if writable else "unavailable",
+        "destinations": destinations,
+    }
+    return web.json_response(body, status=200 if writable else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = request.app[RELAY].metrics.render()
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(
+    config: Config,
+    *,
+    transport: Transport | None = None,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    relay = Relay(
+        config=config,
+        store=store or build_store(config),
+        metrics=Metrics(),
+        transport=transport or AiohttpTransport(),
+        routes=compile_config_routes(config),
+        clock=clock,
+    )
+    # Bodies are read with explicit per-endpoint caps (relay.sources.body).
+    app = web.Application(
+        middlewares=[errors_middleware, cors_middleware], client_max_size=8 * 1024 * 1024
+    )
+    app[RELAY] = relay
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await relay.start()
+        yield
+        await relay.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    segment = SegmentAPI(relay.intake, config.segment_write_keys, config.segment_webhook_secret)
+    app.add_routes(segment.routes())
+    cio = CustomerIOWebhooks(relay.intake, config)
+    app.add_routes(cio.routes())
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+        ]
+    )
+    return app
+
+
+def describe_missing(config: Config) -> list[str]:
+    """Plain lines about unset environment variables (names only, never values)."""
+    lines = []
+    by_name: dict[str, list[str]] = {}
+    for m in config.missing:
+        by_name.setdefault(m.name, []).append(
+            ".".join(str(p) for p in m.path) + (f" (line {m.line})" if m.line else "")
+        )
+    for name, places in sorted(by_name.items()):
+        lines.append(f"environment variable {name} is not set; used by {', '.join(places)}")
+    return lines
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)

@@ -1,0 +1,235 @@
+"""The `relay` command: serve · check · routes test · dlq."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from relay import __version__
+from relay.app import RELAY, build_store, compile_config_routes, create_app, describe_missing
+from relay.config import Config, load_config
+from relay.errors import ConfigError, RelayError
+
+log = logging.getLogger("relay")
+
+
+def _load(path: str) -> Config:
+    config = load_config(path)
+    compile_config_routes(config)
+    return config
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(
+            f"{args.config}: {len(exc.problems)} problem(s); the config is not valid",
+            file=sys.stderr,
+        )
+        return 1
+    problems = []
+    for m in config.missing:
+        line = f":{m.line}" if m.line else ""
+        problems.append(
+            f"{config.path}{line}: {'.'.join(str(p) for p in m.path)}: environment variable"
+            f" {m.name} is not set (export it, or write ${{{m.name}:-default}} for a default)"
+        )
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(
+            f"{args.config}: {len(problems)} problem(s); the config is not valid", file=sys.stderr
+        )
+        return 1
+    print(
+        f"{args.config}: valid ({len(config.destinations)} destination(s),"
+        f" {len(config.routes)} route(s))"
+    )
+    return 0
+
+
+async def _serve(config: Config) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_timeout
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    log.info(
+        "relay %s listening on http://%s:%d (store %s)",
+        __version__,
+        config.host,
+        config.port,
+        config.sqlite_path,
+    )
+    for line in describe_missing(config):
+        log.warning(line)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: no new requests; finishing deliveries in flight")
+    app[RELAY].accepting = False
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        log.error("not starting: fix the config (relay check --config %s)", args.config)
+        return 2
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        return 1
+    return 0
+
+
+def _read_messages(path: str) -> list[Any]:
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    stripped = text.strip()
+    if not stripped:
+        return []
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError as exc:
+                    raise RelayError(f"{path}:{n}: not valid JSON: {exc}") from None
+        return out
+    return value if isinstance(value, list) else [value]
+
+
+def cmd_routes_test(args: argparse.Namespace) -> int:
+    from relay.dryrun import dry_run
+
+    try:
+        config = _load(args.config)
+        messages = _read_messages(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except (OSError, RelayError) as exc:
+        print(f"relay routes test: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(dry_run(config, messages, time.time()), indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _dlq(config: Config, args: argparse.Namespace) -> int:
+    store = build_store(config)
+    await store.open()
+    try:
+        if args.dlq_command == "list":
+            for item in await store.dead_letters(args.limit, args.destination):
+                print(
+                    json.dumps(
+                        {
+                            "id": item.id,
+                            "event_id": item.event_id,
+                            "destination": item.destination,
+                            "source": item.source,
+                            "kind": item.kind,
+                            "reason": item.reason,
+                            "attempts": item.attempts,
+                            "message": item.message,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+        else:
+            ids = None if args.all else [int(i) for i in args.ids]
+            if not args.all and not ids:
+                print("relay dlq replay: give delivery ids, or --all", file=sys.stderr)
+                return 2
+            count = await store.replay(ids, time.time())
+            print(f"{count} deliveries put back in the queue")
+    finally:
+        await store.close()
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    return asyncio.run(_dlq(config, args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the relay until SIGTERM or SIGINT")
+    serve.add_argument("--config", required=True, help="path to the YAML config")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config; exit 0 only when it is valid")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check)
+
+    routes = sub.add_parser("routes", help="route tools")
+    routes_sub = routes.add_subparsers(dest="routes_command", required=True)
+    test = routes_sub.add_parser("test", help="show where messages in FILE would go, offline")
+    test.add_argument("--config", required=True)
+    test.add_argument("file", help="JSON object, array, or JSON lines")
+    test.set_defaults(func=cmd_routes_test)
+
+    dlq = sub.add_parser("dlq", help="inspect and replay dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="print dead letters as JSON lines")
+    dlq_list.add_argument("--config", required=True)
+    dlq_list.add_argument("--destination")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.set_defaults(func=cmd_dlq)
+    replay = dlq_sub.add_parser("replay", help="queue dead letters again")
+    replay.add_argument("--config", required=True)
+    replay.add_argument("ids", nargs="*")
+    replay.add_argument("--all", action="store_true")
+    replay.set_defaults(func=cmd_dlq)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

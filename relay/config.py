@@ -1,0 +1,584 @@
+"""Load relay's YAML config: ${VAR} interpolation, marshmallow validation, errors with file:line.
+
+Secrets come from the environment; no value that came from the environment is ever put
+into an error message or a log line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from relay.errors import ConfigError, ConfigProblem
+
+Path = tuple[str | int, ...]
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+CUSTOMERIO_HOSTS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+SEGMENT_HOSTS = {"us": "https://api.segment.io", "eu": "https://events.eu1.segmentapis.com"}
+SEGMENT_WEBHOOK_SOURCE = "webhook"
+
+
+# --------------------------------------------------------------------------- loaded values
+
+
+@dataclass(frozen=True)
+class MissingVariable:
+    name: str
+    path: Path
+    line: int | None
+
+
+@dataclass(frozen=True)
+class CustomerIODestination:
+    name: str
+    site_id: str
+    api_key: str
+    region: str
+    base_url: str
+    rate_limit: float
+    api: str
+    batch_size: int
+    concurrency: int
+    timeout: float
+    max_age: float
+    missing: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"customerio.{self.name}"
+
+
+@dataclass(frozen=True)
+class SegmentDestination:
+    name: str
+    write_key: str
+    region: str
+    base_url: str
+    rate_limit: float
+    batch_size: int
+    concurrency: int
+    timeout: float
+    max_age: float
+    missing: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"segment.{self.name}"
+
+
+Destination = CustomerIODestination | SegmentDestination
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    host: str
+    port: int
+    shutdown_timeout: float
+    sqlite_path: str
+    max_pending: int
+    max_size_mb: int | None
+    redis_url: str | None
+    segment_write_keys: dict[str, str]
+    segment_webhook_secret: str | None
+    segment_dedup_window: float
+    customerio_signing_keys: dict[str, tuple[str, ...]]
+    customerio_timestamp_tolerance: float | None
+    customerio_dedup_window: float
+    customerio_profile: str
+    destinations: dict[str, Destination]
+    routes: list[Any]
+    missing: list[MissingVariable] = field(default_factory=list)
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: Path) -> tuple[int | None, int | None]:
+        return _locate(self.positions, path)
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class Duration(fields.Field[float]):
+    """Seconds as a number, or a string such as `30s`, `15m`, `24h`, `7d`."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool):
+            raise ValidationError("must be a duration such as 30s, 15m, 24h or 7d")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        else:
+            raise ValidationError("must be a duration such as 30s, 15m, 24h or 7d")
+        if seconds < 0:
+            raise ValidationError("must not be negative")
+        return seconds
+
+
+class KeyList(fields.Field[tuple[str, ...]]):
+    """One key, or a list of keys (several are accepted at once while rotating)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValidationError("must be a key, or a list of keys")
+
+
+class StrictStr(fields.String):
+    """A string that refuses numbers and booleans instead of silently converting them."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # a numeric site id written without quotes is still an id
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ServerSchema(_Strict):
+    host = fields.String(load_default="127.0.0.1")
+    port = fields.Integer(load_default=8080, validate=validate.Range(0, 65535))
+    shutdown_timeout = Duration(load_default=10.0)
+
+
+class SqliteSchema(_Strict):
+    path = fields.String(load_default="var/relay.db")
+    max_pending = fields.Integer(load_default=5_000_000, validate=validate.Range(min=1))
+    max_size_mb = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1))
+
+
+class RedisSchema(_Strict):
+    url = fields.String(required=True)
+
+
+class StorageSchema(_Strict):
+    sqlite = fields.Nested(SqliteSchema, load_default=lambda: SqliteSchema().load({}))
+    redis = fields.Nested(RedisSchema, load_default=None, allow_none=True)
+
+
+class SegmentSourceSchema(_Strict):
+    write_keys = fields.Dict(keys=fields.String(), values=StrictStr(), load_default=dict)
+    webhook_secret = fields.String(load_default=None, allow_none=True)
+    dedup_window = Duration(load_default=86400.0)
+
+
+class CustomerIOSourceSchema(_Strict):
+    signing_keys = fields.Dict(keys=fields.String(), values=KeyList(), load_default=dict)
+    timestamp_tolerance = Duration(load_default=None, allow_none=True)
+    dedup_window = Duration(load_default=7 * 86400.0)
+    profile = fields.String(load_default="default", validate=validate.OneOf(["default", "raw"]))
+
+
+class SourcesSchema(_Strict):
+    segment = fields.Nested(
+        SegmentSourceSchema, load_default=lambda: SegmentSourceSchema().load({})
+    )
+    customerio = fields.Nested(
+        CustomerIOSourceSchema, load_default=lambda: CustomerIOSourceSchema().load({})
+    )
+
+
+_URL = validate.URL(require_tld=False, schemes={"http", "https"})
+
+
+class CustomerIODestinationSchema(_Strict):
+    site_id = StrictStr(required=True)
+    api_key = StrictStr(required=True)
+    region = fields.String(load_default="us", validate=validate.OneOf(["us", "eu"]))
+    base_url = fields.String(load_default=None, allow_none=True, validate=_URL)
+    rate_limit = fields.Float(
+        load_default=100.0, validate=validate.Range(min=0, min_inclusive=False)
+    )
+    api = fields.String(load_default="v2", validate=validate.OneOf(["v1", "v2"]))
+    batch_size = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    concurrency = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 64))
+    timeout = Duration(load_default=10.0)
+    max_age = Duration(load_default=86400.0)
+
+
+class SegmentDestinationSchema(_Strict):
+    write_key = StrictStr(required=True)
+    region = fields.String(load_default="us", validate=validate.OneOf(["us", "eu"]))
+    base_url = fields.String(load_default=None, allow_none=True, validate=_URL)
+    rate_limit = fields.Float(
+        load_default=50.0, validate=validate.Range(min=0, min_inclusive=False)
+    )
+    batch_size = fields.Integer(load_default=500, validate=validate.Range(1, 2500))
+    concurrency = fields.Integer(load_default=2, validate=validate.Range(1, 64))
+    timeout = Duration(load_default=10.0)
+    max_age = Duration(load_default=86400.0)
+
+
+class DestinationsSchema(_Strict):
+    customerio = fields.Dict(keys=fields.String(), values=fields.Raw(), load_default=dict)
+    segment = fields.Dict(keys=fields.String(), values=fields.Raw(), load_default=dict)
+
+
+class ConfigSchema(_Strict):
+    server = fields.Nested(ServerSchema, load_default=lambda: ServerSchema().load({}))
+    storage = fields.Nested(StorageSchema, load_default=lambda: StorageSchema().load({}))
+    sources = fields.Nested(SourcesSchema, load_default=lambda: SourcesSchema().load({}))
+    destinations = fields.Nested(
+        DestinationsSchema, load_default=lambda: DestinationsSchema().load({})
+    )
+    routes = fields.List(fields.Raw(), load_default=list)
+
+
+_SECRET_FIELDS = {"api_key", "write_key", "webhook_secret"}
+_SECRET_PARENTS = {"write_keys", "signing_keys"}
+
+
+# --------------------------------------------------------------------------- YAML with positions
+
+
+def _build(
+    node: yaml.Node, path: Path, loader: yaml.SafeLoader, pos: dict[Path, tuple[int, int]]
+) -> Any:
+    pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                key = str(key)
+            child = (*path, key if isinstance(key, str) else str(key))
+            out[child[-1]] = _build(value_node, child, loader, pos)
+            # A key's own position is the most useful place to point at for key errors.
+            pos[(*child, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), loader, pos) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _locate(pos: Mapping[Path, tuple[int, int]], path: Path) -> tuple[int | None, int | None]:
+    for n in range(len(path), -1, -1):
+        prefix = path[:n]
+        if n == len(path) and (*prefix, "<key>") in pos and prefix not in pos:
+            return pos[(*prefix, "<key>")]
+        if prefix in pos:
+            return pos[prefix]
+    return None, None
+
+
+def _interpolate(
+    value: Any, path: Path, env: Mapping[str, str], missing: list[tuple[str, Path]]
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, k), env, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), env, missing) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if got is None or (got == "" and default is not None):
+            if default is not None:
+                return default
+            missing.append((name, path))
+            return ""
+        return got
+
+    return _VAR.sub(substitute, value)
+
+
+def _field_name(path: Path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _flatten(messages: Any, path: Path) -> list[tuple[Path, str]]:
+    if isinstance(messages, dict):
+        out: list[tuple[Path, str]] = []
+        for k, v in messages.items():
+            key: str | int = k if isinstance(k, int) else str(k)
+            out.extend(_flatten(v, (*path, key)))
+        return out
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [(path, "; ".join(messages))]
+    if isinstance(messages, list):
+        out = []
+        for m in messages:
+            out.extend(_flatten(m, path))
+        return out
+    return [(path, str(messages))]
+
+
+def _known_keys(schema: Schema) -> list[str]:
+    return sorted(schema.fields)
+
+
+class _Collector:
+    """Turns validation messages into located problems, with hints for the usual mistakes."""
+
+    def __init__(self, file: str, pos: dict[Path, tuple[int, int]]) -> None:
+        self.file = file
+        self.pos = pos
+        self.problems: list[ConfigProblem] = []
+
+    def add(self, path: Path, message: str, hint: str | None = None) -> None:
+        line, col = _locate(self.pos, path)
+        if message == "Unknown field.":
+            key_pos = self.pos.get((*path, "<key>"))
+            if key_pos:
+                line, col = key_pos
+            message = f"unknown key {str(path[-1])!r}"
+        elif message.startswith("Missing data for required field"):
+            message = "is required"
+        self.problems.append(ConfigProblem(self.file, line, col, _field_name(path), message, hint))
+
+    def add_validation(self, err: ValidationError, base: Path, schema: Schema) -> None:
+        for path, message in _flatten(err.messages, base):
+            hint = None
+            if message == "Unknown field.":
+                hint = _did_you_mean(str(path[-1]), _schema_at(schema, path[len(base) :]))
+            self.add(path, message, hint)
+
+
+def _schema_at(schema: Schema, rel: Path) -> list[str]:
+    current: Any = schema
+    for part in rel[:-1]:
+        f = current.fields.get(part) if isinstance(current, Schema) else None
+        if isinstance(f, fields.Nested):
+            nested = f.schema
+            current = nested
+        else:
+            return []
+    return _known_keys(current) if isinstance(current, Schema) else []
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f'did you mean "{close[0]}"?'
+    if choices:
+        return "known keys: " + ", ".join(choices)
+    return None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path,
+                    None,
+                    None,
+                    "",
+                    f"cannot read the file: {exc.strerror}",
+                    "check the path given to --config",
+                )
+            ]
+        ) from None
+    return parse_config(text, path, env)
+
+
+def parse_config(text: str, file: str, env: Mapping[str, str]) -> Config:
+    pos: dict[Path, tuple[int, int]] = {}
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            raw = {} if node is None else _build(node, (), loader, pos)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        col = mark.column + 1 if mark else None
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file,
+                    line,
+                    col,
+                    "",
+                    f"not valid YAML: {exc.problem or exc}",
+                    "fix the YAML syntax at this place",
+                )
+            ]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(file, None, None, "", f"not valid YAML: {exc}")]) from None
+
+    collector = _Collector(file, pos)
+    if not isinstance(raw, dict):
+        collector.add((), "the file must hold a mapping with keys such as server, sources, routes")
+        raise ConfigError(collector.problems)
+
+    missing_raw: list[tuple[str, Path]] = []
+    data = _interpolate(raw, (), env, missing_raw)
+    missing = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in missing_raw]
+    missing_paths = {p for _, p in missing_raw}
+
+    schema = ConfigSchema()
+    top: dict[str, Any] = {}
+    try:
+        top = schema.load(data)
+    except ValidationError as err:
+        collector.add_validation(err, (), schema)
+
+    # Destinations are validated one by one, even when the rest failed, so that one run
+    # of `relay check` lists every problem in the file.
+    destinations: dict[str, Destination] = {}
+    raw_destinations = data.get("destinations")
+    for kind, dest_schema in (
+        ("customerio", CustomerIODestinationSchema()),
+        ("segment", SegmentDestinationSchema()),
+    ):
+        group = raw_destinations.get(kind) if isinstance(raw_destinations, dict) else None
+        for name, body in group.items() if isinstance(group, dict) else ():
+            dpath: Path = ("destinations", kind, name)
+            if not isinstance(body, dict):
+                collector.add(
+                    dpath,
+                    "must be a mapping of settings",
+                    "see the destinations section of the README",
+                )
+                continue
+            try:
+                values = dest_schema.load(body)
+            except ValidationError as err:
+                collector.add_validation(err, dpath, dest_schema)
+                continue
+            dest_missing = tuple(sorted({n for n, p in missing_raw if p[: len(dpath)] == dpath}))
+            if kind == "customerio":
+                destinations[f"customerio.{name}"] = _customerio_destination(
+                    name, values, dest_missing, dpath, missing_paths, collector
+                )
+            else:
+                destinations[f"segment.{name}"] = _segment_destination(name, values, dest_missing)
+
+    if collector.problems:
+        raise ConfigError(collector.problems)
+    sources = top["sources"]
+
+    storage = top["storage"]
+    server = top["server"]
+    return Config(
+        path=file,
+        host=server["host"],
+        port=server["port"],
+        shutdown_timeout=server["shutdown_timeout"],
+        sqlite_path=storage["sqlite"]["path"],
+        max_pending=storage["sqlite"]["max_pending"],
+        max_size_mb=storage["sqlite"]["max_size_mb"],
+        redis_url=storage["redis"]["url"] if storage.get("redis") else None,
+        segment_write_keys={k: v for k, v in sources["segment"]["write_keys"].items() if v},
+        segment_webhook_secret=sources["segment"]["webhook_secret"] or None,
+        segment_dedup_window=sources["segment"]["dedup_window"],
+        customerio_signing_keys={
+            k: tuple(x for x in v if x)
+            for k, v in sources["customerio"]["signing_keys"].items()
+            if any(v)
+        },
+        customerio_timestamp_tolerance=sources["customerio"]["timestamp_tolerance"],
+        customerio_dedup_window=sources["customerio"]["dedup_window"],
+        customerio_profile=sources["customerio"]["profile"],
+        destinations=destinations,
+        routes=top["routes"],
+        missing=missing,
+        positions=pos,
+    )
+
+
+def _customerio_destination(
+    name: str,
+    v: dict[str, Any],
+    missing: tuple[str, ...],
+    path: Path,
+    missing_paths: set[Path],
+    collector: _Collector,
+) -> CustomerIODestination:
+    site_id, api_key = v["site_id"], v["api_key"]
+    if (*path, "site_id") not in missing_paths and not site_id:
+        collector.add(
+            (*path, "site_id"),
+            "must not be empty",
+            "copy the Site ID from Customer.io: Settings > API Credentials",
+        )
+    if (*path, "api_key") not in missing_paths and len(api_key) not in (20, 64):
+        # Never echo the key itself: only its length.
+        collector.add(
+            (*path, "api_key"),
+            f"must be 20 or 64 characters long, this one has {len(api_key)}",
+            "copy the Track API key from Customer.io: Settings > API Credentials",
+        )
+    return CustomerIODestination(
+        name=name,
+        site_id=site_id,
+        api_key=api_key,
+        region=v["region"],
+        base_url=(v["base_url"] or CUSTOMERIO_HOSTS[v["region"]]).rstrip("/"),
+        rate_limit=v["rate_limit"],
+        api=v["api"],
+        batch_size=v["batch_size"],
+        concurrency=v["concurrency"] or (16 if v["api"] == "v1" else 4),
+        timeout=v["timeout"],
+        max_age=v["max_age"],
+        missing=missing,
+    )
+
+
+def _segment_destination(
+    name: str, v: dict[str, Any], missing: tuple[str, ...]
+) -> SegmentDestination:
+    return SegmentDestination(
+        name=name,
+        write_key=v["write_key"],
+        region=v["region"],
+        base_url=(v["base_url"] or SEGMENT_HOSTS[v["region"]]).rstrip("/"),
+        rate_limit=v["rate_limit"],
+        batch_size=v["batch_size"],
+        concurrency=v["concurrency"],
+        timeout=v["timeout"],
+        max_age=v["max_age"],
+        missing=missing,
+    )
+
+
+def is_secret_path(path: Path) -> bool:
+    """Whether a config path holds a secret (its value must never be shown)."""
+    return bool(path) and (
+        path[-1] in _SECRET_FIELDS or (len(path) >= 2 and path[-2] in _SECRET_PARENTS)
+    )
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CustomerIODestination",
+    "Destination",
+    "MissingVariable",
+    "SegmentDestination",
+    "load_config",
+    "parse_config",
+]

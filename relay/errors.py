@@ -1,0 +1,89 @@
+"""One exception hierarchy for relay; HTTP statuses for client-facing errors are chosen here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RelayError(Exception):
+    """Base of every error relay raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a config file, located as precisely as the file allows."""
+
+    file: str
+    line: int | None
+    column: int | None
+    field: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        text = (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class ConfigError(RelayError):
+    """A config that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ClientError(RelayError):
+    """Something a client sent that relay refuses; maps to a 4xx answer."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class BadRequest(ClientError):
+    status = 400
+    code = "invalid_request"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class StoreUnavailable(ClientError):
+    """The durable store cannot take more right now; nothing acknowledged is affected."""
+
+    status = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after)

@@ -1,0 +1,113 @@
+"""The door every accepted message goes through: route it, then store it durably.
+
+Routing happens here, at acceptance, so an accepted event's destinations are fixed by the
+routes in force when it was acknowledged (a reload never re-routes what is queued).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from relay.metrics import Metrics
+from relay.routing import Routes
+from relay.sources import segment_messages as seg
+from relay.store.base import EnqueueOutcome, NewDelivery, NewEvent, Store
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message from a source, ready to be routed."""
+
+    message: dict[str, Any]
+    ordering_key: str
+    dedup_id: str | None
+    # For Customer.io webhooks the routes match the webhook but edit the mapped Segment
+    # message; for Segment messages both are the same object.
+    deliverable: dict[str, Any] | None = None
+    rejected_reason: str | None = None
+
+
+class Intake:
+    def __init__(
+        self,
+        store: Store,
+        routes: Routes,
+        metrics: Metrics,
+        *,
+        dedup_windows: dict[str, float],
+        notify: Callable[[set[str]], None] = lambda _d: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.routes = routes
+        self.metrics = metrics
+        self.dedup_windows = dedup_windows
+        self.notify = notify
+        self.clock = clock
+
+    def segment_incoming(self, msg: dict[str, Any]) -> Incoming:
+        if not isinstance(msg.get("messageId"), str) or not msg["messageId"]:
+            # A stored id keeps the derived Customer.io event id stable across retries.
+            msg["messageId"] = f"relay-{uuid.uuid4()}"
+            return Incoming(msg, seg.ordering_key(msg), None)
+        return Incoming(msg, seg.ordering_key(msg), msg["messageId"])
+
+    def build(
+        self, kind: str, source: str, item: Incoming, received_at: float
+    ) -> tuple[NewEvent, int]:
+        """The stored form of one message, and how many destinations it goes to."""
+        message_json = seg.encode(item.message)
+        if item.rejected_reason is not None:
+            return NewEvent(
+                source=source,
+                kind=kind,
+                message_json=message_json,
+                received_at=received_at,
+                ordering_key=item.ordering_key,
+                rejected_reason=item.rejected_reason,
+            ), 0
+        result = self.routes.route(kind, source, item.message)
+        deliverable = item.deliverable if item.deliverable is not None else item.message
+        deliveries = []
+        for destination, route in result.deliveries:
+            edited = route.edit(deliverable)
+            if edited is item.message:
+                deliveries.append(NewDelivery(destination))
+            else:
+                deliveries.append(NewDelivery(destination, seg.encode(edited)))
+        return NewEvent(
+            source=source,
+            kind=kind,
+            message_json=message_json,
+            received_at=received_at,
+            ordering_key=item.ordering_key,
+            deliveries=tuple(deliveries),
+            dedup_id=item.dedup_id,
+            dedup_until=received_at + self.dedup_windows.get(kind, 86400.0),
+        ), len(deliveries)
+
+    async def accept(self, kind: str, source: str, items: list[Incoming]) -> list[EnqueueOutcome]:
+        """Route and durably store; returns once every item is committed (or refused)."""
+        received_at = self.clock()
+        events: list[NewEvent] = []
+        unrouted = 0
+        for item in items:
+            event, fanout = self.build(kind, source, item, received_at)
+            if fanout == 0 and event.rejected_reason is None:
+                unrouted += 1
+            events.append(event)
+        outcomes = await self.store.enqueue(events)
+        destinations: set[str] = set()
+        for event, outcome in zip(events, outcomes, strict=True):
+            self.metrics.received.labels(kind, source, outcome).inc()
+            if outcome == "queued":
+                destinations.update(d.destination for d in event.deliveries)
+        if unrouted:
+            self.metrics.unrouted.labels(kind, source).inc(unrouted)
+        if destinations:
+            self.notify(destinations)
+        return outcomes

@@ -1,0 +1,381 @@
+"""Customer.io reporting webhook → Segment `track` message (PROTOCOLS §4.1), as pure code."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from relay import __version__
+from relay.mapping import Rejection
+
+__all__ = [
+    "CHANNEL_NAMES",
+    "METRIC_NAMES",
+    "PROFILES",
+    "event_name",
+    "map_webhook",
+    "webhook_event_id",
+    "webhook_person_key",
+]
+
+CHANNEL_NAMES: Mapping[str, str] = {
+    "email": "Email",
+    "push": "Push",
+    "sms": "SMS",
+    "in_app": "In-App Message",
+    "slack": "Slack Message",
+    "webhook": "Webhook Message",
+    "whatsapp": "WhatsApp Message",
+    "customer": "Customer",
+}
+
+METRIC_NAMES: Mapping[str, str] = {
+    "drafted": "Drafted",
+    "attempted": "Attempted",
+    "sent": "Sent",
+    "delivered": "Delivered",
+    "opened": "Opened",
+    "clicked": "Link Clicked",
+    "converted": "Converted",
+    "bounced": "Bounced",
+    "dropped": "Dropped",
+    "spammed": "Marked as Spam",
+    "failed": "Failed",
+    "undeliverable": "Undeliverable",
+    "deferred": "Deferred",
+    "subscribed": "Subscribed",
+    "unsubscribed": "Unsubscribed",
+    "replied": "Replied",
+    "cio_subscription_preferences_changed": "Subscription Preferences Changed",
+}
+
+PROFILES: tuple[str, ...] = ("default", "raw")
+
+# Legacy `event_type` values are "<channel>_<metric>"; the longest channel wins so that a
+# multi-word channel such as `in_app` is never split at its own underscore.
+_LEGACY_PREFIXES = sorted(CHANNEL_NAMES, key=len, reverse=True)
+
+# Segment caps messageId below 100 characters; longer would be dropped or truncated there.
+_MAX_MESSAGE_ID = 99
+_MESSAGE_ID_PREFIX = "cio-"
+
+# Unix seconds, optionally with a fraction; larger than 12 digits is past year 9999 anyway.
+_NUMERIC_TIMESTAMP = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the last instant ISO-8601 years can write
+
+# Default profile: Segment Email spec names first, then the other `data` fields kept under
+# their own names. `email_id`, `link_id`, `reason` and `recipient` are handled separately.
+_RENAMED = (
+    ("email_subject", "subject"),
+    ("campaign_id", "campaign_id"),
+    ("campaign_name", "campaign_name"),
+    ("link_url", "href"),
+)
+_PASSED_THROUGH = (
+    "delivery_id",
+    "action_id",
+    "broadcast_id",
+    "newsletter_id",
+    "transactional_message_id",
+    "journey_id",
+    "parent_action_id",
+    "trigger_id",
+    "content_id",
+    "template_id",
+    "recipients",
+    "content",
+)
+
+
+def event_name(object_type: str, metric: str) -> str:
+    """Segment event name for a channel and metric: `Email Link Clicked`, `Customer Subscribed`.
+
+    Unknown channels and metrics are written as their words in Title Case (`foo_bar` →
+    `Foo Bar`); an empty result means the input had no words.
+    """
+    channel = CHANNEL_NAMES.get(object_type.lower()) or _title_words(object_type)
+    action = METRIC_NAMES.get(metric.lower()) or _title_words(metric)
+    return f"{channel} {action}".strip()
+
+
+def map_webhook(
+    payload: Mapping[str, Any], *, received_at: float, profile: str = "default"
+) -> dict[str, Any] | Rejection:
+    """Map one Customer.io reporting webhook to a Segment `track` message.
+
+    `received_at` (unix seconds) stands in for a missing or invalid event time. `profile` is
+    `"default"` (Segment Email spec property names, absent fields left out) or `"raw"`
+    (properties are `data` as sent — a shallow copy, nulls included — with `event_id`,
+    `object_type` and `metric` set on top, overriding same-named `data` keys). Any payload
+    that cannot be mapped, and an unknown profile, give a Rejection: this never raises for
+    JSON-shaped input. Nested values in the result may be shared with `payload`.
+    """
+    received = _iso_timestamp(received_at)
+    if received is None:
+        raise ValueError(f"received_at is not a usable unix time: {received_at!r}")
+    if profile not in PROFILES:
+        return Rejection(f"unknown property profile {profile!r} (expected one of {PROFILES})")
+    if not isinstance(payload, Mapping):
+        return Rejection(f"webhook body is a JSON {_json_type(payload)}, not an object")
+
+    event_id = webhook_event_id(payload)
+    if event_id is None:
+        return Rejection("webhook has no event_id (a non-empty string)")
+    message_id = _MESSAGE_ID_PREFIX + event_id
+    if len(message_id) > _MAX_MESSAGE_ID:
+        return Rejection(
+            f"event_id is {len(event_id)} characters, too long for a Segment messageId"
+        )
+
+    data = payload.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        return Rejection(f"webhook `data` is a JSON {_json_type(data)}, not an object")
+
+    kind = _object_type_and_metric(payload)
+    if isinstance(kind, Rejection):
+        return kind
+    object_type, metric = kind
+    if not _title_words(object_type) or not _title_words(metric):
+        return Rejection(
+            f"cannot name an event from object_type {object_type!r}, metric {metric!r}"
+        )
+    name = event_name(object_type, metric)
+
+    identity = _identity(data, object_type)
+    user_id, email = identity
+    if user_id is None and email is None:
+        return Rejection(
+            "webhook names no person: no data.identifiers.id, data.customer_id, "
+            "data.identifiers.email, data.email_address or email recipient"
+        )
+
+    if profile == "raw":
+        properties: dict[str, Any] = dict(data)
+        properties.update(event_id=event_id, object_type=object_type, metric=metric)
+    else:
+        properties = _default_properties(data, event_id, object_type, metric)
+
+    message: dict[str, Any] = {"type": "track", "event": name}
+    if user_id is not None:
+        message["userId"] = user_id
+    else:
+        message["anonymousId"] = email
+    message["properties"] = properties
+    message["timestamp"] = _iso_timestamp(payload.get("timestamp")) or received
+    message["messageId"] = message_id
+    context: dict[str, Any] = {
+        "library": {"name": "relay", "version": __version__},
+        "integration": {"name": "Customer.io"},
+    }
+    traits = _traits(data, object_type, email)
+    if traits:
+        context["traits"] = traits
+    message["context"] = context
+    # Keeps Segment from sending the event straight back to Customer.io.
+    message["integrations"] = {"Customer.io": False}
+    return message
+
+
+def webhook_event_id(payload: object) -> str | None:
+    """The webhook's `event_id` (its de-duplication key), or None when there is none usable.
+
+    A JSON integer is accepted and written in decimal; anything else must be a non-empty string.
+    """
+    if not isinstance(payload, Mapping):
+        return None
+    return _id_string(payload.get("event_id"))
+
+
+def webhook_person_key(payload: object) -> str:
+    """A stable key naming the webhook's person, for keeping one person's events in order.
+
+    `user:<id>` or `email:<address>` as `map_webhook` picks the person, else
+    `cio:<cio_id>`, else `event:<event_id>` (nothing to order against), else `unidentified`.
+    """
+    if not isinstance(payload, Mapping):
+        return "unidentified"
+    data = payload.get("data")
+    if isinstance(data, Mapping):
+        kind = _object_type_and_metric(payload)
+        object_type = kind[0] if isinstance(kind, tuple) else ""
+        user_id, email = _identity(data, object_type)
+        if user_id is not None:
+            return f"user:{user_id}"
+        if email is not None:
+            return f"email:{email}"
+        identifiers = data.get("identifiers")
+        if isinstance(identifiers, Mapping):
+            cio_id = _id_string(identifiers.get("cio_id"))
+            if cio_id is not None:
+                return f"cio:{cio_id}"
+    event_id = webhook_event_id(payload)
+    if event_id is not None:
+        return f"event:{event_id}"
+    return "unidentified"
+
+
+def _object_type_and_metric(payload: Mapping[str, Any]) -> tuple[str, str] | Rejection:
+    object_type = payload.get("object_type")
+    metric = payload.get("metric")
+    if isinstance(object_type, str) and isinstance(metric, str):
+        return object_type, metric
+    event_type = payload.get("event_type")
+    if isinstance(event_type, str):
+        return _split_legacy(event_type)
+    if object_type is None and metric is None:
+        return Rejection("webhook has neither object_type/metric nor a legacy event_type")
+    return Rejection(
+        f"webhook object_type {object_type!r} and metric {metric!r} must both be strings"
+    )
+
+
+def _split_legacy(event_type: str) -> tuple[str, str] | Rejection:
+    lowered = event_type.lower()
+    for channel in _LEGACY_PREFIXES:
+        if lowered.startswith(channel + "_") and len(lowered) > len(channel) + 1:
+            return channel, event_type[len(channel) + 1 :]
+    # An unknown channel: its first word is the channel, the rest the metric, both kept open.
+    head, sep, tail = event_type.partition("_")
+    if sep and head and tail:
+        return head, tail
+    return Rejection(f"legacy event_type {event_type!r} is not <channel>_<metric>")
+
+
+def _identity(data: Mapping[str, Any], object_type: str) -> tuple[str | None, str | None]:
+    """(userId, email): the email is returned even with a userId, for `context.traits`."""
+    identifiers = data.get("identifiers")
+    if not isinstance(identifiers, Mapping):
+        identifiers = {}
+    user_id = _id_string(identifiers.get("id")) or _id_string(data.get("customer_id"))
+    email = _text(identifiers.get("email")) or _text(data.get("email_address"))
+    if email is None and object_type.lower() == "email":
+        email = _text(data.get("recipient"))
+    return user_id, email
+
+
+def _traits(data: Mapping[str, Any], object_type: str, email: str | None) -> dict[str, Any]:
+    traits: dict[str, Any] = {}
+    if email is not None:
+        traits["email"] = email
+    if object_type.lower() == "sms":
+        phone = _text(data.get("recipient"))
+        if phone is not None:
+            traits["phone"] = phone
+    identifiers = data.get("identifiers")
+    if isinstance(identifiers, Mapping):
+        cio_id = _id_string(identifiers.get("cio_id"))
+        if cio_id is not None:
+            traits["cio_id"] = cio_id
+    return traits
+
+
+def _default_properties(
+    data: Mapping[str, Any], event_id: str, object_type: str, metric: str
+) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "event_id": event_id,
+        "object_type": object_type,
+        "metric": metric,
+    }
+    # Current payloads name the message by delivery_id; legacy ones by email_id.
+    email_id = data.get("delivery_id")
+    if email_id is None:
+        email_id = data.get("email_id")
+    if email_id is not None:
+        properties["email_id"] = email_id
+    for target, source in _RENAMED:
+        value = data.get(source)
+        if value is not None:
+            properties[target] = value
+    link_id = _link_id(data.get("link_id"))
+    if link_id is not None:
+        # Segment's Email spec types link_id as a string; Customer.io sends a number.
+        properties["link_id"] = link_id
+    reason = data.get("failure_message")
+    if reason is not None:
+        properties["reason"] = reason
+    for key in _PASSED_THROUGH:
+        value = data.get(key)
+        if value is not None:
+            properties[key] = value
+    # For email the recipient is the address, already in context.traits.email.
+    recipient = data.get("recipient")
+    if recipient is not None and object_type.lower() != "email":
+        properties["recipient"] = recipient
+    return properties
+
+
+def _link_id(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+def _iso_timestamp(value: Any) -> str | None:
+    """Unix seconds (number or numeric string) as ISO-8601 UTC with milliseconds, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        seconds = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        # repr is the shortest decimal that round-trips: 1.1 stays 1.1, not 1.1000000000000000888.
+        seconds = Decimal(repr(value))
+    elif isinstance(value, str) and _NUMERIC_TIMESTAMP.fullmatch(value):
+        seconds = Decimal(value)
+    else:
+        return None
+    if not 0 < seconds <= _MAX_SECONDS:
+        return None
+    millis = int((seconds * 1000).to_integral_value(rounding=ROUND_FLOOR))
+    moment = _EPOCH + timedelta(milliseconds=millis)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _id_string(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        # An integer too long for str() (over 4300 digits) is no identifier anyway.
+        return str(value) if abs(value) < 10**100 else None
+    return _text(value)
+
+
+def _text(value: Any) -> str | None:
+    """A non-blank string as given, else None."""
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def _title_words(text: str) -> str:
+    # Only the first letter is raised so that acronyms and camelCase inside a word survive.
+    return " ".join(word[:1].upper() + word[1:] for word in re.split(r"[\s_]+", text) if word)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__

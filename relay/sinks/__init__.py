@@ -1,0 +1,1 @@
+"""HTTP clients for destinations: Customer.io's Track API and Segment's Tracking API."""

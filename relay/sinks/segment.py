@@ -1,0 +1,96 @@
+"""Segment HTTP Tracking API sink: `POST /v1/batch` with the destination's write key."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from relay import USER_AGENT
+from relay.config import SegmentDestination
+from relay.metrics import Metrics
+from relay.outgoing import OutgoingRequest
+from relay.sinks.batching import pack
+from relay.sinks.limiter import DestinationLimiter
+from relay.sinks.outcome import Dead, Outcome, Retry
+from relay.sinks.sender import Sender, dumps
+from relay.sinks.transport import Transport
+from relay.store.base import Delivery
+
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+_OVERHEAD = len(b'{"batch":[],"sentAt":"2000-01-01T00:00:00.000Z"}')
+
+
+def iso_now(now: float) -> str:
+    return (
+        datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def plan_batches(
+    messages: Sequence[dict[str, Any]], batch_size: int
+) -> tuple[list[list[int]], dict[int, str]]:
+    """Indexes of messages per request, and the messages too large to send (with why)."""
+    sizes: list[tuple[int, int]] = []
+    sendable: list[int] = []
+    too_large: dict[int, str] = {}
+    for i, message in enumerate(messages):
+        size = len(dumps(message))
+        if size > MAX_MESSAGE_BYTES:
+            too_large[i] = (
+                f"the Segment message is {size} bytes, over Segment's limit of"
+                f" {MAX_MESSAGE_BYTES} bytes per message"
+            )
+            continue
+        sendable.append(i)
+        sizes.append((1, size))
+    groups = pack(sizes, min(batch_size, 2500), MAX_BATCH_BYTES, _OVERHEAD)
+    return [[sendable[i] for i in r] for r in groups], too_large
+
+
+def batch_request(messages: Sequence[dict[str, Any]], now: float) -> OutgoingRequest:
+    # sentAt is the real send time: Segment corrects timestamps with it.
+    return OutgoingRequest("POST", "/v1/batch", {"batch": list(messages), "sentAt": iso_now(now)})
+
+
+class SegmentSink:
+    def __init__(
+        self,
+        dest: SegmentDestination,
+        transport: Transport,
+        limiter: DestinationLimiter,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dest = dest
+        self.clock = clock
+        token = base64.b64encode(f"{dest.write_key}:".encode()).decode()
+        headers = {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self.sender = Sender(
+            dest.key, dest.base_url, headers, dest.timeout, transport, limiter, metrics, clock
+        )
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Outcome]:
+        messages = [d.message for d in deliveries]
+        groups, too_large = plan_batches(messages, self.dest.batch_size)
+        outcomes: dict[int, Outcome] = {deliveries[i].id: Dead(r) for i, r in too_large.items()}
+        blocked: set[str] = set()
+        for group in groups:
+            members = [deliveries[i] for i in group if deliveries[i].ordering_key not in blocked]
+            if not members:
+                continue
+            outcome, _ = await self.sender.send(
+                batch_request([d.message for d in members], self.clock())
+            )
+            for d in members:
+                outcomes[d.id] = outcome
+                if isinstance(outcome, Retry):
+                    blocked.add(d.ordering_key)
+        return outcomes

@@ -1,0 +1,66 @@
+"""Sending one request to a destination: rate limit, transport, metrics, and the outcome."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from relay.metrics import Metrics
+from relay.outgoing import OutgoingRequest
+from relay.sinks.limiter import DestinationLimiter
+from relay.sinks.outcome import Done, Outcome, Retry, classify
+from relay.sinks.transport import Response, Transport, TransportError
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Sender:
+    def __init__(
+        self,
+        key: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeout: float,
+        transport: Transport,
+        limiter: DestinationLimiter,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.key = key
+        self.base_url = base_url
+        self.headers = dict(headers)
+        self.timeout = timeout
+        self.transport = transport
+        self.limiter = limiter
+        self.metrics = metrics
+        self.clock = clock
+
+    async def send(self, request: OutgoingRequest) -> tuple[Outcome, Response | None]:
+        """One request through the destination's limiter; never raises for network trouble."""
+        await self.limiter.acquire()
+        body = None if request.body is None else dumps(request.body)
+        started = time.monotonic()
+        try:
+            response = await self.transport.send(
+                request.method,
+                self.base_url + request.path,
+                headers=self.headers,
+                body=body,
+                timeout=self.timeout,
+            )
+        except TransportError as exc:
+            self.metrics.requests.labels(self.key, "error").inc()
+            return Retry(f"no answer from {self.base_url}: {exc}"), None
+        self.metrics.requests.labels(self.key, str(response.status)).inc()
+        self.metrics.request_seconds.labels(self.key).observe(time.monotonic() - started)
+        outcome = classify(response, self.clock())
+        if response.status == 429:
+            self.limiter.throttled(outcome.after if isinstance(outcome, Retry) else None)
+            self.metrics.rate.labels(self.key).set(self.limiter.rate)
+        elif isinstance(outcome, Done):
+            self.limiter.succeeded()
+        return outcome, response

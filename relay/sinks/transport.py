@@ -1,0 +1,81 @@
+"""The network seam of every sink: one HTTP call in, one answer (or a TransportError) out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+class TransportError(Exception):
+    """No answer: connection refused or reset, timeout, DNS failure."""
+
+
+class Transport(Protocol):
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+    ) -> Response: ...
+
+    async def close(self) -> None: ...
+
+
+class AiohttpTransport:
+    """The production transport: one pooled aiohttp session for every destination."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+    ) -> Response:
+        session = self._get_session()
+        try:
+            async with session.request(
+                method,
+                url,
+                headers=dict(headers),
+                data=body,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=True,
+            ) as resp:
+                payload = await resp.read()
+                return Response(resp.status, dict(resp.headers), payload)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TransportError(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            ) from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

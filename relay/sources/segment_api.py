@@ -1,0 +1,182 @@
+"""Segment's HTTP Tracking API (`/v1/*`) and Segment's Webhooks destination, as aiohttp handlers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from relay.config import SEGMENT_WEBHOOK_SOURCE
+from relay.errors import BadRequest, PayloadTooLarge, Unauthorized
+from relay.intake import Incoming, Intake
+from relay.signatures import verify_segment_webhook
+from relay.sources import segment_messages as seg
+from relay.sources.body import read_body
+
+
+def _ok(rejected: list[dict[str, Any]] | None = None) -> web.Response:
+    if not rejected:
+        return web.json_response({"success": True})
+    return web.json_response({"success": True, "rejected": rejected})
+
+
+class WriteKeys:
+    """Accepted write keys by source; compared in constant time, never logged."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self._keys = [(name, key.encode()) for name, key in keys.items()]
+
+    def source_for(self, candidate: str | None) -> str | None:
+        if candidate is None:
+            return None
+        given = candidate.encode()
+        found = None
+        for name, key in self._keys:  # no early exit: timing must not depend on the match
+            if hmac.compare_digest(given, key) and found is None:
+                found = name
+        return found
+
+
+def _basic_user(header: str | None) -> str | None:
+    if not header or not header[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    # Libraries send "<writeKey>:"; some send the key alone, without the colon.
+    return decoded.split(":", 1)[0]
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+class SegmentAPI:
+    def __init__(self, intake: Intake, write_keys: dict[str, str], webhook_secret: str | None):
+        self.intake = intake
+        self.write_keys = WriteKeys(write_keys)
+        self.webhook_secret = webhook_secret
+
+    def routes(self) -> list[web.RouteDef]:
+        defs = []
+        for mtype in seg.TYPES:
+            if mtype != "delete":
+                defs.append(web.post(f"/v1/{mtype}", self._single_handler(mtype)))
+        for short, mtype in seg.SHORT_PATHS.items():
+            defs.append(web.post(f"/v1/{short}", self._single_handler(mtype)))
+        for path in seg.BATCH_PATHS:
+            defs.append(web.post(f"/v1/{path}", self.batch))
+        defs.append(web.post("/webhooks/segment", self.webhook))
+        return defs
+
+    def _authenticate(self, request: web.Request, body: Any) -> str:
+        body_key = body.get("writeKey") if isinstance(body, dict) else None
+        header = request.headers.get("Authorization")
+        for candidate in (_basic_user(header), body_key if isinstance(body_key, str) else None):
+            source = self.write_keys.source_for(candidate)
+            if source is not None:
+                return source
+        if header is None and body_key is None:
+            raise Unauthorized(
+                "no write key: send it as HTTP Basic user (Authorization: Basic"
+                " base64(writeKey + ':')) or as \"writeKey\" in the body"
+            )
+        raise Unauthorized("the write key is not one of sources.segment.write_keys")
+
+    def _single_handler(self, mtype: str):  # type: ignore[no-untyped-def]
+        async def handler(request: web.Request) -> web.Response:
+            raw = await read_body(request, seg.MAX_MESSAGE_BYTES, "a single message")
+            body = _parse_json(raw)
+            source = self._authenticate(request, body)
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object (one Segment message)")
+            body.pop("writeKey", None)
+            body["type"] = mtype  # the path decides the call type, as Segment's API does
+            problem = seg.message_problem(body)
+            if problem:
+                raise BadRequest(problem)
+            await self.intake.accept(
+                "segment", source, [self.intake.segment_incoming(seg.normalise(body))]
+            )
+            return _ok()
+
+        return handler
+
+    async def batch(self, request: web.Request) -> web.Response:
+        raw = await read_body(request, seg.MAX_BATCH_BYTES, "a batch")
+        body = _parse_json(raw)
+        source = self._authenticate(request, body)
+        if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+            raise BadRequest('the body must be a JSON object with a "batch" array of messages')
+        items = body["batch"]
+        if len(items) > seg.MAX_BATCH_MESSAGES:
+            raise BadRequest(
+                f"a batch holds at most {seg.MAX_BATCH_MESSAGES} messages, this one has"
+                f" {len(items)}; split it"
+            )
+        incoming, rejected = self._explode(items, body)
+        if incoming:
+            await self.intake.accept("segment", source, incoming)
+        return _ok(rejected)
+
+    def _explode(
+        self, items: list[Any], body: dict[str, Any] | None
+    ) -> tuple[list[Incoming], list[dict[str, Any]]]:
+        incoming: list[Incoming] = []
+        rejected: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            if isinstance(item, dict) and body is not None:
+                item = seg.merge_batch_defaults(item, body)
+            problem = seg.message_problem(item)
+            if problem is None and len(seg.encode(item).encode()) > seg.MAX_MESSAGE_BYTES:
+                problem = f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
+            if problem is not None:
+                reason = f"batch[{index}]: {problem}"
+                rejected.append({"index": index, "reason": reason})
+                stored = item if isinstance(item, dict) else {"value": item}
+                incoming.append(
+                    Incoming(
+                        stored,
+                        seg.ordering_key(stored) if isinstance(item, dict) else "",
+                        None,
+                        rejected_reason=reason,
+                    )
+                )
+                continue
+            incoming.append(self.intake.segment_incoming(seg.normalise(item)))
+        return incoming, rejected
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        raw = await read_body(request, seg.MAX_BATCH_BYTES, "a webhook")
+        if self.webhook_secret is not None and not verify_segment_webhook(
+            self.webhook_secret, raw, request.headers.get("X-Signature")
+        ):
+            raise Unauthorized(
+                "X-Signature is missing or does not match sources.segment.webhook_secret"
+            )
+        body = _parse_json(raw)
+        if isinstance(body, dict):
+            problem = seg.message_problem(body)
+            if problem:
+                raise BadRequest(problem)
+            if len(raw) > seg.MAX_MESSAGE_BYTES:
+                raise PayloadTooLarge(
+                    f"a message must be at most {seg.MAX_MESSAGE_BYTES // 1024} KB"
+                )
+            incoming = [self.intake.segment_incoming(seg.normalise(body))]
+            rejected: list[dict[str, Any]] = []
+        elif isinstance(body, list):
+            incoming, rejected = self._explode(body, None)
+        else:
+            raise BadRequest("the body must be a Segment message (an object) or an array of them")
+        if incoming:
+            await self.intake.accept("segment", SEGMENT_WEBHOOK_SOURCE, incoming)
+        return _ok(rejected)

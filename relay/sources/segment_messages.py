@@ -1,0 +1,119 @@
+"""Pure checks on Segment Tracking API bodies: what a valid call looks like, and why not.
+
+Validation here is hand-written rather than a marshmallow schema because it runs for every
+event on the ingestion hot path; it returns reasons as values instead of raising.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_MESSAGES = 2500
+MAX_MESSAGE_ID = 100
+
+TYPES = ("identify", "track", "page", "screen", "group", "alias", "delete")
+SHORT_PATHS = {
+    "i": "identify",
+    "t": "track",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+}
+BATCH_PATHS = ("batch", "import", "b")
+
+_STRING_FIELDS = (
+    "event",
+    "messageId",
+    "timestamp",
+    "sentAt",
+    "originalTimestamp",
+    "name",
+    "category",
+    "previousId",
+    "groupId",
+)
+_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+
+
+def _id_like(value: Any) -> bool:
+    # Segment accepts numbers as ids and libraries send them; they are turned into strings.
+    return (isinstance(value, str) and value != "") or (
+        isinstance(value, int | float) and not isinstance(value, bool)
+    )
+
+
+def message_problem(msg: Any) -> str | None:
+    """Why a Segment message cannot be accepted, or None when it can."""
+    if not isinstance(msg, dict):
+        return "each message must be a JSON object"
+    mtype = msg.get("type")
+    if mtype not in TYPES:
+        if mtype is None:
+            return "field 'type' is missing"
+        return f"field 'type' must be one of {', '.join(TYPES)}"
+    for name in ("userId", "anonymousId"):
+        value = msg.get(name)
+        if value is not None and not _id_like(value):
+            return f"field '{name}' must be a non-empty string"
+    if msg.get("userId") is None and msg.get("anonymousId") is None:
+        return "one of 'userId' or 'anonymousId' is required"
+    for name in _STRING_FIELDS:
+        value = msg.get(name)
+        if (
+            value is not None
+            and not isinstance(value, str)
+            and not (name in ("previousId", "groupId") and _id_like(value))
+        ):
+            return f"field '{name}' must be a string"
+    for name in _OBJECT_FIELDS:
+        value = msg.get(name)
+        if value is not None and not isinstance(value, dict):
+            return f"field '{name}' must be an object"
+    message_id = msg.get("messageId")
+    if isinstance(message_id, str) and len(message_id) >= MAX_MESSAGE_ID:
+        return f"field 'messageId' must be shorter than {MAX_MESSAGE_ID} characters"
+    if mtype == "track" and not (isinstance(msg.get("event"), str) and msg["event"]):
+        return "a track call needs a non-empty 'event'"
+    if mtype == "group" and not _id_like(msg.get("groupId")):
+        return "a group call needs 'groupId'"
+    if mtype == "alias" and not (_id_like(msg.get("previousId")) and _id_like(msg.get("userId"))):
+        return "an alias call needs 'previousId' and 'userId'"
+    return None
+
+
+def normalise(msg: dict[str, Any]) -> dict[str, Any]:
+    """Ids as strings (Segment does the same); the message is otherwise kept as sent."""
+    for name in ("userId", "anonymousId", "previousId", "groupId"):
+        value = msg.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            msg[name] = str(value)
+    return msg
+
+
+def ordering_key(msg: dict[str, Any]) -> str:
+    """The person a message is about; deliveries for one person stay in order."""
+    user = msg.get("userId")
+    if user is not None:
+        return f"u:{user}"
+    anon = msg.get("anonymousId")
+    if anon is not None:
+        return f"a:{anon}"
+    return f"m:{msg.get('messageId')}"
+
+
+def merge_batch_defaults(item: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """Top-level `context` and `integrations` of a batch apply to each item; the item wins."""
+    for name in ("context", "integrations"):
+        shared = body.get(name)
+        if isinstance(shared, dict) and shared:
+            own = item.get(name)
+            item[name] = {**shared, **own} if isinstance(own, dict) else dict(shared)
+    return item
+
+
+def encode(msg: dict[str, Any]) -> str:
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))

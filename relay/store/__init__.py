@@ -1,0 +1,1 @@
+"""Durable stores behind one interface (relay.store.base.Store)."""

@@ -1,0 +1,111 @@
+"""The durable store's interface: what every backend (SQLite, Redis) must provide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+EnqueueOutcome = Literal["queued", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    destination: str
+    # The message as routed for this destination, when a route reshaped it; None means
+    # "the event's own message", which keeps the common case to one copy on disk.
+    message_json: str | None = None
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An accepted (or rejected) message, with where it must go."""
+
+    source: str
+    kind: str  # "segment" | "customerio"
+    message_json: str
+    received_at: float
+    ordering_key: str
+    deliveries: tuple[NewDelivery, ...] = ()
+    dedup_id: str | None = None
+    dedup_until: float = 0.0
+    rejected_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A leased delivery, handed to a destination's worker."""
+
+    id: int
+    event_id: int
+    destination: str
+    ordering_key: str
+    attempts: int
+    created_at: float
+    source: str
+    kind: str
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Retry:
+    id: int
+    next_at: float
+    error: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery that was given up on, or a message rejected at the door."""
+
+    id: int
+    event_id: int
+    destination: str | None
+    source: str
+    kind: str
+    reason: str
+    attempts: int
+    created_at: float
+    message: dict[str, Any]
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
+        """Durably record events and their deliveries; returns once committed."""
+        ...
+
+    async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
+        """Due deliveries for a destination, oldest first, never overtaking an earlier
+        pending or leased delivery of the same person."""
+        ...
+
+    async def complete(self, ids: list[int]) -> None: ...
+
+    async def retry(self, retries: list[Retry]) -> None: ...
+
+    async def release(self, ids: list[int]) -> None:
+        """Give leased deliveries back untouched (shutdown, pause, held behind a retry)."""
+        ...
+
+    async def dead_letter(self, items: list[tuple[int, str]], now: float) -> None: ...
+
+    async def dead_letters(
+        self, limit: int = 100, destination: str | None = None
+    ) -> list[DeadLetter]: ...
+
+    async def replay(self, ids: list[int] | None, now: float) -> int:
+        """Put dead deliveries back in the queue (all of them when ids is None)."""
+        ...
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Deliveries by destination and state."""
+        ...
+
+    async def purge(self, now: float) -> None:
+        """Forget expired dedup ids and finished events."""
+        ...
+
+    async def writable(self) -> bool: ...

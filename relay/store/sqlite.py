@@ -1,0 +1,529 @@
+"""The embedded durable store: SQLite in WAL mode, one writer thread doing group commits.
+
+Every operation is a function run on the one connection, in the one writer thread. The
+writer takes all the operations that are waiting, runs each inside its own savepoint (so
+one failing request cannot undo another's work) and commits them together with a single
+`synchronous=FULL` sync. Concurrent requests therefore share the cost of a sync instead of
+paying one each, and a request is answered only after the commit that holds it returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from relay.errors import StoreUnavailable
+from relay.store.base import (
+    DeadLetter,
+    Delivery,
+    EnqueueOutcome,
+    NewEvent,
+    Retry,
+)
+
+log = logging.getLogger("relay.store")
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id              INTEGER PRIMARY KEY,
+    source          TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    message         TEXT NOT NULL,
+    received_at     REAL NOT NULL,
+    rejected_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id           INTEGER PRIMARY KEY,
+    event_id     INTEGER NOT NULL,
+    destination  TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    state        TEXT NOT NULL,            -- pending | leased | dead
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      REAL NOT NULL,
+    created_at   REAL NOT NULL,
+    message      TEXT,                     -- reshaped message, when a route changed it
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, id);
+CREATE INDEX IF NOT EXISTS deliveries_person ON deliveries (destination, ordering_key, id);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE INDEX IF NOT EXISTS events_rejected ON events (id) WHERE rejected_reason IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dedup (
+    kind       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    dedup_id   TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (kind, source, dedup_id)
+) WITHOUT ROWID;
+"""
+
+# A delivery may be leased when it is due and nothing earlier for the same person is
+# leased or waiting for a retry: a retry holds back that person only.
+_LEASE = """
+UPDATE deliveries SET state = 'leased'
+WHERE id IN (
+    SELECT d.id FROM deliveries AS d
+    WHERE d.destination = :dest AND d.state = 'pending' AND d.next_at <= :now
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries AS e
+          WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
+            AND e.id < d.id
+            AND (e.state = 'leased' OR (e.state = 'pending' AND e.next_at > :now))
+      )
+    ORDER BY d.id
+    LIMIT :limit
+)
+RETURNING id, event_id, ordering_key, attempts, created_at, message
+"""
+
+_CHUNK = 500  # stays well under SQLite's bound-parameter limit
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class StoreFull(StoreUnavailable):
+    pass
+
+
+class SqliteStore:
+    """The default store. Safe against `kill -9`: what `enqueue` returned for is on disk."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_pending: int = 5_000_000,
+        max_size_mb: int | None = None,
+        max_group: int = 256,
+    ) -> None:
+        self.path = path
+        self.max_pending = max_pending
+        self.max_size_mb = max_size_mb
+        self.max_group = max_group
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: asyncio.Queue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
+        ] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._next_event_id = 1
+        self._next_delivery_id = 1
+        self._pending = 0
+        self.commits = 0
+        self.healthy = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open_sync)
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="relay-sqlite-writer")
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.executescript(_SCHEMA)
+        if self.max_size_mb:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(
+                f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // page_size)}"
+            )
+        # Whatever was leased when the last process died goes back to the queue.
+        conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'leased'")
+        self._conn = conn
+        self._resync(conn)
+
+    def _resync(self, conn: sqlite3.Connection) -> None:
+        self._next_event_id = (conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0) + 1
+        self._next_delivery_id = (
+            conn.execute("SELECT max(id) FROM deliveries").fetchone()[0] or 0
+        ) + 1
+        self._pending = conn.execute(
+            "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'leased')"
+        ).fetchone()[0]
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        if self._executor is not None:
+            loop = asyncio.get_running_loop()
+            if self._conn is not None:
+                conn = self._conn
+                await loop.run_in_executor(self._executor, conn.close)
+                self._conn = None
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # ------------------------------------------------------------------ group commit
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, fut))
+        return await fut
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            item = await self._queue.get()
+            if item is None:
+                break
+            group = [item]
+            while len(group) < self.max_group:
+                try:
+                    nxt = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            results = await loop.run_in_executor(
+                self._executor, self._run_group, [fn for fn, _ in group]
+            )
+            for (_, fut), (ok, value) in zip(group, results, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self.healthy = False
+            err = _unavailable(exc)
+            return [(False, err) for _ in fns]
+        for fn in fns:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = fn(conn)
+            except Exception as exc:  # each operation fails alone
+                try:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                except sqlite3.Error:
+                    pass
+                results.append(
+                    (False, _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc)
+                )
+            else:
+                conn.execute("RELEASE op")
+                results.append((True, value))
+        try:
+            conn.execute("COMMIT")
+            self.commits += 1
+            self.healthy = True
+        except sqlite3.Error as exc:
+            self.healthy = False
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._resync(conn)
+            err = _unavailable(exc)
+            return [(False, err) for _ in fns]
+        if any(not ok for ok, _ in results):
+            # Counters were advanced by operations that were rolled back.
+            self._resync(conn)
+        return results
+
+    # ------------------------------------------------------------------ operations
+
+    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
+        return await self._submit(lambda conn: self._enqueue(conn, events))
+
+    def _enqueue(self, conn: sqlite3.Connection, events: list[NewEvent]) -> list[EnqueueOutcome]:
+        now = time.time()
+        new_deliveries = sum(len(e.deliveries) for e in events if not e.rejected_reason)
+        if self._pending + new_deliveries > self.max_pending:
+            raise StoreFull(
+                f"the queue holds {self._pending} deliveries, its limit (storage.sqlite.max_pending)"
+                f" is {self.max_pending}; retry later",
+                retry_after=30,
+            )
+        seen: set[tuple[str, str, str]] = set()
+        wanted: dict[tuple[str, str], list[str]] = {}
+        for e in events:
+            if e.dedup_id and not e.rejected_reason:
+                wanted.setdefault((e.kind, e.source), []).append(e.dedup_id)
+        for (kind, source), ids in wanted.items():
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                rows = conn.execute(
+                    f"SELECT dedup_id FROM dedup WHERE kind = ? AND source = ? AND expires_at > ?"
+                    f" AND dedup_id IN ({_marks(len(chunk))})",
+                    (kind, source, now, *chunk),
+                ).fetchall()
+                seen.update((kind, source, r[0]) for r in rows)
+
+        outcomes: list[EnqueueOutcome] = []
+        ev_rows: list[tuple[Any, ...]] = []
+        dl_rows: list[tuple[Any, ...]] = []
+        dd_rows: list[tuple[Any, ...]] = []
+        event_id = self._next_event_id
+        delivery_id = self._next_delivery_id
+        for e in events:
+            if e.rejected_reason:
+                ev_rows.append(
+                    (event_id, e.source, e.kind, e.message_json, e.received_at, e.rejected_reason)
+                )
+                event_id += 1
+                outcomes.append("rejected")
+                continue
+            if e.dedup_id:
+                key = (e.kind, e.source, e.dedup_id)
+                if key in seen:
+                    outcomes.append("duplicate")
+                    continue
+                seen.add(key)
+                dd_rows.append((*key, e.dedup_until))
+            ev_rows.append((event_id, e.source, e.kind, e.message_json, e.received_at, None))
+            for d in e.deliveries:
+                dl_rows.append(
+                    (
+                        delivery_id,
+                        event_id,
+                        d.destination,
+                        e.ordering_key,
+                        e.received_at,
+                        e.received_at,
+                        d.message_json,
+                    )
+                )
+                delivery_id += 1
+            event_id += 1
+            outcomes.append("queued")
+        if ev_rows:
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", ev_rows)
+        if dl_rows:
+            conn.executemany(
+                "INSERT INTO deliveries (id, event_id, destination, ordering_key, state, next_at,"
+                " created_at, message) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+                dl_rows,
+            )
+        if dd_rows:
+            conn.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?)", dd_rows)
+        self._next_event_id = event_id
+        self._next_delivery_id = delivery_id
+        self._pending += len(dl_rows)
+        return outcomes
+
+    async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
+        return await self._submit(lambda conn: self._lease(conn, destination, limit, now))
+
+    def _lease(
+        self, conn: sqlite3.Connection, destination: str, limit: int, now: float
+    ) -> list[Delivery]:
+        rows = conn.execute(_LEASE, {"dest": destination, "now": now, "limit": limit}).fetchall()
+        if not rows:
+            return []
+        rows.sort(key=lambda r: r[0])
+        events: dict[int, tuple[str, str, str]] = {}
+        event_ids = list({r[1] for r in rows})
+        for chunk in _chunks(event_ids):
+            for eid, source, kind, message in conn.execute(
+                f"SELECT id, source, kind, message FROM events WHERE id IN ({_marks(len(chunk))})",
+                chunk,
+            ):
+                events[eid] = (source, kind, message)
+        out = []
+        for did, eid, okey, attempts, created_at, own_message in rows:
+            source, kind, message = events[eid]
+            out.append(
+                Delivery(
+                    id=did,
+                    event_id=eid,
+                    destination=destination,
+                    ordering_key=okey,
+                    attempts=attempts,
+                    created_at=created_at,
+                    source=source,
+                    kind=kind,
+                    message=json.loads(own_message if own_message is not None else message),
+                )
+            )
+        return out
+
+    async def complete(self, ids: list[int]) -> None:
+        if ids:
+            await self._submit(lambda conn: self._finish(conn, ids))
+
+    def _finish(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        for chunk in _chunks(ids):
+            marks = _marks(len(chunk))
+            event_ids = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT event_id FROM deliveries WHERE id IN ({marks})", chunk
+                )
+            ]
+            cur = conn.execute(
+                f"DELETE FROM deliveries WHERE id IN ({marks}) AND state != 'dead'", chunk
+            )
+            self._pending -= cur.rowcount
+            for echunk in _chunks(event_ids):
+                conn.execute(
+                    f"DELETE FROM events WHERE id IN ({_marks(len(echunk))})"
+                    " AND rejected_reason IS NULL"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)",
+                    echunk,
+                )
+
+    async def retry(self, retries: list[Retry]) -> None:
+        if retries:
+            await self._submit(
+                lambda conn: conn.executemany(
+                    "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
+                    " next_at = ?, last_error = ? WHERE id = ?",
+                    [(r.next_at, r.error, r.id) for r in retries],
+                )
+            )
+
+    async def release(self, ids: list[int]) -> None:
+        if ids:
+            await self._submit(
+                lambda conn: conn.executemany(
+                    "UPDATE deliveries SET state = 'pending' WHERE id = ? AND state = 'leased'",
+                    [(i,) for i in ids],
+                )
+            )
+
+    async def dead_letter(self, items: list[tuple[int, str]], now: float) -> None:
+        if items:
+            await self._submit(lambda conn: self._dead(conn, items, now))
+
+    def _dead(self, conn: sqlite3.Connection, items: list[tuple[int, str]], now: float) -> None:
+        for did, reason in items:
+            cur = conn.execute(
+                "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?,"
+                " next_at = ? WHERE id = ? AND state != 'dead'",
+                (reason, now, did),
+            )
+            self._pending -= cur.rowcount
+
+    async def dead_letters(
+        self, limit: int = 100, destination: str | None = None
+    ) -> list[DeadLetter]:
+        return await self._submit(lambda conn: self._dead_letters(conn, limit, destination))
+
+    def _dead_letters(
+        self, conn: sqlite3.Connection, limit: int, destination: str | None
+    ) -> list[DeadLetter]:
+        out: list[DeadLetter] = []
+        where = "d.state = 'dead'" + (" AND d.destination = ?" if destination else "")
+        args: tuple[Any, ...] = (destination,) if destination else ()
+        for row in conn.execute(
+            "SELECT d.id, d.event_id, d.destination, e.source, e.kind, d.last_error, d.attempts,"
+            " d.created_at, coalesce(d.message, e.message) FROM deliveries AS d"
+            f" JOIN events AS e ON e.id = d.event_id WHERE {where} ORDER BY d.id LIMIT ?",
+            (*args, limit),
+        ):
+            out.append(DeadLetter(*row[:8], message=json.loads(row[8])))
+        if destination is None:
+            for row in conn.execute(
+                "SELECT id, source, kind, rejected_reason, received_at, message FROM events"
+                " WHERE rejected_reason IS NOT NULL ORDER BY id LIMIT ?",
+                (limit,),
+            ):
+                out.append(
+                    DeadLetter(
+                        id=0,
+                        event_id=row[0],
+                        destination=None,
+                        source=row[1],
+                        kind=row[2],
+                        reason=row[3],
+                        attempts=0,
+                        created_at=row[4],
+                        message=json.loads(row[5]),
+                    )
+                )
+        return out
+
+    async def replay(self, ids: list[int] | None, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            if ids is None:
+                cur = conn.execute(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
+                    " created_at = ? WHERE state = 'dead'",
+                    (now, now),
+                )
+                count = cur.rowcount
+            else:
+                count = 0
+                for chunk in _chunks(ids):
+                    cur = conn.execute(
+                        "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
+                        f" created_at = ? WHERE state = 'dead' AND id IN ({_marks(len(chunk))})",
+                        (now, now, *chunk),
+                    )
+                    count += cur.rowcount
+            self._pending += count
+            return count
+
+        return await self._submit(run)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for dest, state, n in conn.execute(
+                "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
+            ):
+                out.setdefault(dest, {})[state] = n
+            return out
+
+        return await self._submit(run)
+
+    async def purge(self, now: float) -> None:
+        await self._submit(
+            lambda conn: conn.execute("DELETE FROM dedup WHERE expires_at <= ?", (now,))
+        )
+
+    async def writable(self) -> bool:
+        try:
+            await self._submit(lambda conn: conn.execute("SELECT 1").fetchone())
+        except StoreUnavailable:
+            return False
+        return self.healthy
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    # The text of a SQLite error names the condition (full, read-only, I/O) without data.
+    log.error("store write failed: %s", exc)
+    return StoreUnavailable(
+        f"the event store cannot take writes right now ({exc}); nothing acknowledged was lost,"
+        " retry later",
+        retry_after=5,
+    )

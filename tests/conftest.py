@@ -1,0 +1,207 @@
+"""Shared fixtures: loopback stand-ins for Customer.io and Segment, and a relay built on them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from relay.app import RELAY, create_app
+from relay.config import parse_config
+
+SITE_ID = "site-123"
+API_KEY = "k" * 20
+WRITE_KEY = "wk-web-0123456789"
+BACKEND_KEY = "wk-backend-0123456789"
+SEGMENT_OUT_KEY = "wk-out-0123456789"
+
+
+def basic(user: str, password: str = "") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float
+
+
+@dataclass
+class StandIn:
+    """A loopback HTTP server that records every request and answers from a script."""
+
+    requests: list[Recorded] = field(default_factory=list)
+    script: list[tuple[int, Any, dict[str, str]] | str] = field(default_factory=list)
+    default: tuple[int, Any, dict[str, str]] = (200, {}, {})
+    url: str = ""
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def respond(
+        self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1
+    ) -> None:
+        for _ in range(times):
+            self.script.append((status, {} if body is None else body, headers or {}))
+
+    def reset_connection(self, times: int = 1) -> None:
+        self.script.extend(["reset"] * times)
+
+    def hang(self, times: int = 1) -> None:
+        self.script.extend(["hang"] * times)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        self.requests.append(
+            Recorded(request.method, request.path_qs, dict(request.headers), body, time.monotonic())
+        )
+        self.arrived.set()
+        action = self.script.pop(0) if self.script else self.default
+        if action == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        if action == "hang":
+            await asyncio.sleep(30)
+            return web.Response(status=200)
+        status, payload, headers = action  # type: ignore[misc]
+        return web.json_response(payload, status=status, headers=headers)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Recorded]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"expected {count} requests, got {len(self.requests)}: "
+                    f"{[(r.method, r.path) for r in self.requests]}"
+                )
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+        return self.requests
+
+
+async def start_stand_in() -> tuple[StandIn, TestServer]:
+    stand_in = StandIn()
+    app = web.Application(client_max_size=10 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", stand_in.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    stand_in.url = str(server.make_url("")).rstrip("/")
+    return stand_in, server
+
+
+@pytest.fixture
+async def customerio() -> AsyncIterator[StandIn]:
+    stand_in, server = await start_stand_in()
+    yield stand_in
+    await server.close()
+
+
+@pytest.fixture
+async def segment() -> AsyncIterator[StandIn]:
+    stand_in, server = await start_stand_in()
+    yield stand_in
+    await server.close()
+
+
+def config_yaml(
+    db: Path,
+    cio_url: str,
+    segment_url: str = "http://127.0.0.1:9",
+    *,
+    api: str = "v2",
+    rate_limit: float = 100,
+    extra_cio: str = "",
+    routes: str | None = None,
+    sources_extra: str = "",
+) -> str:
+    routes = (
+        routes
+        or """
+  - name: everything-to-customerio
+    from: segment
+    to: [customerio.main]
+  - name: email-activity-to-segment
+    from: customerio
+    to: [segment.main]
+"""
+    )
+    return f"""
+server: {{host: 127.0.0.1, port: 0, shutdown_timeout: 5}}
+storage:
+  sqlite: {{path: "{db}"}}
+sources:
+  segment:
+    write_keys: {{web: "{WRITE_KEY}", backend: "{BACKEND_KEY}"}}
+    webhook_secret: "segment-hook-secret"
+{sources_extra}
+  customerio:
+    signing_keys: {{marketing: ["old-signing-key", "signing-key"], other: "other-key"}}
+destinations:
+  customerio:
+    main:
+      site_id: "{SITE_ID}"
+      api_key: "{API_KEY}"
+      base_url: "{cio_url}"
+      api: {api}
+      rate_limit: {rate_limit}
+      timeout: 2
+{extra_cio}
+  segment:
+    main:
+      write_key: "{SEGMENT_OUT_KEY}"
+      base_url: "{segment_url}"
+      timeout: 2
+routes:{routes}
+"""
+
+
+RelayFactory = Callable[..., Awaitable[tuple[str, web.Application]]]
+
+
+@pytest.fixture
+async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
+    servers: list[TestServer] = []
+
+    async def make(yaml_text: str | None = None, **kwargs: Any) -> tuple[str, web.Application]:
+        if yaml_text is None:
+            yaml_text = config_yaml(tmp_path / "relay.db", **kwargs)
+        config = parse_config(yaml_text, str(tmp_path / "relay.yaml"), {})
+        app = create_app(config)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/"), app
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def relay_of(app: web.Application) -> Any:
+    return app[RELAY]

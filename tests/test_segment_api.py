@@ -1,0 +1,515 @@
+"""Segment's HTTP Tracking API as relay serves it: paths, auth forms, limits, batches, dedup."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import (
+    API_KEY,
+    BACKEND_KEY,
+    SITE_ID,
+    WRITE_KEY,
+    RelayFactory,
+    StandIn,
+    basic,
+    relay_of,
+)
+
+CIO_AUTH = basic(SITE_ID, API_KEY)
+
+
+def identify(user: str = "u1", **extra: Any) -> dict[str, Any]:
+    return {
+        "userId": user,
+        "traits": {"email": f"{user}@example.com"},
+        "messageId": f"m-{user}",
+        "timestamp": "2024-01-02T03:04:05Z",
+        **extra,
+    }
+
+
+def track(user: str, event: str, message_id: str, **props: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": user,
+        "event": event,
+        "properties": props,
+        "messageId": message_id,
+        "timestamp": "2024-01-02T03:04:05Z",
+    }
+
+
+async def post(
+    url: str, body: Any, *, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    async with aiohttp.ClientSession() as session:
+        data = raw if raw is not None else json.dumps(body).encode()
+        async with session.post(url, data=data, headers=headers or {}) as resp:
+            text = await resp.text()
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = text
+            return resp.status, payload, dict(resp.headers)
+
+
+def sent_ops(cio: StandIn) -> list[dict[str, Any]]:
+    return [op for r in cio.requests for op in r.body["batch"]]
+
+
+async def test_identify_with_basic_auth_reaches_customerio_as_exact_batch(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(
+        f"{url}/v1/identify", identify(), headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert (status, body) == (200, {"success": True})
+    [request] = await customerio.wait_for(1)
+    assert request.method == "POST"
+    assert request.path == "/api/v2/batch"
+    assert request.headers["Authorization"] == CIO_AUTH
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"].startswith("relay/")
+    assert request.body == {
+        "batch": [
+            {
+                "type": "person",
+                "identifiers": {"id": "u1"},
+                "action": "identify",
+                "timestamp": 1704164645,
+                "attributes": {"email": "u1@example.com"},
+            }
+        ]
+    }
+
+
+async def test_track_reaches_customerio_as_event(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, _, _ = await post(
+        f"{url}/v1/track",
+        track("u1", "Order Completed", "m-1", total=12.5),
+        headers={"Authorization": basic(WRITE_KEY)},
+    )
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    [op] = request.body["batch"]
+    assert op["type"] == "person" and op["action"] == "event"
+    assert op["identifiers"] == {"id": "u1"}
+    assert op["name"] == "Order Completed"
+    assert op["attributes"] == {"total": 12.5}
+    assert op["timestamp"] == 1704164645
+    assert len(op["id"]) == 26  # a ULID derived from the messageId
+
+
+@pytest.mark.parametrize(
+    "headers, body_extra",
+    [
+        ({"Authorization": basic(WRITE_KEY)}, {}),
+        (
+            {
+                "Authorization": "Basic "
+                + __import__("base64").b64encode(WRITE_KEY.encode()).decode()
+            },
+            {},
+        ),
+        ({}, {"writeKey": WRITE_KEY}),
+        ({"Authorization": "Bearer some-oauth-token"}, {"writeKey": WRITE_KEY}),
+        ({"Authorization": basic(BACKEND_KEY)}, {}),
+    ],
+    ids=[
+        "basic-with-colon",
+        "basic-without-colon",
+        "write-key-in-body",
+        "bearer-plus-body-key",
+        "second-source",
+    ],
+)
+async def test_every_auth_form_is_accepted(
+    relay_factory: RelayFactory,
+    customerio: StandIn,
+    headers: dict[str, str],
+    body_extra: dict[str, Any],
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(
+        f"{url}/v1/identify", {**identify(), **body_extra}, headers=headers
+    )
+    assert (status, body) == (200, {"success": True})
+    await customerio.wait_for(1)
+
+
+@pytest.mark.parametrize(
+    "headers, body_extra, fragment",
+    [
+        ({}, {}, "no write key"),
+        ({"Authorization": basic("wrong-key")}, {}, "not one of"),
+        ({}, {"writeKey": "wrong-key"}, "not one of"),
+        ({"Authorization": "Bearer token"}, {}, "not one of"),
+        ({"Authorization": "Basic !!!not-base64"}, {}, "not one of"),
+    ],
+)
+async def test_bad_or_missing_write_key_is_401_with_json_error(
+    relay_factory: RelayFactory,
+    customerio: StandIn,
+    headers: dict[str, str],
+    body_extra: dict[str, Any],
+    fragment: str,
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(
+        f"{url}/v1/track", {**track("u", "E", "m"), **body_extra}, headers=headers
+    )
+    assert status == 401
+    assert body["code"] == "unauthorized"
+    assert fragment in body["message"] and body["error"] == body["message"]
+    assert "wrong-key" not in body["message"]
+
+
+async def test_gzip_body_is_accepted(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    raw = gzip.compress(
+        json.dumps(
+            {
+                "batch": [
+                    {**identify("g1"), "type": "identify"},
+                    {**identify("g2"), "type": "identify"},
+                ]
+            }
+        ).encode()
+    )
+    status, body, _ = await post(
+        f"{url}/v1/batch",
+        None,
+        raw=raw,
+        headers={"Authorization": basic(WRITE_KEY), "Content-Encoding": "gzip"},
+    )
+    assert (status, body) == (200, {"success": True})
+    await customerio.wait_for(1)
+    assert {op["identifiers"]["id"] for op in sent_ops(customerio)} == {"g1", "g2"}
+
+
+async def test_corrupt_gzip_is_400(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(
+        f"{url}/v1/track",
+        None,
+        raw=b"not gzip at all",
+        headers={"Authorization": basic(WRITE_KEY), "Content-Encoding": "gzip"},
+    )
+    assert status == 400 and body["code"] == "invalid_request"
+
+
+async def test_browser_short_path_with_text_plain_and_cors(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    async with aiohttp.ClientSession() as session:
+        async with session.options(
+            f"{url}/v1/t",
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        ) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+            assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+            assert resp.headers["Access-Control-Allow-Headers"] == "content-type"
+    body = {**track("b1", "Clicked", "m-b1"), "writeKey": WRITE_KEY}
+    del body["type"]  # the short path says what the call is
+    status, payload, headers = await post(
+        f"{url}/v1/t",
+        body,
+        headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
+    )
+    assert (status, payload) == (200, {"success": True})
+    assert headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    [request] = await customerio.wait_for(1)
+    assert request.body["batch"][0]["name"] == "Clicked"
+
+
+@pytest.mark.parametrize("path", ["i", "t", "p", "s", "g", "a"])
+async def test_every_short_path_accepts_its_call(
+    relay_factory: RelayFactory, customerio: StandIn, path: str
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    body = {
+        "userId": "u1",
+        "event": "E",
+        "name": "Home",
+        "groupId": "g1",
+        "previousId": "p1",
+        "properties": {"url": "https://x.example/"},
+        "messageId": f"m-{path}",
+        "writeKey": WRITE_KEY,
+    }
+    status, payload, _ = await post(
+        f"{url}/v1/{path}", body, headers={"Content-Type": "text/plain"}
+    )
+    assert (status, payload) == (200, {"success": True})
+
+
+@pytest.mark.parametrize("path", ["identify", "track", "page", "screen", "group", "alias"])
+async def test_every_single_call_path_accepts_its_call(
+    relay_factory: RelayFactory, customerio: StandIn, path: str
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    body = {
+        "userId": "u1",
+        "event": "E",
+        "name": "Home",
+        "groupId": "g1",
+        "previousId": "p1",
+        "properties": {"url": "https://x.example/"},
+        "messageId": f"m-{path}",
+    }
+    status, payload, _ = await post(
+        f"{url}/v1/{path}", body, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert (status, payload) == (200, {"success": True})
+
+
+async def test_import_path_takes_a_batch(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, _, _ = await post(
+        f"{url}/v1/import",
+        {"batch": [track("u1", "A", "m-a"), track("u1", "B", "m-b")]},
+        headers={"Authorization": basic(WRITE_KEY)},
+    )
+    assert status == 200
+    await customerio.wait_for(1)
+    assert [op["name"] for op in sent_ops(customerio)] == ["A", "B"]
+
+
+async def test_invalid_single_call_is_400_saying_what(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(
+        f"{url}/v1/track",
+        {"userId": "u1", "messageId": "x"},
+        headers={"Authorization": basic(WRITE_KEY)},
+    )
+    assert status == 400
+    assert body == {
+        "success": False,
+        "code": "invalid_request",
+        "message": "a track call needs a non-empty 'event'",
+        "error": "a track call needs a non-empty 'event'",
+    }
+    status, body, _ = await post(
+        f"{url}/v1/identify", None, raw=b"{not json", headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert status == 400 and "not valid JSON" in body["message"]
+    status, body, _ = await post(
+        f"{url}/v1/identify", {"traits": {}}, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert status == 400 and "userId" in body["message"]
+
+
+async def test_single_message_over_32kb_is_413(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    big = track("u1", "Big", "m-big", blob="x" * (33 * 1024))
+    status, body, _ = await post(
+        f"{url}/v1/track", big, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert status == 413 and body["code"] == "payload_too_large"
+    assert "32 KB" in body["message"]
+
+
+async def test_batch_over_500kb_is_413(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    items = [track("u1", "E", f"m-{i}", blob="x" * 20_000) for i in range(27)]
+    status, body, _ = await post(
+        f"{url}/v1/batch", {"batch": items}, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert status == 413 and "500 KB" in body["message"]
+
+
+async def test_batch_of_more_than_2500_messages_is_400(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    items = [{"type": "track", "userId": "u", "event": "E"} for _ in range(2501)]
+    status, body, _ = await post(
+        f"{url}/v1/batch", {"batch": items}, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert status == 400 and "2500" in body["message"]
+
+
+async def test_partial_batch_queues_good_items_and_lists_rejected(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url)
+    items = [
+        track("u1", "Good One", "m-1"),
+        {"type": "track", "userId": "u1", "messageId": "m-2"},  # no event
+        "not an object",
+        track("u2", "Good Two", "m-4"),
+        {**track("u3", "Too Big", "m-5"), "properties": {"blob": "x" * 40_000}},
+    ]
+    status, body, _ = await post(
+        f"{url}/v1/batch", {"batch": items}, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert status == 200
+    assert body == {
+        "success": True,
+        "rejected": [
+            {"index": 1, "reason": "batch[1]: a track call needs a non-empty 'event'"},
+            {"index": 2, "reason": "batch[2]: each message must be a JSON object"},
+            {"index": 4, "reason": "batch[4]: the message is larger than 32 KB"},
+        ],
+    }
+    await customerio.wait_for(1)
+    assert sorted(op["name"] for op in sent_ops(customerio)) == ["Good One", "Good Two"]
+    dead = await relay_of(app).store.dead_letters()
+    assert sorted(d.reason for d in dead if d.destination is None) == [
+        "batch[1]: a track call needs a non-empty 'event'",
+        "batch[2]: each message must be a JSON object",
+        "batch[4]: the message is larger than 32 KB",
+    ]
+
+
+async def test_batch_context_and_integrations_merge_into_items(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    body = {
+        "batch": [
+            {**track("u1", "Kept", "m-1"), "context": {"traits": {"email": "u1@example.com"}}},
+            {**track("u2", "Dropped", "m-2"), "integrations": {"Customer.io": False}},
+        ],
+        "context": {"library": {"name": "analytics-test"}},
+        "integrations": {"All": True},
+    }
+    status, _, _ = await post(f"{url}/v1/batch", body, headers={"Authorization": basic(WRITE_KEY)})
+    assert status == 200
+    await customerio.wait_for(1)
+    assert [op["name"] for op in sent_ops(customerio)] == ["Kept"]
+
+
+async def test_duplicate_message_id_is_accepted_once(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url)
+    for _ in range(3):
+        status, body, _ = await post(
+            f"{url}/v1/track",
+            track("u1", "Once", "m-dup"),
+            headers={"Authorization": basic(WRITE_KEY)},
+        )
+        assert (status, body) == (200, {"success": True})
+    # the same messageId from another source is another message
+    status, _, _ = await post(
+        f"{url}/v1/track",
+        track("u1", "Once", "m-dup"),
+        headers={"Authorization": basic(BACKEND_KEY)},
+    )
+    assert status == 200
+    # and inside one batch, the second copy is dropped
+    status, _, _ = await post(
+        f"{url}/v1/batch",
+        {"batch": [track("u9", "Twice", "m-x"), track("u9", "Twice", "m-x")]},
+        headers={"Authorization": basic(WRITE_KEY)},
+    )
+    assert status == 200
+    await customerio.wait_for(1)
+    await __import__("asyncio").sleep(0.5)
+    names = sorted(op["name"] for op in sent_ops(customerio))
+    assert names == ["Once", "Once", "Twice"]
+    received = relay_of(app).metrics.received
+    assert received.labels("segment", "web", "duplicate")._value.get() == 3
+
+
+def _sign_sha1(secret: str, raw: bytes) -> str:
+    return hmac.new(secret.encode(), raw, hashlib.sha1).hexdigest()
+
+
+async def test_segment_webhook_single_event_with_signature(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    raw = json.dumps(track("w1", "Hooked", "m-w1")).encode()
+    status, _, _ = await post(
+        f"{url}/webhooks/segment",
+        None,
+        raw=raw,
+        headers={
+            "X-Signature": _sign_sha1("segment-hook-secret", raw),
+            "User-Agent": "Segment.io/1.0",
+        },
+    )
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    assert request.body["batch"][0]["name"] == "Hooked"
+
+
+async def test_segment_webhook_array_form_signs_first_element_raw_bytes(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    first = (
+        b'{"type":"track","userId":"w2","event":"First","messageId":"m-a","properties":{"n":1.0}}'
+    )
+    second = json.dumps(track("w2", "Second", "m-b")).encode()
+    raw = b"[" + first + b", " + second + b"]"
+    status, _, _ = await post(
+        f"{url}/webhooks/segment",
+        None,
+        raw=raw,
+        headers={"X-Signature": _sign_sha1("segment-hook-secret", first)},
+    )
+    assert status == 200
+    await customerio.wait_for(1)
+    assert [op["name"] for op in sent_ops(customerio)] == ["First", "Second"]
+
+
+@pytest.mark.parametrize("signature", [None, "0" * 40, "zz"])
+async def test_segment_webhook_with_bad_signature_is_401(
+    relay_factory: RelayFactory, customerio: StandIn, signature: str | None
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    raw = json.dumps(track("w1", "Hooked", "m-w1")).encode()
+    headers = {"X-Signature": signature} if signature else {}
+    status, body, _ = await post(f"{url}/webhooks/segment", None, raw=raw, headers=headers)
+    assert status == 401 and "X-Signature" in body["message"]
+
+
+async def test_unknown_path_is_json_404(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(f"{url}/v1/nope", {})
+    assert status == 404 and body["code"] == "not_found"
+
+
+async def test_health_ready_and_metrics(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/healthz") as resp:
+            assert resp.status == 200
+        async with session.get(f"{url}/readyz") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+            assert body["store"] == "writable"
+            assert body["destinations"]["customerio.main"] == {"state": "ok"}
+        await post(
+            f"{url}/v1/track", track("u1", "E", "m-1"), headers={"Authorization": basic(WRITE_KEY)}
+        )
+        async with session.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+            assert (
+                'relay_received_events_total{kind="segment",outcome="queued",source="web"} 1.0'
+                in text
+            )
