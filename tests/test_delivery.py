@@ -1,0 +1,245 @@
+"""Delivery to Customer.io: retries, dead letters, pauses, order per person, rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay.delivery import backoff
+from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
+from tests.test_segment_api import post, sent_ops, track
+
+AUTH = {"Authorization": basic(WRITE_KEY)}
+
+
+async def send(url: str, *messages: dict[str, Any]) -> None:
+    status, body, _ = await post(f"{url}/v1/batch", {"batch": list(messages)}, headers=AUTH)
+    assert (status, body) == (200, {"success": True})
+
+
+async def settle(app: Any, seconds: float = 0.3) -> None:
+    await asyncio.sleep(seconds)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        (429, {"Retry-After": "1"}),
+        (500, {}),
+        (502, {}),
+        (503, {}),
+        (408, {}),
+        (423, {}),
+    ],
+    ids=["429-retry-after", "500", "502", "503", "408", "423"],
+)
+async def test_retryable_status_is_retried_until_delivered(
+    relay_factory: RelayFactory, customerio: StandIn, failure: tuple[int, dict[str, str]]
+) -> None:
+    status, headers = failure
+    customerio.respond(status, {"meta": {"error": "try later"}}, headers)
+    url, app = await relay_factory(cio_url=customerio.url)
+    await send(url, track("u1", "Retried", "m-1"))
+    first, second = await customerio.wait_for(2, timeout=15)
+    assert first.body == second.body  # the same op, the same ULID id: Customer.io dedups
+    if "Retry-After" in headers:
+        assert second.at - first.at >= 1.0
+    await settle(app)
+    counts = await relay_of(app).store.counts()
+    assert counts == {}  # delivered and cleaned up, nothing dead
+
+
+async def test_connection_reset_is_retried(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.reset_connection()
+    url, _ = await relay_factory(cio_url=customerio.url)
+    await send(url, track("u1", "Reset", "m-1"))
+    requests = await customerio.wait_for(2, timeout=15)
+    assert requests[-1].body["batch"][0]["name"] == "Reset"
+
+
+async def test_timeout_is_retried(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    customerio.hang()
+    url, _ = await relay_factory(cio_url=customerio.url)
+    await send(url, track("u1", "Slow", "m-1"))
+    requests = await customerio.wait_for(2, timeout=20)
+    assert requests[1].at - requests[0].at >= 2.0  # the 2 s timeout of the test config
+
+
+async def test_400_is_dead_lettered_with_the_response_body(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.respond(400, {"meta": {"error": "invalid identifier"}})
+    url, app = await relay_factory(cio_url=customerio.url)
+    await send(url, track("u1", "Refused", "m-1"))
+    await customerio.wait_for(1)
+    await settle(app, 1.5)
+    assert len(customerio.requests) == 1  # never retried
+    [dead] = await relay_of(app).store.dead_letters()
+    assert dead.destination == "customerio.main"
+    assert dead.reason == 'HTTP 400: {"meta": {"error": "invalid identifier"}}'
+    assert dead.message["event"] == "Refused"
+
+
+async def test_401_pauses_the_destination_without_dead_lettering(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.respond(401, {"meta": {"error": "unauthorized"}})
+    url, app = await relay_factory(cio_url=customerio.url)
+    await send(url, track("u1", "A", "m-1"), track("u2", "B", "m-2"))
+    await customerio.wait_for(1)
+    await settle(app, 1.5)
+    assert len(customerio.requests) == 1  # paused: no hammering with bad credentials
+    relay = relay_of(app)
+    assert await relay.store.dead_letters() == []
+    counts = await relay.store.counts()
+    assert counts["customerio.main"]["pending"] == 2  # the backlog is kept
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/readyz") as resp:
+            body = await resp.json()
+    state = body["destinations"]["customerio.main"]
+    assert state["state"] == "paused" and "credentials" in state["reason"]
+    metrics = relay.metrics.paused.labels("customerio.main")._value.get()
+    assert metrics == 1
+
+
+async def test_a_retry_holds_back_only_that_person(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    # v1 sends one request per call, so the stand-in can fail exactly one person's event.
+    customerio.respond(500)
+    url, app = await relay_factory(cio_url=customerio.url, api="v1")
+    await send(url, track("alice", "A1", "m-1"))
+    await customerio.wait_for(1)
+    await send(url, track("alice", "A2", "m-2"), track("bob", "B1", "m-3"))
+    requests = await customerio.wait_for(4, timeout=15)
+    order = [(r.path, r.body["name"]) for r in requests]
+    # bob is not held back by alice's retry; alice's A2 waits for A1.
+    assert order.index(("/api/v1/customers/bob/events", "B1")) < order.index(
+        ("/api/v1/customers/alice/events", "A1"), 1
+    )
+    alice = [name for path, name in order if "alice" in path]
+    assert alice == ["A1", "A1", "A2"]
+
+
+async def test_order_per_person_holds_inside_and_across_batches(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url, extra_cio="      batch_size: 7")
+    events = [track(f"p{i % 3}", f"E{i}", f"m-{i}") for i in range(40)]
+    await send(url, *events)
+    await customerio.wait_for(6, timeout=15)
+    await asyncio.sleep(0.5)
+    assert all(len(r.body["batch"]) <= 7 for r in customerio.requests)
+    ops = sent_ops(customerio)
+    assert len(ops) == 40
+    for person in ("p0", "p1", "p2"):
+        names = [op["name"] for op in ops if op["identifiers"]["id"] == person]
+        assert names == [f"E{i}" for i in range(40) if f"p{i % 3}" == person]
+
+
+async def test_rate_limit_is_never_exceeded(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url, api="v1", rate_limit=10)
+    await send(url, *[track(f"user-{i}", "E", f"m-{i}") for i in range(25)])
+    requests = await customerio.wait_for(25, timeout=10)
+    times = sorted(r.at for r in requests)
+    span = times[-1] - times[0]
+    assert span >= 2.3  # 25 requests at 10/s cannot take less than 2.4 s (minus jitter)
+    # No one-second window holds more than the limit; one extra is allowed for the
+    # arrival jitter of the loopback server at a window's edge.
+    for i, start in enumerate(times):
+        in_window = sum(1 for t in times[i:] if t < start + 1.0)
+        assert in_window <= 11
+
+
+async def test_unconfigured_destination_holds_events_without_dead_lettering(
+    relay_factory: RelayFactory, customerio: StandIn, tmp_path: Any
+) -> None:
+    from relay.app import create_app
+    from relay.config import parse_config
+    from tests.conftest import config_yaml
+
+    text = config_yaml(tmp_path / "u.db", customerio.url).replace(
+        'site_id: "site-123"', 'site_id: "${CIO_SITE_ID}"'
+    )
+    config = parse_config(text, "relay.yaml", {})
+    assert [m.name for m in config.missing] == ["CIO_SITE_ID"]
+    app = create_app(config)
+    from aiohttp.test_utils import TestServer
+
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        await send(url, track("u1", "Held", "m-1"))
+        await asyncio.sleep(1.2)
+        assert customerio.requests == []
+        relay = relay_of(app)
+        assert (await relay.store.counts())["customerio.main"] == {"pending": 1}
+        state = relay.workers["customerio.main"].state
+        assert state["state"] == "paused" and "CIO_SITE_ID" in str(state["reason"])
+    finally:
+        await server.close()
+
+
+def test_backoff_grows_with_full_jitter_and_a_floor() -> None:
+    assert backoff(1, lambda: 0.0) == 1.0
+    assert backoff(3, lambda: 1.0) == 8.0
+    assert backoff(30, lambda: 1.0) == 300.0
+    assert backoff(4, lambda: 0.5) == 8.0
+
+
+async def test_gives_up_only_when_old_and_failed_three_times(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    from relay.sinks.outcome import Retry
+    from relay.store.base import Delivery
+
+    url, app = await relay_factory(cio_url=customerio.url)
+    worker = relay_of(app).workers["customerio.main"]
+    store = relay_of(app).store
+    now = worker.clock()
+    await send(url, track("u1", "Old", "m-old"))
+    await customerio.wait_for(1)
+    # Settle synthetic outcomes on real rows: young with many attempts → retried;
+    # old with few attempts → retried; old and failed three times → dead.
+    from relay.store.base import NewDelivery, NewEvent
+
+    events = [
+        NewEvent(
+            "web",
+            "segment",
+            '{"type":"track"}',
+            now - age,
+            f"k{i}",
+            (NewDelivery("customerio.test"),),
+        )
+        for i, age in enumerate([10.0, 90_000.0, 90_000.0])
+    ]
+    await store.enqueue(events)
+    leased = await store.lease("customerio.test", 10, now)
+    attempts = [5, 1, 2]
+    rows = [
+        Delivery(
+            d.id,
+            d.event_id,
+            d.destination,
+            d.ordering_key,
+            a,
+            d.created_at,
+            d.source,
+            d.kind,
+            d.message,
+        )
+        for d, a in zip(leased, attempts, strict=True)
+    ]
+    await worker._settle(rows, {d.id: Retry("HTTP 500") for d in rows})
+    dead = [d for d in await store.dead_letters() if d.destination == "customerio.test"]
+    assert len(dead) == 1 and dead[0].id == rows[2].id
+    assert dead[0].reason.startswith("gave up after 3 attempts")
