@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -303,7 +302,3 @@ def describe_missing(config: Config) -> list[str]:
     for name, places in sorted(by_name.items()):
         lines.append(f"environment variable {name} is not set; used by {', '.join(places)}")
     return lines
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)

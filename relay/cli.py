@@ -151,7 +151,6 @@ async def _dlq(config: Config, args: argparse.Namespace) -> int:
                     json.dumps(
                         {
                             "id": item.id,
-                            "event_id": item.event_id,
                             "destination": item.destination,
                             "source": item.source,
                             "kind": item.kind,
@@ -185,34 +184,41 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING or ERROR"
+    )
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__, parents=[common])
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the relay until SIGTERM or SIGINT")
+    serve = sub.add_parser("serve", parents=[common], help="run the relay until SIGTERM or SIGINT")
     serve.add_argument("--config", required=True, help="path to the YAML config")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check", help="validate a config; exit 0 only when it is valid")
+    check = sub.add_parser(
+        "check", parents=[common], help="validate a config; exit 0 only when it is valid"
+    )
     check.add_argument("--config", required=True)
     check.set_defaults(func=cmd_check)
 
-    routes = sub.add_parser("routes", help="route tools")
+    routes = sub.add_parser("routes", parents=[common], help="route tools")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True)
-    test = routes_sub.add_parser("test", help="show where messages in FILE would go, offline")
+    test = routes_sub.add_parser(
+        "test", parents=[common], help="show where messages in FILE would go, offline"
+    )
     test.add_argument("--config", required=True)
     test.add_argument("file", help="JSON object, array, or JSON lines")
     test.set_defaults(func=cmd_routes_test)
 
-    dlq = sub.add_parser("dlq", help="inspect and replay dead letters")
+    dlq = sub.add_parser("dlq", parents=[common], help="inspect and replay dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list", help="print dead letters as JSON lines")
+    dlq_list = dlq_sub.add_parser("list", parents=[common], help="print dead letters as JSON lines")
     dlq_list.add_argument("--config", required=True)
     dlq_list.add_argument("--destination")
     dlq_list.add_argument("--limit", type=int, default=100)
     dlq_list.set_defaults(func=cmd_dlq)
-    replay = dlq_sub.add_parser("replay", help="queue dead letters again")
+    replay = dlq_sub.add_parser("replay", parents=[common], help="queue dead letters again")
     replay.add_argument("--config", required=True)
     replay.add_argument("ids", nargs="*")
     replay.add_argument("--all", action="store_true")
@@ -223,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(getattr(args, "log_level", "INFO")).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from relay.codec import encode
 from relay.metrics import Metrics
 from relay.routing import Routes
 from relay.sources import segment_messages as seg
 from relay.store.base import EnqueueOutcome, NewDelivery, NewEvent, Store
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Incoming:
     """A message from a source, ready to be routed."""
 
@@ -29,6 +30,7 @@ class Incoming:
     # message; for Segment messages both are the same object.
     deliverable: dict[str, Any] | None = None
     rejected_reason: str | None = None
+    encoded: bytes | None = None  # `message` as JSON, when the source already encoded it
 
 
 class Intake:
@@ -49,18 +51,19 @@ class Intake:
         self.notify = notify
         self.clock = clock
 
-    def segment_incoming(self, msg: dict[str, Any]) -> Incoming:
-        if not isinstance(msg.get("messageId"), str) or not msg["messageId"]:
+    def segment_incoming(self, msg: dict[str, Any], encoded: bytes | None = None) -> Incoming:
+        message_id = msg.get("messageId")
+        if not isinstance(message_id, str) or not message_id:
             # A stored id keeps the derived Customer.io event id stable across retries.
             msg["messageId"] = f"relay-{uuid.uuid4()}"
             return Incoming(msg, seg.ordering_key(msg), None)
-        return Incoming(msg, seg.ordering_key(msg), msg["messageId"])
+        return Incoming(msg, seg.ordering_key(msg), message_id, encoded=encoded)
 
     def build(
         self, kind: str, source: str, item: Incoming, received_at: float
     ) -> tuple[NewEvent, int]:
         """The stored form of one message, and how many destinations it goes to."""
-        message_json = seg.encode(item.message)
+        message_json = item.encoded if item.encoded is not None else encode(item.message)
         if item.rejected_reason is not None:
             return NewEvent(
                 source=source,
@@ -78,7 +81,7 @@ class Intake:
             if edited is item.message:
                 deliveries.append(NewDelivery(destination))
             else:
-                deliveries.append(NewDelivery(destination, seg.encode(edited)))
+                deliveries.append(NewDelivery(destination, encode(edited)))
         return NewEvent(
             source=source,
             kind=kind,
@@ -102,10 +105,13 @@ class Intake:
             events.append(event)
         outcomes = await self.store.enqueue(events)
         destinations: set[str] = set()
+        tally: dict[str, int] = {}
         for event, outcome in zip(events, outcomes, strict=True):
-            self.metrics.received.labels(kind, source, outcome).inc()
+            tally[outcome] = tally.get(outcome, 0) + 1
             if outcome == "queued":
                 destinations.update(d.destination for d in event.deliveries)
+        for outcome, count in tally.items():
+            self.metrics.received.labels(kind, source, outcome).inc(count)
         if unrouted:
             self.metrics.unrouted.labels(kind, source).inc(unrouted)
         if destinations:

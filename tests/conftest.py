@@ -93,7 +93,7 @@ class StandIn:
             self.arrived.clear()
             try:
                 await asyncio.wait_for(self.arrived.wait(), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return self.requests
 

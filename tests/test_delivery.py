@@ -98,9 +98,8 @@ async def test_401_pauses_the_destination_without_dead_lettering(
     assert await relay.store.dead_letters() == []
     counts = await relay.store.counts()
     assert counts["customerio.main"]["pending"] == 2  # the backlog is kept
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{url}/readyz") as resp:
-            body = await resp.json()
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/readyz") as resp:
+        body = await resp.json()
     state = body["destinations"]["customerio.main"]
     assert state["state"] == "paused" and "credentials" in state["reason"]
     metrics = relay.metrics.paused.labels("customerio.main")._value.get()
@@ -228,7 +227,6 @@ async def test_gives_up_only_when_old_and_failed_three_times(
     rows = [
         Delivery(
             d.id,
-            d.event_id,
             d.destination,
             d.ordering_key,
             a,

@@ -117,13 +117,15 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, customerio: StandIn
     proc = start_relay(write_config(tmp_path, tmp_path / "term.db", customerio.url, port))
     try:
         await wait_ready(url, proc)
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
                 f"{url}/v1/track",
                 json=track("u1", "Before Stop", "m-1"),
                 headers={"Authorization": basic(WRITE_KEY)},
-            ) as resp:
-                assert resp.status == 200
+            ) as resp,
+        ):
+            assert resp.status == 200
         await customerio.wait_for(1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

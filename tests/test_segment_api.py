@@ -213,19 +213,21 @@ async def test_browser_short_path_with_text_plain_and_cors(
     relay_factory: RelayFactory, customerio: StandIn
 ) -> None:
     url, _ = await relay_factory(cio_url=customerio.url)
-    async with aiohttp.ClientSession() as session:
-        async with session.options(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.options(
             f"{url}/v1/t",
             headers={
                 "Origin": "https://shop.example",
                 "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "content-type",
             },
-        ) as resp:
-            assert resp.status == 204
-            assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example"
-            assert "POST" in resp.headers["Access-Control-Allow-Methods"]
-            assert resp.headers["Access-Control-Allow-Headers"] == "content-type"
+        ) as resp,
+    ):
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+        assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+        assert resp.headers["Access-Control-Allow-Headers"] == "content-type"
     body = {**track("b1", "Clicked", "m-b1"), "writeKey": WRITE_KEY}
     del body["type"]  # the short path says what the call is
     status, payload, headers = await post(

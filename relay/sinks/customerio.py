@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay import USER_AGENT
+from relay.codec import encode
 from relay.config import CustomerIODestination
 from relay.mapping import Rejection
 from relay.mapping.to_customerio import encode_v1, encode_v2, map_and_check
@@ -23,7 +24,7 @@ from relay.outgoing import OutgoingRequest
 from relay.sinks.batching import pack
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry
-from relay.sinks.sender import Sender, dumps
+from relay.sinks.sender import Sender
 from relay.sinks.transport import Transport
 from relay.store.base import Delivery
 
@@ -54,7 +55,7 @@ def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
             out.append(Planned(d, requests=[r for op in mapped for r in encode_v1(op)]))
         else:
             ops = [encode_v2(op) for op in mapped]
-            out.append(Planned(d, ops=ops, sizes=[len(dumps(op)) for op in ops]))
+            out.append(Planned(d, ops=ops, sizes=[len(encode(op)) for op in ops]))
     return out
 
 
@@ -77,7 +78,7 @@ def requests_for(
 ) -> list[OutgoingRequest] | Rejection:
     """The exact requests relay would send for these messages (used by `relay routes test`)."""
     deliveries = [
-        Delivery(i, i, dest.key, "", 0, now, "", "segment", m) for i, m in enumerate(messages)
+        Delivery(i, dest.key, "", 0, now, "", "segment", m) for i, m in enumerate(messages)
     ]
     planned = plan(deliveries, dest.api)
     for p in planned:

@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relay import USER_AGENT
+from relay.codec import encode
 from relay.config import SegmentDestination
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.sinks.batching import pack
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.outcome import Dead, Outcome, Retry
-from relay.sinks.sender import Sender, dumps
+from relay.sinks.sender import Sender
 from relay.sinks.transport import Transport
 from relay.store.base import Delivery
 
@@ -38,7 +39,7 @@ def plan_batches(
     sendable: list[int] = []
     too_large: dict[int, str] = {}
     for i, message in enumerate(messages):
-        size = len(dumps(message))
+        size = len(encode(message))
         if size > MAX_MESSAGE_BYTES:
             too_large[i] = (
                 f"the Segment message is {size} bytes, over Segment's limit of"

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
+from relay.codec import encode
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.outcome import Done, Outcome, Retry, classify
 from relay.sinks.transport import Response, Transport, TransportError
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class Sender:
@@ -42,7 +37,7 @@ class Sender:
     async def send(self, request: OutgoingRequest) -> tuple[Outcome, Response | None]:
         """One request through the destination's limiter; never raises for network trouble."""
         await self.limiter.acquire()
-        body = None if request.body is None else dumps(request.body)
+        body = None if request.body is None else encode(request.body)
         started = time.monotonic()
         try:
             response = await self.transport.send(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from typing import Any
 
 from aiohttp import web
 
+from relay.codec import decode, encode
 from relay.config import SEGMENT_WEBHOOK_SOURCE
 from relay.errors import BadRequest, PayloadTooLarge, Unauthorized
 from relay.intake import Incoming, Intake
@@ -54,7 +54,7 @@ def _basic_user(header: str | None) -> str | None:
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return decode(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
@@ -136,8 +136,11 @@ class SegmentAPI:
             if isinstance(item, dict) and body is not None:
                 item = seg.merge_batch_defaults(item, body)
             problem = seg.message_problem(item)
-            if problem is None and len(seg.encode(item).encode()) > seg.MAX_MESSAGE_BYTES:
-                problem = f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
+            encoded = None
+            if problem is None:
+                encoded = encode(seg.normalise(item))
+                if len(encoded) > seg.MAX_MESSAGE_BYTES:
+                    problem = f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
             if problem is not None:
                 reason = f"batch[{index}]: {problem}"
                 rejected.append({"index": index, "reason": reason})
@@ -151,7 +154,7 @@ class SegmentAPI:
                     )
                 )
                 continue
-            incoming.append(self.intake.segment_incoming(seg.normalise(item)))
+            incoming.append(self.intake.segment_incoming(item, encoded))
         return incoming, rejected
 
     async def webhook(self, request: web.Request) -> web.Response:

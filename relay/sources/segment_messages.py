@@ -6,7 +6,6 @@ event on the ingestion hot path; it returns reasons as values instead of raising
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -113,7 +112,3 @@ def merge_batch_defaults(item: dict[str, Any], body: dict[str, Any]) -> dict[str
             own = item.get(name)
             item[name] = {**shared, **own} if isinstance(own, dict) else dict(shared)
     return item
-
-
-def encode(msg: dict[str, Any]) -> str:
-    return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))

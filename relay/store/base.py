@@ -8,21 +8,21 @@ from typing import Any, Literal, Protocol
 EnqueueOutcome = Literal["queued", "duplicate", "rejected"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NewDelivery:
     destination: str
-    # The message as routed for this destination, when a route reshaped it; None means
-    # "the event's own message", which keeps the common case to one copy on disk.
-    message_json: str | None = None
+    # The message as routed for this destination (JSON), when a route reshaped it; None
+    # means "the event's own message", which keeps the common case to one copy on disk.
+    message_json: bytes | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NewEvent:
     """An accepted (or rejected) message, with where it must go."""
 
     source: str
     kind: str  # "segment" | "customerio"
-    message_json: str
+    message_json: bytes
     received_at: float
     ordering_key: str
     deliveries: tuple[NewDelivery, ...] = ()
@@ -36,7 +36,6 @@ class Delivery:
     """A leased delivery, handed to a destination's worker."""
 
     id: int
-    event_id: int
     destination: str
     ordering_key: str
     attempts: int
@@ -57,8 +56,7 @@ class Retry:
 class DeadLetter:
     """A delivery that was given up on, or a message rejected at the door."""
 
-    id: int
-    event_id: int
+    id: int  # the delivery's id, or the rejected message's id when destination is None
     destination: str | None
     source: str
     kind: str

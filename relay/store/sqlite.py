@@ -10,7 +10,6 @@ paying one each, and a request is answered only after the commit that holds it r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from relay.codec import decode
 from relay.errors import StoreUnavailable
 from relay.store.base import (
     DeadLetter,
@@ -32,31 +32,32 @@ log = logging.getLogger("relay.store")
 
 T = TypeVar("T")
 
+# One row per (message, destination): the message travels with its delivery, so the hot
+# path writes two rows per event (delivery and dedup id) and leasing needs no join.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id              INTEGER PRIMARY KEY,
-    source          TEXT NOT NULL,
-    kind            TEXT NOT NULL,
-    message         TEXT NOT NULL,
-    received_at     REAL NOT NULL,
-    rejected_reason TEXT
-);
 CREATE TABLE IF NOT EXISTS deliveries (
     id           INTEGER PRIMARY KEY,
-    event_id     INTEGER NOT NULL,
     destination  TEXT NOT NULL,
     ordering_key TEXT NOT NULL,
     state        TEXT NOT NULL,            -- pending | leased | dead
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_at      REAL NOT NULL,
     created_at   REAL NOT NULL,
-    message      TEXT,                     -- reshaped message, when a route changed it
+    source       TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    message      BLOB NOT NULL,            -- JSON, as routed to this destination
     last_error   TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, id);
 CREATE INDEX IF NOT EXISTS deliveries_person ON deliveries (destination, ordering_key, id);
-CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
-CREATE INDEX IF NOT EXISTS events_rejected ON events (id) WHERE rejected_reason IS NOT NULL;
+CREATE TABLE IF NOT EXISTS rejected (
+    id          INTEGER PRIMARY KEY,
+    source      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    message     BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dedup (
     kind       TEXT NOT NULL,
     source     TEXT NOT NULL,
@@ -82,7 +83,7 @@ WHERE id IN (
     ORDER BY d.id
     LIMIT :limit
 )
-RETURNING id, event_id, ordering_key, attempts, created_at, message
+RETURNING id, ordering_key, attempts, created_at, source, kind, message
 """
 
 _CHUNK = 500  # stays well under SQLite's bound-parameter limit
@@ -122,7 +123,6 @@ class SqliteStore:
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
         ] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._next_event_id = 1
         self._next_delivery_id = 1
         self._pending = 0
         self.commits = 0
@@ -157,7 +157,6 @@ class SqliteStore:
         self._resync(conn)
 
     def _resync(self, conn: sqlite3.Connection) -> None:
-        self._next_event_id = (conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0) + 1
         self._next_delivery_id = (
             conn.execute("SELECT max(id) FROM deliveries").fetchone()[0] or 0
         ) + 1
@@ -289,17 +288,15 @@ class SqliteStore:
                 seen.update((kind, source, r[0]) for r in rows)
 
         outcomes: list[EnqueueOutcome] = []
-        ev_rows: list[tuple[Any, ...]] = []
+        rejected: list[tuple[Any, ...]] = []
         dl_rows: list[tuple[Any, ...]] = []
         dd_rows: list[tuple[Any, ...]] = []
-        event_id = self._next_event_id
         delivery_id = self._next_delivery_id
         for e in events:
             if e.rejected_reason:
-                ev_rows.append(
-                    (event_id, e.source, e.kind, e.message_json, e.received_at, e.rejected_reason)
+                rejected.append(
+                    (e.source, e.kind, e.received_at, e.rejected_reason, e.message_json)
                 )
-                event_id += 1
                 outcomes.append("rejected")
                 continue
             if e.dedup_id:
@@ -309,33 +306,35 @@ class SqliteStore:
                     continue
                 seen.add(key)
                 dd_rows.append((*key, e.dedup_until))
-            ev_rows.append((event_id, e.source, e.kind, e.message_json, e.received_at, None))
             for d in e.deliveries:
                 dl_rows.append(
                     (
                         delivery_id,
-                        event_id,
                         d.destination,
                         e.ordering_key,
                         e.received_at,
                         e.received_at,
-                        d.message_json,
+                        e.source,
+                        e.kind,
+                        e.message_json if d.message_json is None else d.message_json,
                     )
                 )
                 delivery_id += 1
-            event_id += 1
             outcomes.append("queued")
-        if ev_rows:
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", ev_rows)
         if dl_rows:
             conn.executemany(
-                "INSERT INTO deliveries (id, event_id, destination, ordering_key, state, next_at,"
-                " created_at, message) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+                "INSERT INTO deliveries (id, destination, ordering_key, state, next_at, created_at,"
+                " source, kind, message) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                 dl_rows,
             )
         if dd_rows:
             conn.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?)", dd_rows)
-        self._next_event_id = event_id
+        if rejected:
+            conn.executemany(
+                "INSERT INTO rejected (source, kind, received_at, reason, message)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rejected,
+            )
         self._next_delivery_id = delivery_id
         self._pending += len(dl_rows)
         return outcomes
@@ -347,34 +346,20 @@ class SqliteStore:
         self, conn: sqlite3.Connection, destination: str, limit: int, now: float
     ) -> list[Delivery]:
         rows = conn.execute(_LEASE, {"dest": destination, "now": now, "limit": limit}).fetchall()
-        if not rows:
-            return []
         rows.sort(key=lambda r: r[0])
-        events: dict[int, tuple[str, str, str]] = {}
-        event_ids = list({r[1] for r in rows})
-        for chunk in _chunks(event_ids):
-            for eid, source, kind, message in conn.execute(
-                f"SELECT id, source, kind, message FROM events WHERE id IN ({_marks(len(chunk))})",
-                chunk,
-            ):
-                events[eid] = (source, kind, message)
-        out = []
-        for did, eid, okey, attempts, created_at, own_message in rows:
-            source, kind, message = events[eid]
-            out.append(
-                Delivery(
-                    id=did,
-                    event_id=eid,
-                    destination=destination,
-                    ordering_key=okey,
-                    attempts=attempts,
-                    created_at=created_at,
-                    source=source,
-                    kind=kind,
-                    message=json.loads(own_message if own_message is not None else message),
-                )
+        return [
+            Delivery(
+                id=did,
+                destination=destination,
+                ordering_key=okey,
+                attempts=attempts,
+                created_at=created_at,
+                source=source,
+                kind=kind,
+                message=decode(message),
             )
-        return out
+            for did, okey, attempts, created_at, source, kind, message in rows
+        ]
 
     async def complete(self, ids: list[int]) -> None:
         if ids:
@@ -382,24 +367,11 @@ class SqliteStore:
 
     def _finish(self, conn: sqlite3.Connection, ids: list[int]) -> None:
         for chunk in _chunks(ids):
-            marks = _marks(len(chunk))
-            event_ids = [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT DISTINCT event_id FROM deliveries WHERE id IN ({marks})", chunk
-                )
-            ]
             cur = conn.execute(
-                f"DELETE FROM deliveries WHERE id IN ({marks}) AND state != 'dead'", chunk
+                f"DELETE FROM deliveries WHERE id IN ({_marks(len(chunk))}) AND state != 'dead'",
+                chunk,
             )
             self._pending -= cur.rowcount
-            for echunk in _chunks(event_ids):
-                conn.execute(
-                    f"DELETE FROM events WHERE id IN ({_marks(len(echunk))})"
-                    " AND rejected_reason IS NULL"
-                    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)",
-                    echunk,
-                )
 
     async def retry(self, retries: list[Retry]) -> None:
         if retries:
@@ -441,35 +413,25 @@ class SqliteStore:
     def _dead_letters(
         self, conn: sqlite3.Connection, limit: int, destination: str | None
     ) -> list[DeadLetter]:
-        out: list[DeadLetter] = []
-        where = "d.state = 'dead'" + (" AND d.destination = ?" if destination else "")
+        where = "state = 'dead'" + (" AND destination = ?" if destination else "")
         args: tuple[Any, ...] = (destination,) if destination else ()
-        for row in conn.execute(
-            "SELECT d.id, d.event_id, d.destination, e.source, e.kind, d.last_error, d.attempts,"
-            " d.created_at, coalesce(d.message, e.message) FROM deliveries AS d"
-            f" JOIN events AS e ON e.id = d.event_id WHERE {where} ORDER BY d.id LIMIT ?",
-            (*args, limit),
-        ):
-            out.append(DeadLetter(*row[:8], message=json.loads(row[8])))
+        out = [
+            DeadLetter(did, dest, source, kind, reason, attempts, created_at, decode(message))
+            for did, dest, source, kind, reason, attempts, created_at, message in conn.execute(
+                "SELECT id, destination, source, kind, last_error, attempts, created_at, message"
+                f" FROM deliveries WHERE {where} ORDER BY id LIMIT ?",
+                (*args, limit),
+            )
+        ]
         if destination is None:
-            for row in conn.execute(
-                "SELECT id, source, kind, rejected_reason, received_at, message FROM events"
-                " WHERE rejected_reason IS NOT NULL ORDER BY id LIMIT ?",
-                (limit,),
-            ):
-                out.append(
-                    DeadLetter(
-                        id=0,
-                        event_id=row[0],
-                        destination=None,
-                        source=row[1],
-                        kind=row[2],
-                        reason=row[3],
-                        attempts=0,
-                        created_at=row[4],
-                        message=json.loads(row[5]),
-                    )
+            out.extend(
+                DeadLetter(rid, None, source, kind, reason, 0, received_at, decode(message))
+                for rid, source, kind, reason, received_at, message in conn.execute(
+                    "SELECT id, source, kind, reason, received_at, message FROM rejected"
+                    " ORDER BY id LIMIT ?",
+                    (limit,),
                 )
+            )
         return out
 
     async def replay(self, ids: list[int] | None, now: float) -> int:

@@ -1,0 +1,834 @@
+"""Segment message → neutral Customer.io operations, written as v2 batch ops or classic v1
+requests, with Customer.io's limits checked before sending (PROTOCOLS §2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+from relay.mapping import Rejection
+from relay.mapping.dates import convert_dates, iso_to_millis, iso_to_seconds
+from relay.mapping.ulid import deterministic_ulid
+from relay.outgoing import OutgoingRequest
+
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_NAME_BYTES",
+    "MAX_ATTRIBUTE_VALUE_BYTES",
+    "MAX_EVENT_NAME_BYTES",
+    "MAX_IDENTIFIER_BYTES",
+    "MAX_OPERATION_BYTES",
+    "Action",
+    "Device",
+    "Operation",
+    "Relationship",
+    "check_limits",
+    "encode_v1",
+    "encode_v2",
+    "map_alias",
+    "map_and_check",
+    "map_delete",
+    "map_group",
+    "map_identify",
+    "map_message",
+    "map_page",
+    "map_screen",
+    "map_track",
+    "person_identifiers",
+]
+
+# Customer.io's limits (PROTOCOLS §2.1). "32 KB" is read as 32 × 1024 bytes, as Segment's own
+# libraries read their identical per-message limit.
+MAX_OPERATION_BYTES = 32 * 1024
+MAX_IDENTIFIER_BYTES = 150
+MAX_EVENT_NAME_BYTES = 100
+MAX_ATTRIBUTE_NAME_BYTES = 150
+MAX_ATTRIBUTE_VALUE_BYTES = 1000
+MAX_ATTRIBUTES = 300
+
+Action = Literal[
+    "identify",
+    "identify_anonymous",
+    "event",
+    "page",
+    "screen",
+    "delete",
+    "suppress",
+    "unsuppress",
+    "add_device",
+    "delete_device",
+    "merge",
+    "delete_relationships",
+]
+
+
+@dataclass(frozen=True)
+class Device:
+    """A push device: `platform` is `ios`/`android` when known; `last_used` is unix seconds."""
+
+    token: str
+    platform: str | None = None
+    last_used: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Relationship:
+    """A link between a person and an object, seen from whichever side the op addresses."""
+
+    identifiers: dict[str, str]
+    attributes: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One thing to do in Customer.io, independent of the API version that will carry it.
+
+    `identifiers` holds one of `id`, `email`, `cio_id`, `anonymous_id` for a person, or
+    `object_type_id` and `object_id` for an object; a merge has `primary` and `secondary`
+    instead. `id` is the event's de-duplication ULID; `timestamp` is unix seconds.
+    """
+
+    kind: Literal["person", "object"]
+    action: Action
+    identifiers: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    id: str | None = None
+    timestamp: int | None = None
+    attributes: dict[str, Any] | None = None
+    device: Device | None = None
+    primary: dict[str, str] | None = None
+    secondary: dict[str, str] | None = None
+    relationships: tuple[Relationship, ...] = ()
+
+    @property
+    def anonymous(self) -> bool:
+        return "anonymous_id" in self.identifiers
+
+
+Mapped = list[Operation] | Rejection
+
+# Loose on purpose: one `@`, something either side, a dot in the domain, no spaces. Stricter
+# checks reject real addresses; this only decides whether a userId *is* an address.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_DIGITS = re.compile(r"[0-9]+")
+_MILLISECONDS_ABOVE = 10**12
+_IOS_PLATFORMS = frozenset({"ios", "ipados", "tvos", "watchos"})
+_DEVICE_ADD_EVENTS = frozenset(
+    {"Application Installed", "Application Opened", "Device Created or Updated"}
+)
+_DEVICE_DELETE_EVENTS = frozenset({"Application Uninstalled", "Device Deleted"})
+# device attribute ← where in `context` it comes from; `device_os` is the OS version, as
+# Customer.io's own mobile SDKs report it.
+_DEVICE_CONTEXT_ATTRIBUTES = (
+    ("app_version", ("app", "version")),
+    ("device_model", ("device", "model")),
+    ("device_os", ("os", "version")),
+)
+_PERSON_ACTION_EVENTS: Mapping[str, Action] = {
+    "User Deleted": "delete",
+    "User Suppressed": "suppress",
+    "User Unsuppressed": "unsuppress",
+}
+_EVENT_ACTIONS = frozenset({"event", "page", "screen"})
+_DEFAULT_OBJECT_TYPE_ID = "1"
+_GROUP_CONTROL_TRAITS = (
+    "object_type_id",
+    "objectTypeId",
+    "objectAttributes",
+    "relationshipAttributes",
+)
+
+
+# --- reading a message -----------------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for a rejection reason, cut short so that a huge value cannot flood it."""
+    return repr(text) if len(text) <= 60 else repr(text[:60]) + "…"
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string, or a number written as Segment's JavaScript libraries would write it."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+def _id_field(message: Mapping[str, Any], key: str) -> str | None | Rejection:
+    """An identity field (`userId`, `groupId`, …): absent, empty and null all mean not given."""
+    value = message.get(key)
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    if text is None:
+        return Rejection(f"{key} must be a string or a number, got {_json_type(value)}")
+    return text
+
+
+def _object_field(message: Mapping[str, Any], key: str) -> dict[str, Any] | Rejection:
+    """A payload object (`traits`, `properties`): null or absent is empty; other types are wrong."""
+    value = message.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, (dict, Mapping)):
+        return dict(value)
+    return Rejection(f"{key} must be an object, got {_json_type(value)}")
+
+
+def _hint(mapping: Mapping[str, Any] | None, *path: str) -> Any:
+    """A nested optional value such as `context.device.token`; a wrong shape on the way is absent.
+
+    Context is filled in by client libraries and is only ever a hint here, so a malformed one
+    must not cost the message itself.
+    """
+    value: Any = mapping
+    for key in path:
+        # `dict` first: isinstance stops at it, far cheaper than the Mapping ABC's own check.
+        if not isinstance(value, (dict, Mapping)):
+            return None
+        value = value.get(key)
+    return value
+
+
+def person_identifiers(user_id: str) -> dict[str, str]:
+    """How Customer.io should address a person known by `user_id` (PROTOCOLS §2.2)."""
+    if user_id.startswith("cio_") and len(user_id) > 4:
+        return {"cio_id": user_id[4:]}
+    if _EMAIL.fullmatch(user_id):
+        return {"email": user_id}
+    return {"id": user_id}
+
+
+def _person(
+    message: Mapping[str, Any], traits_email: Any = None
+) -> dict[str, str] | None | Rejection:
+    """The person a call is about: userId, else an email from traits, else the anonymousId."""
+    user_id = _id_field(message, "userId")
+    if user_id is not None:
+        return user_id if isinstance(user_id, Rejection) else person_identifiers(user_id)
+    for email in (traits_email, _hint(message, "context", "traits", "email")):
+        if isinstance(email, str) and email:
+            return {"email": email}
+    anonymous_id = _id_field(message, "anonymousId")
+    if anonymous_id is None or isinstance(anonymous_id, Rejection):
+        return anonymous_id
+    return {"anonymous_id": anonymous_id}
+
+
+def _is_anonymous(person: Mapping[str, str]) -> bool:
+    return "anonymous_id" in person
+
+
+def _seconds_from_number(number: int | float) -> int:
+    if number > _MILLISECONDS_ABOVE:
+        return number // 1000 if isinstance(number, int) else math.floor(number / 1000)
+    return math.floor(number)
+
+
+def _created_at(value: Any) -> Any:
+    """`created_at` as integer unix seconds when it reads as a time; otherwise as given."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return _seconds_from_number(value)
+    if isinstance(value, float):
+        return _seconds_from_number(value) if math.isfinite(value) else value
+    if isinstance(value, str):
+        if _DIGITS.fullmatch(value):
+            try:
+                return _seconds_from_number(int(value))
+            except ValueError:  # longer than Python will read as an int: not a time anyway
+                return value
+        seconds = iso_to_seconds(value)
+        return value if seconds is None else seconds
+    return value
+
+
+def _person_attributes(traits: Mapping[str, Any]) -> dict[str, Any]:
+    """Traits as person attributes: dates converted, `created_at`/`createdAt` made one key."""
+    rest = {k: v for k, v in traits.items() if k not in ("created_at", "createdAt")}
+    attributes: dict[str, Any] = convert_dates(rest)
+    created = traits.get("created_at")
+    if created is None or created == "":
+        created = traits.get("createdAt")
+    # An empty value says nothing; sending it would blank the profile's real signup date.
+    if created is not None and created != "":
+        attributes["created_at"] = _created_at(created)
+    return attributes
+
+
+class _Times:
+    """The message's time, read once: op `timestamp` and the event-id clock."""
+
+    def __init__(self, message: Mapping[str, Any], received_at: float) -> None:
+        raw = message.get("timestamp")
+        self.millis = iso_to_millis(raw) if isinstance(raw, str) else None
+        self.seconds = None if self.millis is None else self.millis // 1000
+        if self.millis is None:
+            self.clock_millis = math.floor(received_at * 1000) if math.isfinite(received_at) else 0
+        else:
+            self.clock_millis = self.millis
+        self._message_id = _text(message.get("messageId"))
+
+    @property
+    def event_id(self) -> str | None:
+        if self._message_id is None:
+            return None
+        return deterministic_ulid(self._message_id, self.clock_millis)
+
+    @property
+    def last_used(self) -> int:
+        # Without a message time, when relay heard of the device is the best "last used".
+        return self.seconds if self.seconds is not None else self.clock_millis // 1000
+
+
+# --- one mapper per Segment call -------------------------------------------------------------
+
+
+def map_identify(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+    """identify → person `identify` with the traits as attributes."""
+    traits = _object_field(message, "traits")
+    if isinstance(traits, Rejection):
+        return traits
+    person = _person(message, traits.get("email"))
+    if isinstance(person, Rejection):
+        return person
+    if person is None:
+        return Rejection(
+            "identify needs a userId, traits.email, context.traits.email or anonymousId"
+        )
+    attributes = _person_attributes(traits)
+    if not _is_anonymous(person):
+        anonymous_id = _id_field(message, "anonymousId")
+        if isinstance(anonymous_id, Rejection):
+            return anonymous_id
+        # Customer.io merges the anonymous activity into the person when it sees this.
+        if anonymous_id is not None:
+            attributes["anonymous_id"] = anonymous_id
+    times = _Times(message, received_at)
+    return [Operation("person", "identify", person, timestamp=times.seconds, attributes=attributes)]
+
+
+def _named_event(
+    action: Action,
+    name: str,
+    person: dict[str, str],
+    properties: Mapping[str, Any],
+    times: _Times,
+) -> Operation:
+    return Operation(
+        "person",
+        action,
+        person,
+        name=name,
+        id=times.event_id,
+        timestamp=times.seconds,
+        attributes=convert_dates(properties),
+    )
+
+
+def _object_type_id(source: Mapping[str, Any], *keys: str) -> str | Rejection:
+    for key in keys:
+        value = source.get(key)
+        if value is None or value == "":
+            continue
+        text = _text(value)
+        if text is None:
+            return Rejection(f"{key} must be a string or a number, got {_json_type(value)}")
+        return text
+    return _DEFAULT_OBJECT_TYPE_ID
+
+
+def _object_identifiers(properties: Mapping[str, Any], event: str) -> dict[str, str] | Rejection:
+    object_id = _id_field(properties, "objectId")
+    if isinstance(object_id, Rejection):
+        return Rejection(f"{event}: properties.{object_id.reason}")
+    if object_id is None:
+        return Rejection(f"{event} needs properties.objectId")
+    type_id = _object_type_id(properties, "objectTypeId")
+    if isinstance(type_id, Rejection):
+        return Rejection(f"{event}: properties.{type_id.reason}")
+    return {"object_type_id": type_id, "object_id": object_id}
+
+
+def _device(
+    message: Mapping[str, Any], token: str, properties: Mapping[str, Any], times: _Times
+) -> Device:
+    context = message.get("context")
+    platform_hint = _text(_hint(context, "device", "type")) or _text(_hint(context, "os", "name"))
+    platform = None
+    if platform_hint is not None:
+        platform = platform_hint.lower()
+        if platform in _IOS_PLATFORMS:
+            platform = "ios"
+    # Device attributes are strings in Customer.io, so only string properties are copied, and
+    # only those within its attribute limits: all of them travel with the event anyway, and
+    # one long property must not cost a person their push device.
+    attributes: dict[str, Any] = {}
+    for key, value in properties.items():
+        if len(attributes) == MAX_ATTRIBUTES - len(_DEVICE_CONTEXT_ATTRIBUTES):
+            break
+        if (
+            isinstance(value, str)
+            and _utf8_size(str(key)) <= MAX_ATTRIBUTE_NAME_BYTES
+            and _utf8_size(value) <= MAX_ATTRIBUTE_VALUE_BYTES
+        ):
+            attributes[key] = value
+    for name, path in _DEVICE_CONTEXT_ATTRIBUTES:
+        value = _text(_hint(context, *path))
+        if value is not None:
+            attributes[name] = value
+    return Device(token, platform, times.last_used, attributes)
+
+
+def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+    """track → person `event`, or the person, device or object action its event name stands for."""
+    event = message.get("event")
+    if not isinstance(event, str) or not event.strip():
+        return Rejection(f"track needs a non-empty string event, got {_json_type(event)}")
+    properties = _object_field(message, "properties")
+    if isinstance(properties, Rejection):
+        return properties
+    person = _person(message)
+    if isinstance(person, Rejection):
+        return person
+
+    if event == "Object Deleted":
+        identifiers = _object_identifiers(properties, event)
+        if isinstance(identifiers, Rejection):
+            return identifiers
+        return [Operation("object", "delete", identifiers)]
+
+    if person is None:
+        return Rejection(
+            f"track {_shown(event)} needs a userId, context.traits.email or anonymousId"
+        )
+
+    if event == "Relationship Deleted":
+        identifiers = _object_identifiers(properties, event)
+        if isinstance(identifiers, Rejection):
+            return identifiers
+        return [
+            Operation(
+                "object",
+                "delete_relationships",
+                identifiers,
+                relationships=(Relationship(person),),
+            )
+        ]
+
+    person_action = _PERSON_ACTION_EVENTS.get(event)
+    if person_action is not None:
+        if _is_anonymous(person):
+            return Rejection(f"track {_shown(event)} needs a userId or context.traits.email")
+        return [Operation("person", person_action, person)]
+
+    times = _Times(message, received_at)
+    token = _text(_hint(message, "context", "device", "token"))
+    if token is not None and event in _DEVICE_DELETE_EVENTS:
+        if _is_anonymous(person):
+            return Rejection(f"track {_shown(event)} needs a userId or context.traits.email")
+        return [Operation("person", "delete_device", person, device=Device(token))]
+
+    operations = []
+    # Customer.io keeps devices on known people only; an anonymous install is still an event.
+    if token is not None and event in _DEVICE_ADD_EVENTS and not _is_anonymous(person):
+        device = _device(message, token, properties, times)
+        operations.append(Operation("person", "add_device", person, device=device))
+    operations.append(_named_event("event", event, person, properties, times))
+    return operations
+
+
+def map_page(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+    """page → person `page` named after the page's URL (else its name)."""
+    properties = _object_field(message, "properties")
+    if isinstance(properties, Rejection):
+        return properties
+    person = _person(message)
+    if isinstance(person, Rejection):
+        return person
+    if person is None:
+        return Rejection("page needs a userId, context.traits.email or anonymousId")
+    name = (
+        _text(properties.get("url"))
+        or _text(_hint(message, "context", "page", "url"))
+        or _text(message.get("name"))
+    )
+    if name is None:
+        return Rejection("page needs properties.url, context.page.url or name")
+    times = _Times(message, received_at)
+    return [_named_event("page", name, person, properties, times)]
+
+
+def map_screen(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+    """screen → person `screen` named after the screen."""
+    properties = _object_field(message, "properties")
+    if isinstance(properties, Rejection):
+        return properties
+    person = _person(message)
+    if isinstance(person, Rejection):
+        return person
+    if person is None:
+        return Rejection("screen needs a userId, context.traits.email or anonymousId")
+    name = _text(message.get("name")) or _text(properties.get("name"))
+    if name is None:
+        return Rejection("screen needs name or properties.name")
+    times = _Times(message, received_at)
+    return [_named_event("screen", name, person, properties, times)]
+
+
+def map_group(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+    """group → object `identify` (`identify_anonymous` for an anonymous person) related to them."""
+    group_id = _id_field(message, "groupId")
+    if isinstance(group_id, Rejection):
+        return group_id
+    if group_id is None:
+        return Rejection("group needs a groupId")
+    traits = _object_field(message, "traits")
+    if isinstance(traits, Rejection):
+        return traits
+    person = _person(message)
+    if isinstance(person, Rejection):
+        return person
+    type_id = _object_type_id(traits, "object_type_id", "objectTypeId")
+    if isinstance(type_id, Rejection):
+        return Rejection(f"traits.{type_id.reason}")
+    object_attributes = traits.get("objectAttributes")
+    if object_attributes is None:
+        object_attributes = {k: v for k, v in traits.items() if k not in _GROUP_CONTROL_TRAITS}
+    elif not isinstance(object_attributes, Mapping):
+        return Rejection(
+            f"traits.objectAttributes must be an object, got {_json_type(object_attributes)}"
+        )
+    relationship_attributes = traits.get("relationshipAttributes")
+    if relationship_attributes is not None and not isinstance(relationship_attributes, Mapping):
+        return Rejection(
+            "traits.relationshipAttributes must be an object, "
+            f"got {_json_type(relationship_attributes)}"
+        )
+    relationships: tuple[Relationship, ...] = ()
+    if person is not None:
+        relationship = Relationship(
+            person,
+            None if relationship_attributes is None else convert_dates(relationship_attributes),
+        )
+        relationships = (relationship,)
+    action: Action = "identify_anonymous" if person and _is_anonymous(person) else "identify"
+    return [
+        Operation(
+            "object",
+            action,
+            {"object_type_id": type_id, "object_id": group_id},
+            attributes=convert_dates(object_attributes),
+            relationships=relationships,
+        )
+    ]
+
+
+def map_alias(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+    """alias → person `merge` of `previousId` (secondary) into `userId` (primary)."""
+    user_id = _id_field(message, "userId")
+    previous_id = _id_field(message, "previousId")
+    for value in (user_id, previous_id):
+        if isinstance(value, Rejection):
+            return value
+    if not isinstance(user_id, str) or not isinstance(previous_id, str):
+        return Rejection("alias needs both userId and previousId")
+    primary, secondary = person_identifiers(user_id), person_identifiers(previous_id)
+    if primary == secondary:
+        return Rejection("alias userId and previousId name the same person; nothing to merge")
+    return [Operation("person", "merge", primary=primary, secondary=secondary)]
+
+
+def map_delete(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+    """Segment's user deletion (`type: delete`) → person `delete`."""
+    person = _person(message)
+    if isinstance(person, Rejection):
+        return person
+    if person is None or _is_anonymous(person):
+        return Rejection("delete needs a userId or context.traits.email")
+    return [Operation("person", "delete", person)]
+
+
+_MAPPERS: Mapping[str, Callable[..., Mapped]] = {
+    "identify": map_identify,
+    "track": map_track,
+    "page": map_page,
+    "screen": map_screen,
+    "group": map_group,
+    "alias": map_alias,
+    "delete": map_delete,
+}
+
+
+def map_message(message: Mapping[str, Any], *, received_at: float) -> list[Operation] | Rejection:
+    """The Customer.io operations a Segment message stands for, or why there are none.
+
+    `received_at` (unix seconds) stands in for the message time in event ids when the message
+    has no `timestamp`. Never raises: anything unusable comes back as a Rejection.
+    """
+    if not isinstance(message, Mapping):
+        return Rejection(f"a message must be an object, got {_json_type(message)}")
+    kind = message.get("type")
+    mapper = _MAPPERS.get(kind) if isinstance(kind, str) else None
+    if mapper is None:
+        expected = ", ".join(_MAPPERS)
+        return Rejection(f"type must be one of {expected}; got {kind!r:.60}")
+    try:
+        return mapper(message, received_at=received_at)
+    except RecursionError:
+        return Rejection("message is nested too deeply to map")
+
+
+# --- encoders --------------------------------------------------------------------------------
+
+
+def _relationships_v2(relationships: tuple[Relationship, ...]) -> list[dict[str, Any]]:
+    encoded = []
+    for relationship in relationships:
+        item: dict[str, Any] = {"identifiers": dict(relationship.identifiers)}
+        if relationship.attributes is not None:
+            item["relationship_attributes"] = relationship.attributes
+        encoded.append(item)
+    return encoded
+
+
+def _device_body(device: Device, token_key: str) -> dict[str, Any]:
+    body: dict[str, Any] = {token_key: device.token}
+    if device.platform is not None:
+        body["platform"] = device.platform
+    if device.last_used is not None:
+        body["last_used"] = device.last_used
+    if device.attributes:
+        body["attributes"] = device.attributes
+    return body
+
+
+def encode_v2(op: Operation) -> dict[str, Any]:
+    """`op` as one Track API v2 operation (an item of `/api/v2/batch`, or `/api/v2/entity`)."""
+    body: dict[str, Any] = {"type": op.kind}
+    if op.action == "merge":
+        body["action"] = "merge"
+        body["primary"] = dict(op.primary or {})
+        body["secondary"] = dict(op.secondary or {})
+        return body
+    body["identifiers"] = dict(op.identifiers)
+    body["action"] = op.action
+    if op.name is not None:
+        body["name"] = op.name
+    if op.id is not None:
+        body["id"] = op.id
+    if op.timestamp is not None:
+        body["timestamp"] = op.timestamp
+    if op.attributes is not None:
+        body["attributes"] = op.attributes
+    if op.device is not None:
+        body["device"] = _device_body(op.device, "token")
+    if op.relationships:
+        body["cio_relationships"] = _relationships_v2(op.relationships)
+    return body
+
+
+def _v1_customer_path(identifiers: Mapping[str, str]) -> str:
+    """`/api/v1/customers/{identifier}`: v1 takes an id, an email, or `cio_` + the cio_id there,
+    as Customer.io's official libraries pass it."""
+    if "cio_id" in identifiers:
+        identifier = "cio_" + identifiers["cio_id"]
+    else:
+        identifier = identifiers.get("id") or identifiers.get("email") or ""
+    return "/api/v1/customers/" + quote(str(identifier), safe="")
+
+
+def _v1_event(op: Operation) -> OutgoingRequest:
+    body: dict[str, Any] = {
+        "name": op.name,
+        "type": op.action,
+        "data": op.attributes if op.attributes is not None else {},
+    }
+    if op.id is not None:
+        body["id"] = op.id
+    if op.timestamp is not None:
+        body["timestamp"] = op.timestamp
+    if op.anonymous:
+        body["anonymous_id"] = op.identifiers["anonymous_id"]
+        return OutgoingRequest("POST", "/api/v1/events", body)
+    return OutgoingRequest("POST", _v1_customer_path(op.identifiers) + "/events", body)
+
+
+def encode_v1(op: Operation) -> list[OutgoingRequest]:
+    """`op` as classic Track API v1 requests.
+
+    What v1 cannot say — objects, and an anonymous person's profile — goes to `/api/v2/entity`
+    as the v2 op. Bodies of bodiless calls are `{}`, as Customer.io's official library sends.
+    """
+    if op.kind == "person" and op.action in _EVENT_ACTIONS:
+        return [_v1_event(op)]
+    if op.kind == "object" or op.anonymous:
+        return [OutgoingRequest("POST", "/api/v2/entity", encode_v2(op))]
+    if op.action == "merge":
+        body = {"primary": dict(op.primary or {}), "secondary": dict(op.secondary or {})}
+        return [OutgoingRequest("POST", "/api/v1/merge_customers", body)]
+    customer = _v1_customer_path(op.identifiers)
+    if op.action == "identify":
+        attributes = dict(op.attributes or {})
+        if op.timestamp is not None:
+            attributes["_timestamp"] = op.timestamp
+        return [OutgoingRequest("PUT", customer, attributes)]
+    if op.action == "add_device" and op.device is not None:
+        device = _device_body(op.device, "id")
+        return [OutgoingRequest("PUT", customer + "/devices", {"device": device})]
+    if op.action == "delete_device" and op.device is not None:
+        token = quote(op.device.token, safe="")
+        return [OutgoingRequest("DELETE", f"{customer}/devices/{token}", {})]
+    if op.action == "delete":
+        return [OutgoingRequest("DELETE", customer, {})]
+    if op.action in ("suppress", "unsuppress"):
+        return [OutgoingRequest("POST", f"{customer}/{op.action}", {})]
+    # An op v1 has no call for (none that map_message makes) still reaches Customer.io intact.
+    return [OutgoingRequest("POST", "/api/v2/entity", encode_v2(op))]
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def _utf8_size(text: str) -> int:
+    # surrogatepass: a lone surrogate from a JSON `\ud800` escape must be measured, not crash.
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of `value` as compact JSON in UTF-8; a string counts its characters only."""
+    if isinstance(value, str):
+        return _utf8_size(value)
+    return _utf8_size(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def _check_identifiers(label: str, identifiers: Mapping[str, str]) -> str | None:
+    for key, value in identifiers.items():
+        size = _utf8_size(str(value))
+        if size > MAX_IDENTIFIER_BYTES:
+            return (
+                f"{label}.{key} is {size} bytes; Customer.io accepts identifiers of at most "
+                f"{MAX_IDENTIFIER_BYTES} bytes"
+            )
+    return None
+
+
+def _check_attributes(label: str, attributes: Mapping[str, Any]) -> str | None:
+    if len(attributes) > MAX_ATTRIBUTES:
+        return (
+            f"{label} has {len(attributes)} attributes; Customer.io accepts at most "
+            f"{MAX_ATTRIBUTES} per call"
+        )
+    for name, value in attributes.items():
+        name_size = _utf8_size(str(name))
+        if name_size > MAX_ATTRIBUTE_NAME_BYTES:
+            return (
+                f"{label} name {str(name)[:40]!r}… is {name_size} bytes; Customer.io accepts "
+                f"attribute names of at most {MAX_ATTRIBUTE_NAME_BYTES} bytes"
+            )
+        value_size = _json_size(value)
+        if value_size > MAX_ATTRIBUTE_VALUE_BYTES:
+            return (
+                f"{label}.{name} is {value_size} bytes; Customer.io accepts attribute values "
+                f"of at most {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
+            )
+    return None
+
+
+def check_limits(op: Operation) -> str | None:
+    """Which Customer.io limit `op` breaks, with the field and the size found, or None.
+
+    Sizes are UTF-8 bytes. An attribute value that is a string counts its own bytes (no
+    quotes); any other value counts its compact JSON (`separators=(",", ":")`, non-ASCII
+    unescaped). The whole op is measured the same way as `encode_v2(op)` in compact JSON, so
+    a sink should send UTF-8 JSON, not `\\u`-escaped. Profile-style attributes (a person's or
+    an object's, a device's, a relationship's) are held to the attribute limits; event data is
+    not — Customer.io bounds it by total size only, which the op size covers. A page's name is
+    its URL and is not held to the event-name limit: Customer.io's own web snippet sends the
+    full URL as the name of every page view.
+    """
+    identifier_sets = [("identifiers", op.identifiers)]
+    if op.primary is not None:
+        identifier_sets.append(("primary", op.primary))
+    if op.secondary is not None:
+        identifier_sets.append(("secondary", op.secondary))
+    attribute_sets: list[tuple[str, Mapping[str, Any]]] = []
+    if op.attributes is not None and op.action not in _EVENT_ACTIONS:
+        attribute_sets.append(("attributes", op.attributes))
+    if op.device is not None:
+        attribute_sets.append(("device.attributes", op.device.attributes))
+    for relationship in op.relationships:
+        identifier_sets.append(("cio_relationships.identifiers", relationship.identifiers))
+        if relationship.attributes is not None:
+            attribute_sets.append(("relationship_attributes", relationship.attributes))
+    try:
+        for label, identifiers in identifier_sets:
+            problem = _check_identifiers(label, identifiers)
+            if problem is not None:
+                return problem
+        if op.name is not None and op.action != "page":
+            size = _utf8_size(op.name)
+            if size > MAX_EVENT_NAME_BYTES:
+                return (
+                    f"{op.action} name is {size} bytes; Customer.io accepts event names of at "
+                    f"most {MAX_EVENT_NAME_BYTES} bytes"
+                )
+        for label, attributes in attribute_sets:
+            problem = _check_attributes(label, attributes)
+            if problem is not None:
+                return problem
+        size = _json_size(encode_v2(op))
+    except (TypeError, ValueError, RecursionError) as error:
+        return f"operation cannot be written as JSON: {error}"
+    if size > MAX_OPERATION_BYTES:
+        return (
+            f"operation is {size} bytes as JSON; Customer.io accepts at most "
+            f"{MAX_OPERATION_BYTES} bytes per operation"
+        )
+    return None
+
+
+def map_and_check(message: Mapping[str, Any], *, received_at: float) -> list[Operation] | Rejection:
+    """`map_message`, then a Rejection naming the first op that breaks a Customer.io limit."""
+    operations = map_message(message, received_at=received_at)
+    if isinstance(operations, Rejection):
+        return operations
+    for index, op in enumerate(operations):
+        problem = check_limits(op)
+        if problem is not None:
+            where = (
+                f"{op.kind} {op.action}"
+                if len(operations) == 1
+                else f"op {index} ({op.kind} {op.action})"
+            )
+            return Rejection(f"{where}: {problem}")
+    return operations

@@ -1,0 +1,25 @@
+"""Deterministic ULIDs, so that Customer.io de-duplicates a re-sent event (PROTOCOLS §2.2)."""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["deterministic_ulid"]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Every 10-bit value as its two Crockford characters: half the steps of one character at a time.
+_PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
+_MAX_TIME = (1 << 48) - 1
+
+
+def deterministic_ulid(seed: str, millis: int) -> str:
+    """The ULID whose 48-bit time is `millis` and whose 80-bit rest is SHA-256(seed)[:10].
+
+    A time outside what 48 bits hold (before 1970, after the year 10889) is clamped, so that
+    any message still gets a valid ULID.
+    """
+    time = min(max(millis, 0), _MAX_TIME)
+    rest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).digest()[:10]
+    value = (time << 80) | int.from_bytes(rest, "big")
+    # 26 characters of 5 bits each hold 130 bits; the two top ones are always zero.
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])

@@ -1,0 +1,298 @@
+"""Properties of the Segment → Customer.io mapping that must hold for any input at all."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay.mapping import Rejection
+from relay.mapping.dates import iso_to_millis, iso_to_seconds
+from relay.mapping.to_customerio import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_IDENTIFIER_BYTES,
+    MAX_OPERATION_BYTES,
+    Operation,
+    check_limits,
+    encode_v1,
+    encode_v2,
+    map_and_check,
+    map_message,
+)
+from relay.outgoing import OutgoingRequest
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+json_objects = st.dictionaries(st.text(max_size=12), json_values, max_size=8)
+
+iso_dates = st.builds(
+    lambda moment, write: write(moment),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    st.sampled_from(
+        [
+            lambda moment: moment.date().isoformat(),
+            lambda moment: moment.isoformat(timespec="minutes"),
+            lambda moment: moment.isoformat(timespec="seconds"),
+            lambda moment: moment.isoformat(timespec="milliseconds") + "Z",
+            lambda moment: moment.isoformat(timespec="microseconds") + "-08:00",
+        ]
+    ),
+)
+# Values a real message carries, plus big ones that reach Customer.io's limits.
+plausible = (
+    json_values
+    | iso_dates
+    | st.sampled_from(["cio_abc", "ann@example.com", "", "1705314600", "1705314600000", "ios"])
+    | st.text(min_size=90, max_size=1200)
+    | st.integers(min_value=0, max_value=2 * 10**12)
+)
+ids = (
+    st.sampled_from(["u1", "cio_abc", "ann@example.com", "anon-1"])
+    | st.text(min_size=1, max_size=20)
+    | st.integers()
+    | st.text(min_size=140, max_size=160)
+)
+events = st.sampled_from(
+    [
+        "Order Completed",
+        "Application Installed",
+        "Application Opened",
+        "Device Created or Updated",
+        "Application Uninstalled",
+        "Device Deleted",
+        "User Deleted",
+        "User Suppressed",
+        "User Unsuppressed",
+        "Object Deleted",
+        "Relationship Deleted",
+    ]
+) | st.text(min_size=1, max_size=120)
+keys = st.sampled_from(
+    ["email", "created_at", "createdAt", "url", "name", "unsubscribed", "objectTypeId"]
+) | st.text(max_size=160)
+attribute_maps = st.dictionaries(keys, plausible, max_size=8) | st.dictionaries(
+    st.text(max_size=4), st.integers(), min_size=295, max_size=305
+)
+payloads = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "objectId": ids,
+            "objectTypeId": ids,
+            "object_type_id": ids,
+            "objectAttributes": attribute_maps,
+            "relationshipAttributes": attribute_maps,
+            "email": ids,
+            "url": plausible,
+            "name": plausible,
+        },
+    )
+    | attribute_maps
+)
+contexts = st.fixed_dictionaries(
+    {},
+    optional={
+        "device": st.fixed_dictionaries(
+            {},
+            optional={
+                "token": ids,
+                "type": st.sampled_from(["ios", "iPadOS", "Android", "web"]) | plausible,
+                "model": plausible,
+            },
+        ),
+        "traits": st.fixed_dictionaries({}, optional={"email": ids}),
+        "page": st.fixed_dictionaries({}, optional={"url": plausible}),
+        "app": st.fixed_dictionaries({}, optional={"version": plausible}),
+        "os": st.fixed_dictionaries({}, optional={"name": plausible, "version": plausible}),
+    },
+)
+message_types = st.sampled_from(["identify", "track", "page", "screen", "group", "alias", "delete"])
+# Messages shaped like the calls Segment's libraries make, with random values in every field …
+well_typed_messages = st.fixed_dictionaries(
+    {"type": message_types},
+    optional={
+        "userId": ids,
+        "anonymousId": ids,
+        "previousId": ids,
+        "groupId": ids,
+        "messageId": ids,
+        "timestamp": iso_dates,
+        "event": events,
+        "name": plausible,
+        "traits": payloads,
+        "properties": payloads,
+        "context": contexts,
+    },
+)
+# … and the same fields holding anything JSON can.
+wild_messages = st.fixed_dictionaries(
+    {"type": message_types},
+    optional={
+        key: plausible
+        for key in (
+            "userId",
+            "anonymousId",
+            "previousId",
+            "groupId",
+            "messageId",
+            "timestamp",
+            "event",
+            "name",
+            "traits",
+            "properties",
+            "context",
+        )
+    },
+)
+segment_messages = well_typed_messages | wild_messages
+received_times = st.floats(min_value=0, max_value=4e9)
+
+
+def utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def value_size(value: Any) -> int:
+    if isinstance(value, str):
+        return utf8(value)
+    return utf8(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def assert_well_formed(result: Any) -> None:
+    assert isinstance(result, list | Rejection)
+    if isinstance(result, Rejection):
+        assert isinstance(result.reason, str) and result.reason
+        return
+    for op in result:
+        assert isinstance(op, Operation)
+        json.dumps(encode_v2(op))
+        for request in encode_v1(op):
+            assert isinstance(request, OutgoingRequest)
+            assert request.method in ("PUT", "POST", "DELETE")
+            assert request.path.startswith("/api/")
+            json.dumps(request.as_json())
+        problem = check_limits(op)
+        assert problem is None or isinstance(problem, str)
+
+
+def assert_within_limits(op: Operation) -> None:
+    """What check_limits promises, measured again from the encoded op."""
+    body = encode_v2(op)
+    compact = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    assert utf8(compact) <= MAX_OPERATION_BYTES
+    identifier_sets = [
+        body.get("identifiers", {}),
+        body.get("primary", {}),
+        body.get("secondary", {}),
+    ]
+    identifier_sets += [item["identifiers"] for item in body.get("cio_relationships", [])]
+    for identifiers in identifier_sets:
+        assert all(utf8(value) <= MAX_IDENTIFIER_BYTES for value in identifiers.values())
+    if "name" in body and op.action != "page":  # a page's name is its URL, exempt by design
+        assert utf8(body["name"]) <= MAX_EVENT_NAME_BYTES
+    attribute_sets = [body.get("device", {}).get("attributes", {})]
+    attribute_sets += [
+        item.get("relationship_attributes", {}) for item in body.get("cio_relationships", [])
+    ]
+    if op.action not in ("event", "page", "screen"):
+        attribute_sets.append(body.get("attributes", {}))
+    for attributes in attribute_sets:
+        assert len(attributes) <= MAX_ATTRIBUTES
+        for name, value in attributes.items():
+            assert utf8(name) <= MAX_ATTRIBUTE_NAME_BYTES
+            assert value_size(value) <= MAX_ATTRIBUTE_VALUE_BYTES
+
+
+@SETTINGS
+@given(message=json_objects | json_values, received_at=received_times)
+def test_any_json_never_raises(message: Any, received_at: float) -> None:
+    assert_well_formed(map_message(message, received_at=received_at))
+
+
+@SETTINGS
+@given(message=segment_messages, received_at=received_times)
+def test_segment_shaped_messages_never_raise(message: dict[str, Any], received_at: float) -> None:
+    assert_well_formed(map_message(message, received_at=received_at))
+
+
+@SETTINGS
+@given(message=segment_messages, received_at=received_times)
+def test_every_op_that_passes_check_limits_is_within_limits(
+    message: dict[str, Any], received_at: float
+) -> None:
+    result = map_message(message, received_at=received_at)
+    if isinstance(result, Rejection):
+        return
+    for op in result:
+        if check_limits(op) is None:
+            assert_within_limits(op)
+
+
+@SETTINGS
+@given(message=segment_messages, received_at=received_times)
+def test_map_and_check_passes_only_ops_within_limits(
+    message: dict[str, Any], received_at: float
+) -> None:
+    result = map_and_check(message, received_at=received_at)
+    if isinstance(result, list):
+        assert result == map_message(message, received_at=received_at)
+        for op in result:
+            assert check_limits(op) is None
+
+
+@SETTINGS
+@given(message=segment_messages, received_at=received_times)
+def test_mapping_is_deterministic_and_leaves_the_message_alone(
+    message: dict[str, Any], received_at: float
+) -> None:
+    before = json.dumps(message, sort_keys=True, default=repr)
+    first = map_message(message, received_at=received_at)
+    assert json.dumps(message, sort_keys=True, default=repr) == before
+    assert map_message(message, received_at=received_at) == first
+
+
+@SETTINGS
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    offset_minutes=st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59),
+    colon=st.booleans(),
+)
+def test_iso_dates_agree_with_the_standard_library(
+    moment: datetime, offset_minutes: int, colon: bool
+) -> None:
+    sign = "-" if offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    offset = f"{sign}{hours:02d}{':' if colon else ''}{minutes:02d}"
+    text = moment.isoformat(timespec="microseconds") + offset
+    aware = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    delta = aware - datetime(1970, 1, 1, tzinfo=UTC)
+    expected_millis = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+    assert iso_to_millis(text) == expected_millis
+    assert iso_to_seconds(text) == expected_millis // 1000
+
+
+@SETTINGS
+@given(text=st.text(max_size=40))
+def test_date_parser_never_raises(text: str) -> None:
+    result = iso_to_millis(text)
+    assert result is None or isinstance(result, int)
