@@ -1,4 +1,4 @@
-"""The composition root: builds the aiohttp application, its store, sinks and workers from a config."""
+"""The composition root: builds the aiohttp app, its store, sinks and workers from a config."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aiohttp import web
 from relay import __version__
 from relay.config import (
     SEGMENT_WEBHOOK_SOURCE,
+    is_secret_path,
     Config,
     CustomerIODestination,
     SegmentDestination,
@@ -301,4 +302,16 @@ def describe_missing(config: Config) -> list[str]:
         )
     for name, places in sorted(by_name.items()):
         lines.append(f"environment variable {name} is not set; used by {', '.join(places)}")
+    if config.segment_webhook_secret is None:
+        lines.append(
+            "POST /webhooks/segment accepts unsigned events: set sources.segment.webhook_secret"
+            " to the shared secret of Segment's Webhooks destination"
+        )
+    for m in config.defaulted:
+        where = ".".join(str(p) for p in m.path)
+        if is_secret_path(m.path):
+            lines.append(
+                f"environment variable {m.name} is not set; {where} uses the default written"
+                " in the config, which is fine on a laptop but not in production"
+            )
     return lines

@@ -100,6 +100,8 @@ class Config:
     destinations: dict[str, Destination]
     routes: list[Any]
     missing: list[MissingVariable] = field(default_factory=list)
+    # Variables that were unset and replaced by their ${VAR:-default}.
+    defaulted: list[MissingVariable] = field(default_factory=list)
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
     def locate(self, path: Path) -> tuple[int | None, int | None]:
@@ -281,12 +283,16 @@ def _locate(pos: Mapping[Path, tuple[int, int]], path: Path) -> tuple[int | None
 
 
 def _interpolate(
-    value: Any, path: Path, env: Mapping[str, str], missing: list[tuple[str, Path]]
+    value: Any,
+    path: Path,
+    env: Mapping[str, str],
+    missing: list[tuple[str, Path]],
+    defaulted: list[tuple[str, Path]],
 ) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, (*path, k), env, missing) for k, v in value.items()}
+        return {k: _interpolate(v, (*path, k), env, missing, defaulted) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, (*path, i), env, missing) for i, v in enumerate(value)]
+        return [_interpolate(v, (*path, i), env, missing, defaulted) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -295,6 +301,8 @@ def _interpolate(
         got = env.get(name)
         if got is None or (got == "" and default is not None):
             if default is not None:
+                if default:
+                    defaulted.append((name, path))
                 return default
             missing.append((name, path))
             return ""
@@ -358,7 +366,7 @@ class _Collector:
 def _schema_at(schema: Schema, rel: Path) -> list[str]:
     current: Any = schema
     for part in rel[:-1]:
-        f = current.fields.get(part) if isinstance(current, Schema) else None
+        f = current.fields.get(str(part)) if isinstance(current, Schema) else None
         if isinstance(f, fields.Nested):
             nested = f.schema
             current = nested
@@ -435,8 +443,10 @@ def parse_config(text: str, file: str, env: Mapping[str, str]) -> Config:
         raise ConfigError(collector.problems)
 
     missing_raw: list[tuple[str, Path]] = []
-    data = _interpolate(raw, (), env, missing_raw)
+    defaulted_raw: list[tuple[str, Path]] = []
+    data = _interpolate(raw, (), env, missing_raw, defaulted_raw)
     missing = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in missing_raw]
+    defaulted = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in defaulted_raw]
     missing_paths = {p for _, p in missing_raw}
 
     schema = ConfigSchema()
@@ -506,6 +516,7 @@ def parse_config(text: str, file: str, env: Mapping[str, str]) -> Config:
         destinations=destinations,
         routes=top["routes"],
         missing=missing,
+        defaulted=defaulted,
         positions=pos,
     )
 

@@ -39,8 +39,8 @@ class Sink(Protocol):
 
 def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
     """Full jitter: uniform in [0, min(cap, base·2^attempts)], but at least the base."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempts, 20)))
-    return max(BACKOFF_BASE, rand() * ceiling)
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * float(2 ** min(attempts, 20)))
+    return max(BACKOFF_BASE, float(rand()) * ceiling)
 
 
 class DestinationWorker:

@@ -110,8 +110,8 @@ class Intake:
             tally[outcome] = tally.get(outcome, 0) + 1
             if outcome == "queued":
                 destinations.update(d.destination for d in event.deliveries)
-        for outcome, count in tally.items():
-            self.metrics.received.labels(kind, source, outcome).inc(count)
+        for name, count in tally.items():
+            self.metrics.received.labels(kind, source, name).inc(count)
         if unrouted:
             self.metrics.unrouted.labels(kind, source).inc(unrouted)
         if destinations:

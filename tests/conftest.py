@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import time
@@ -91,10 +92,8 @@ class StandIn:
                     f"{[(r.method, r.path) for r in self.requests]}"
                 )
             self.arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), 0.2)
-            except TimeoutError:
-                pass
         return self.requests
 
 

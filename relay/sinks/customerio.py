@@ -188,7 +188,10 @@ class CustomerIOSink:
 
 
 def _failed_ops(body: bytes) -> dict[int, str]:
-    """`batch_index` → reason from a 207 answer: `{"errors": [{batch_index, reason, field, message}]}`."""
+    """`batch_index` → reason from a 207 answer.
+
+    The body is `{"errors": [{"batch_index", "reason", "field", "message"}]}`.
+    """
     try:
         payload = json.loads(body)
     except ValueError:

@@ -1,1 +1,1 @@
-"""HTTP handlers that receive messages: Segment's Tracking API and webhooks, Customer.io webhooks."""
+"""HTTP handlers that receive messages from Segment and Customer.io."""

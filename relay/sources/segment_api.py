@@ -42,7 +42,7 @@ class WriteKeys:
 
 
 def _basic_user(header: str | None) -> str | None:
-    if not header or not header[:6].lower() == "basic ":
+    if not header or header[:6].lower() != "basic ":
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")

@@ -10,6 +10,7 @@ paying one each, and a request is answered only after the commit that holds it r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -247,10 +248,8 @@ class SqliteStore:
             self.healthy = True
         except sqlite3.Error as exc:
             self.healthy = False
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             self._resync(conn)
             err = _unavailable(exc)
             return [(False, err) for _ in fns]
@@ -269,8 +268,8 @@ class SqliteStore:
         new_deliveries = sum(len(e.deliveries) for e in events if not e.rejected_reason)
         if self._pending + new_deliveries > self.max_pending:
             raise StoreFull(
-                f"the queue holds {self._pending} deliveries, its limit (storage.sqlite.max_pending)"
-                f" is {self.max_pending}; retry later",
+                f"the queue holds {self._pending} deliveries, its limit"
+                f" (storage.sqlite.max_pending) is {self.max_pending}; retry later",
                 retry_after=30,
             )
         seen: set[tuple[str, str, str]] = set()
