@@ -15,10 +15,10 @@ from aiohttp import web
 from relay import __version__
 from relay.config import (
     SEGMENT_WEBHOOK_SOURCE,
-    is_secret_path,
     Config,
     CustomerIODestination,
     SegmentDestination,
+    is_secret_path,
 )
 from relay.delivery import DestinationWorker, Sink
 from relay.errors import ClientError, ConfigError, ConfigProblem

@@ -180,7 +180,7 @@ def test_junk_at_every_endpoint_never_gets_a_500(
 
 
 def test_what_was_queued_before_the_junk_is_delivered(relay_thread: RelayInThread) -> None:
-    assert SEEN_STATUSES >= {200, 400, 401}  # the property test reached real code paths
+    assert {200, 400, 401} <= SEEN_STATUSES  # the property test reached real code paths
     relay_thread.call(relay_thread.cio.wait_for(1))
     names = [op.get("name") for r in relay_thread.cio.requests for op in r.body["batch"]]
     assert "Kept" in names

@@ -50,7 +50,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error   TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, id);
-CREATE INDEX IF NOT EXISTS deliveries_person ON deliveries (destination, ordering_key, id);
+-- Deliveries that are leased or waiting for a retry. Later deliveries of the same person
+-- wait behind them. A small table instead of an index on every delivery's person keeps
+-- random-key index writes off the ingestion path.
+CREATE TABLE IF NOT EXISTS holds (
+    destination  TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    delivery_id  INTEGER NOT NULL,
+    PRIMARY KEY (destination, ordering_key, delivery_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rejected (
     id          INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -68,23 +76,17 @@ CREATE TABLE IF NOT EXISTS dedup (
 ) WITHOUT ROWID;
 """
 
-# A delivery may be leased when it is due and nothing earlier for the same person is
-# leased or waiting for a retry: a retry holds back that person only.
+# A delivery may be leased when it is due and no earlier delivery of the same person is
+# held (leased, or waiting for a retry): a retry holds back that person only.
 _LEASE = """
-UPDATE deliveries SET state = 'leased'
-WHERE id IN (
-    SELECT d.id FROM deliveries AS d
-    WHERE d.destination = :dest AND d.state = 'pending' AND d.next_at <= :now
-      AND NOT EXISTS (
-          SELECT 1 FROM deliveries AS e
-          WHERE e.destination = d.destination AND e.ordering_key = d.ordering_key
-            AND e.id < d.id
-            AND (e.state = 'leased' OR (e.state = 'pending' AND e.next_at > :now))
-      )
-    ORDER BY d.id
-    LIMIT :limit
-)
-RETURNING id, ordering_key, attempts, created_at, source, kind, message
+SELECT id, ordering_key, attempts, created_at, source, kind, message FROM deliveries AS d
+WHERE d.destination = :dest AND d.state = 'pending' AND d.next_at <= :now
+  AND NOT EXISTS (
+      SELECT 1 FROM holds AS h
+      WHERE h.destination = :dest AND h.ordering_key = d.ordering_key AND h.delivery_id < d.id
+  )
+ORDER BY d.id
+LIMIT :limit
 """
 
 _CHUNK = 500  # stays well under SQLite's bound-parameter limit
@@ -152,8 +154,14 @@ class SqliteStore:
             conn.execute(
                 f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // page_size)}"
             )
-        # Whatever was leased when the last process died goes back to the queue.
+        # Whatever was leased when the last process died goes back to the queue; only the
+        # deliveries waiting for a retry keep holding back their person.
         conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'leased'")
+        conn.execute("DELETE FROM holds")
+        conn.execute(
+            "INSERT INTO holds SELECT destination, ordering_key, id FROM deliveries"
+            " WHERE state = 'pending' AND attempts > 0"
+        )
         self._conn = conn
         self._resync(conn)
 
@@ -320,14 +328,16 @@ class SqliteStore:
                 )
                 delivery_id += 1
             outcomes.append("queued")
-        if dl_rows:
-            conn.executemany(
-                "INSERT INTO deliveries (id, destination, ordering_key, state, next_at, created_at,"
-                " source, kind, message) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                dl_rows,
-            )
-        if dd_rows:
-            conn.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?)", dd_rows)
+        # Multi-row INSERTs: SQLite does the row work inside one step, which runs without
+        # the GIL, so the event loop keeps parsing requests meanwhile.
+        _insert_rows(
+            conn,
+            "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source,"
+            " kind, message, state) VALUES ",
+            "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            dl_rows,
+        )
+        _insert_rows(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?, ?, ?)", dd_rows)
         if rejected:
             conn.executemany(
                 "INSERT INTO rejected (source, kind, received_at, reason, message)"
@@ -345,7 +355,14 @@ class SqliteStore:
         self, conn: sqlite3.Connection, destination: str, limit: int, now: float
     ) -> list[Delivery]:
         rows = conn.execute(_LEASE, {"dest": destination, "now": now, "limit": limit}).fetchall()
-        rows.sort(key=lambda r: r[0])
+        if rows:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'leased' WHERE id = ?", [(r[0],) for r in rows]
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO holds VALUES (?, ?, ?)",
+                [(destination, r[1], r[0]) for r in rows],
+            )
         return [
             Delivery(
                 id=did,
@@ -366,11 +383,20 @@ class SqliteStore:
 
     def _finish(self, conn: sqlite3.Connection, ids: list[int]) -> None:
         for chunk in _chunks(ids):
+            marks = _marks(len(chunk))
+            self._unhold(conn, chunk)
             cur = conn.execute(
-                f"DELETE FROM deliveries WHERE id IN ({_marks(len(chunk))}) AND state != 'dead'",
-                chunk,
+                f"DELETE FROM deliveries WHERE id IN ({marks}) AND state != 'dead'", chunk
             )
             self._pending -= cur.rowcount
+
+    def _unhold(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        conn.execute(
+            "DELETE FROM holds WHERE (destination, ordering_key, delivery_id) IN"
+            f" (SELECT destination, ordering_key, id FROM deliveries"
+            f" WHERE id IN ({_marks(len(ids))}))",
+            ids,
+        )
 
     async def retry(self, retries: list[Retry]) -> None:
         if retries:
@@ -384,11 +410,15 @@ class SqliteStore:
 
     async def release(self, ids: list[int]) -> None:
         if ids:
-            await self._submit(
-                lambda conn: conn.executemany(
-                    "UPDATE deliveries SET state = 'pending' WHERE id = ? AND state = 'leased'",
-                    [(i,) for i in ids],
-                )
+            await self._submit(lambda conn: self._release(conn, ids))
+
+    def _release(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        for chunk in _chunks(ids):
+            self._unhold(conn, chunk)
+            conn.execute(
+                f"UPDATE deliveries SET state = 'pending' WHERE id IN ({_marks(len(chunk))})"
+                " AND state = 'leased'",
+                chunk,
             )
 
     async def dead_letter(self, items: list[tuple[int, str]], now: float) -> None:
@@ -396,6 +426,8 @@ class SqliteStore:
             await self._submit(lambda conn: self._dead(conn, items, now))
 
     def _dead(self, conn: sqlite3.Connection, items: list[tuple[int, str]], now: float) -> None:
+        for chunk in _chunks([did for did, _ in items]):
+            self._unhold(conn, chunk)
         for did, reason in items:
             cur = conn.execute(
                 "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?,"
@@ -478,6 +510,14 @@ class SqliteStore:
         except StoreUnavailable:
             return False
         return self.healthy
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, head: str, row: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    per_statement = max(1, 2000 // max(1, row.count("?")))
+    for chunk in _chunks(rows, per_statement):
+        conn.execute(head + ",".join([row] * len(chunk)), [v for r in chunk for v in r])
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
