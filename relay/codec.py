@@ -1,9 +1,8 @@
 """JSON encoding of messages on the hot paths (storing, sizing and sending).
 
 orjson encodes several times faster than the standard library, which matters because
-every accepted event is encoded once to be sized and stored. Parsing stays with the
-standard library: orjson parses no faster here and reads integers beyond 64 bits as floats.
-The rare value orjson cannot encode (such an integer) falls back to the standard encoder.
+every request body is parsed and every accepted event is encoded once to be sized and
+stored. The standard library is the fallback for what orjson refuses.
 """
 
 from __future__ import annotations
@@ -23,5 +22,13 @@ def encode(value: Any) -> bytes:
 
 
 def decode(raw: bytes | str) -> Any:
-    """Parse JSON exactly (integers of any size); raises ValueError when it is not JSON."""
-    return json.loads(raw)
+    """Parse JSON; raises ValueError when it is not JSON.
+
+    Integers beyond 64 bits come back as floats, as they do in Segment's own pipeline
+    (JSON numbers are IEEE doubles there). What orjson refuses but the standard parser
+    takes (NaN and Infinity literals, lone surrogates) goes through the standard parser.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)

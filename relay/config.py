@@ -17,6 +17,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from relay.errors import ConfigError, ConfigProblem
+from relay.routing import Routes, compile_routes
 
 Path = tuple[str | int, ...]
 
@@ -103,9 +104,27 @@ class Config:
     # Variables that were unset and replaced by their ${VAR:-default}.
     defaulted: list[MissingVariable] = field(default_factory=list)
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    # Every source name the file declares, including those whose key is unset (routes may
+    # name them; such a source simply never authenticates until its key is set).
+    segment_sources: tuple[str, ...] = ()
+    customerio_sources: tuple[str, ...] = ()
 
     def locate(self, path: Path) -> tuple[int | None, int | None]:
         return _locate(self.positions, path)
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """Everything `relay check` learns about a file.
+
+    `config` and `routes` are set when the file can run (no problem other than, when they
+    are not required, unset environment variables); `problems` lists every problem found,
+    in file order.
+    """
+
+    config: Config | None
+    routes: Routes | None
+    problems: list[ConfigProblem]
 
 
 # --------------------------------------------------------------------------- schemas

@@ -5,6 +5,11 @@ writer takes all the operations that are waiting, runs each inside its own savep
 one failing request cannot undo another's work) and commits them together with a single
 `synchronous=FULL` sync. Concurrent requests therefore share the cost of a sync instead of
 paying one each, and a request is answered only after the commit that holds it returned.
+
+Dedup ids live in a second database file with a writer of its own, so that the costliest
+work of ingestion (inserting ids at random places in a large index) runs in parallel with
+the queue's writes. An id is recorded only after its event is committed: a crash between
+the two can cause a duplicate delivery, never a lost event.
 """
 
 from __future__ import annotations
@@ -67,13 +72,6 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason      TEXT NOT NULL,
     message     BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS dedup (
-    kind       TEXT NOT NULL,
-    source     TEXT NOT NULL,
-    dedup_id   TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (kind, source, dedup_id)
-) WITHOUT ROWID;
 """
 
 # A delivery may be leased when it is due and no earlier delivery of the same person is
@@ -88,6 +86,18 @@ WHERE d.destination = :dest AND d.state = 'pending' AND d.next_at <= :now
 ORDER BY d.id
 LIMIT :limit
 """
+
+_DEDUP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dedup (
+    kind       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    dedup_id   TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (kind, source, dedup_id)
+) WITHOUT ROWID;
+"""
+
+DedupKey = tuple[str, str, str]
 
 _CHUNK = 500  # stays well under SQLite's bound-parameter limit
 
@@ -105,98 +115,56 @@ class StoreFull(StoreUnavailable):
     pass
 
 
-class SqliteStore:
-    """The default store. Safe against `kill -9`: what `enqueue` returned for is on disk."""
+class _Writer:
+    """One connection, one thread, and a queue of operations committed in groups."""
 
     def __init__(
         self,
-        path: str,
-        *,
-        max_pending: int = 5_000_000,
-        max_size_mb: int | None = None,
-        max_group: int = 256,
+        name: str,
+        connect: Callable[[], sqlite3.Connection],
+        on_rollback: Callable[[sqlite3.Connection], None],
+        max_group: int,
     ) -> None:
-        self.path = path
-        self.max_pending = max_pending
-        self.max_size_mb = max_size_mb
+        self.name = name
+        self._connect = connect
+        self._on_rollback = on_rollback
         self.max_group = max_group
-        self._conn: sqlite3.Connection | None = None
+        self.conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
         ] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._next_delivery_id = 1
-        self._pending = 0
+        self._task: asyncio.Task[None] | None = None
         self.commits = 0
         self.healthy = True
 
-    # ------------------------------------------------------------------ lifecycle
-
     async def open(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open_sync)
+        self.conn = await loop.run_in_executor(self._executor, self._connect)
         self._queue = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name="relay-sqlite-writer")
-
-    def _open_sync(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA foreign_keys=OFF")
-        conn.executescript(_SCHEMA)
-        if self.max_size_mb:
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(
-                f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // page_size)}"
-            )
-        # Whatever was leased when the last process died goes back to the queue; only the
-        # deliveries waiting for a retry keep holding back their person.
-        conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'leased'")
-        conn.execute("DELETE FROM holds")
-        conn.execute(
-            "INSERT INTO holds SELECT destination, ordering_key, id FROM deliveries"
-            " WHERE state = 'pending' AND attempts > 0"
-        )
-        self._conn = conn
-        self._resync(conn)
-
-    def _resync(self, conn: sqlite3.Connection) -> None:
-        self._next_delivery_id = (
-            conn.execute("SELECT max(id) FROM deliveries").fetchone()[0] or 0
-        ) + 1
-        self._pending = conn.execute(
-            "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'leased')"
-        ).fetchone()[0]
+        self._task = asyncio.create_task(self._loop(), name=f"relay-{self.name}-writer")
 
     async def close(self) -> None:
-        if self._writer is not None:
+        if self._task is not None:
             await self._queue.put(None)
-            await self._writer
-            self._writer = None
+            await self._task
+            self._task = None
         if self._executor is not None:
-            loop = asyncio.get_running_loop()
-            if self._conn is not None:
-                conn = self._conn
-                await loop.run_in_executor(self._executor, conn.close)
-                self._conn = None
+            if self.conn is not None:
+                conn, self.conn = self.conn, None
+                await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    # ------------------------------------------------------------------ group commit
-
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None:
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._task is None:
             raise StoreUnavailable("the store is not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((fn, fut))
-        return await fut
+        return fut
 
-    async def _write_loop(self) -> None:
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         stop = False
         while not stop:
@@ -225,7 +193,7 @@ class SqliteStore:
                     fut.set_exception(value)
 
     def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-        conn = self._conn
+        conn = self.conn
         assert conn is not None
         results: list[tuple[bool, Any]] = []
         try:
@@ -239,11 +207,9 @@ class SqliteStore:
             try:
                 value = fn(conn)
             except Exception as exc:  # each operation fails alone
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                except sqlite3.Error:
-                    pass
                 results.append(
                     (False, _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc)
                 )
@@ -258,21 +224,164 @@ class SqliteStore:
             self.healthy = False
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._resync(conn)
+            self._on_rollback(conn)
             err = _unavailable(exc)
             return [(False, err) for _ in fns]
         if any(not ok for ok, _ in results):
             # Counters were advanced by operations that were rolled back.
-            self._resync(conn)
+            self._on_rollback(conn)
         return results
+
+
+def _connect(path: str, synchronous: str, schema: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    # A page cache large enough for a busy day's dedup index, and memory-mapped reads:
+    # lookups and inserts at random keys then cost no system call.
+    conn.execute("PRAGMA cache_size=-131072")
+    conn.execute("PRAGMA mmap_size=1073741824")
+    conn.executescript(schema)
+    return conn
+
+
+class SqliteStore:
+    """The default store. Safe against `kill -9`: what `enqueue` returned for is on disk."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_pending: int = 5_000_000,
+        max_size_mb: int | None = None,
+        max_group: int = 256,
+    ) -> None:
+        self.path = path
+        self.dedup_path = f"{path}.dedup"
+        self.max_pending = max_pending
+        self.max_size_mb = max_size_mb
+        self._main = _Writer("sqlite", self._open_main, self._resync, max_group)
+        # Losing the last dedup ids in a power cut can only cause duplicates: no sync.
+        self._dedup = _Writer(
+            "sqlite-dedup",
+            lambda: _connect(self.dedup_path, "NORMAL", _DEDUP_SCHEMA),
+            lambda _conn: None,
+            max_group,
+        )
+        # Ids of events being stored right now, so that two requests carrying the same id
+        # at the same moment do not both get through.
+        self._claims: set[DedupKey] = set()
+        self._recording: set[asyncio.Future[None]] = set()
+        self._next_delivery_id = 1
+        self._pending = 0
+
+    @property
+    def commits(self) -> int:
+        return self._main.commits
+
+    @property
+    def healthy(self) -> bool:
+        return self._main.healthy
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        await self._main.open()
+        await self._dedup.open()
+
+    def _open_main(self) -> sqlite3.Connection:
+        conn = _connect(self.path, "FULL", _SCHEMA)
+        if self.max_size_mb:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(
+                f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // page_size)}"
+            )
+        # Whatever was leased when the last process died goes back to the queue; only the
+        # deliveries waiting for a retry keep holding back their person.
+        conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'leased'")
+        conn.execute("DELETE FROM holds")
+        conn.execute(
+            "INSERT INTO holds SELECT destination, ordering_key, id FROM deliveries"
+            " WHERE state = 'pending' AND attempts > 0"
+        )
+        self._resync(conn)
+        return conn
+
+    def _resync(self, conn: sqlite3.Connection) -> None:
+        self._next_delivery_id = (
+            conn.execute("SELECT max(id) FROM deliveries").fetchone()[0] or 0
+        ) + 1
+        self._pending = conn.execute(
+            "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'leased')"
+        ).fetchone()[0]
+
+    async def close(self) -> None:
+        if self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
+        await self._dedup.close()
+        await self._main.close()
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._main.submit(fn)
 
     # ------------------------------------------------------------------ operations
 
     async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
-        return await self._submit(lambda conn: self._enqueue(conn, events))
-
-    def _enqueue(self, conn: sqlite3.Connection, events: list[NewEvent]) -> list[EnqueueOutcome]:
         now = time.time()
+        keys: list[DedupKey | None] = [
+            (e.kind, e.source, e.dedup_id) if e.dedup_id and not e.rejected_reason else None
+            for e in events
+        ]
+        wanted = list(dict.fromkeys(k for k in keys if k is not None))
+        seen: set[DedupKey] = (
+            await self._dedup.submit(lambda conn: _seen(conn, wanted, now)) if wanted else set()
+        )
+        claimed: list[DedupKey] = []
+        for key in wanted:
+            if key in seen:
+                continue
+            if key in self._claims:
+                seen.add(key)
+            else:
+                self._claims.add(key)
+                claimed.append(key)
+        try:
+            outcomes = await self._main.submit(lambda conn: self._enqueue(conn, events, keys, seen))
+        except BaseException:
+            self._claims.difference_update(claimed)
+            raise
+        until = {
+            k: e.dedup_until
+            for k, e, o in zip(keys, events, outcomes, strict=True)
+            if k is not None and o == "queued"
+        }
+        if until:
+            recording = self._dedup.submit(lambda conn: _record(conn, until))
+            self._recording.add(recording)
+            recording.add_done_callback(lambda f: self._recorded(f, claimed))
+        else:
+            self._claims.difference_update(claimed)
+        return outcomes
+
+    def _recorded(self, fut: asyncio.Future[None], claimed: list[DedupKey]) -> None:
+        self._recording.discard(fut)
+        self._claims.difference_update(claimed)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error(
+                "dedup ids could not be recorded; repeats of them may be delivered twice: %s",
+                fut.exception(),
+            )
+
+    def _enqueue(
+        self,
+        conn: sqlite3.Connection,
+        events: list[NewEvent],
+        keys: list[DedupKey | None],
+        seen: set[DedupKey],
+    ) -> list[EnqueueOutcome]:
         new_deliveries = sum(len(e.deliveries) for e in events if not e.rejected_reason)
         if self._pending + new_deliveries > self.max_pending:
             raise StoreFull(
@@ -280,39 +389,23 @@ class SqliteStore:
                 f" (storage.sqlite.max_pending) is {self.max_pending}; retry later",
                 retry_after=30,
             )
-        seen: set[tuple[str, str, str]] = set()
-        wanted: dict[tuple[str, str], list[str]] = {}
-        for e in events:
-            if e.dedup_id and not e.rejected_reason:
-                wanted.setdefault((e.kind, e.source), []).append(e.dedup_id)
-        for (kind, source), ids in wanted.items():
-            for chunk in _chunks(list(dict.fromkeys(ids))):
-                rows = conn.execute(
-                    f"SELECT dedup_id FROM dedup WHERE kind = ? AND source = ? AND expires_at > ?"
-                    f" AND dedup_id IN ({_marks(len(chunk))})",
-                    (kind, source, now, *chunk),
-                ).fetchall()
-                seen.update((kind, source, r[0]) for r in rows)
-
+        done: set[DedupKey] = set()
         outcomes: list[EnqueueOutcome] = []
         rejected: list[tuple[Any, ...]] = []
         dl_rows: list[tuple[Any, ...]] = []
-        dd_rows: list[tuple[Any, ...]] = []
         delivery_id = self._next_delivery_id
-        for e in events:
+        for key, e in zip(keys, events, strict=True):
             if e.rejected_reason:
                 rejected.append(
                     (e.source, e.kind, e.received_at, e.rejected_reason, e.message_json)
                 )
                 outcomes.append("rejected")
                 continue
-            if e.dedup_id:
-                key = (e.kind, e.source, e.dedup_id)
-                if key in seen:
+            if key is not None:
+                if key in seen or key in done:
                     outcomes.append("duplicate")
                     continue
-                seen.add(key)
-                dd_rows.append((*key, e.dedup_until))
+                done.add(key)
             for d in e.deliveries:
                 dl_rows.append(
                     (
@@ -337,7 +430,6 @@ class SqliteStore:
             "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
             dl_rows,
         )
-        _insert_rows(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?, ?, ?)", dd_rows)
         if rejected:
             conn.executemany(
                 "INSERT INTO rejected (source, kind, received_at, reason, message)"
@@ -500,7 +592,7 @@ class SqliteStore:
         return await self._submit(run)
 
     async def purge(self, now: float) -> None:
-        await self._submit(
+        await self._dedup.submit(
             lambda conn: conn.execute("DELETE FROM dedup WHERE expires_at <= ?", (now,))
         )
 
@@ -510,6 +602,34 @@ class SqliteStore:
         except StoreUnavailable:
             return False
         return self.healthy
+
+
+def _seen(conn: sqlite3.Connection, keys: list[DedupKey], now: float) -> set[DedupKey]:
+    """The keys recorded and not yet expired."""
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for kind, source, dedup_id in keys:
+        by_source.setdefault((kind, source), []).append(dedup_id)
+    seen: set[DedupKey] = set()
+    for (kind, source), ids in by_source.items():
+        for chunk in _chunks(ids):
+            seen.update(
+                (kind, source, row[0])
+                for row in conn.execute(
+                    "SELECT dedup_id FROM dedup WHERE kind = ? AND source = ?"
+                    f" AND expires_at > ? AND dedup_id IN ({_marks(len(chunk))})",
+                    (kind, source, now, *chunk),
+                )
+            )
+    return seen
+
+
+def _record(conn: sqlite3.Connection, until: dict[DedupKey, float]) -> None:
+    _insert_rows(
+        conn,
+        "INSERT OR REPLACE INTO dedup VALUES ",
+        "(?, ?, ?, ?)",
+        [(*key, expires) for key, expires in until.items()],
+    )
 
 
 def _insert_rows(
