@@ -31,6 +31,12 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 PAUSE_FIRST = 30.0
 PAUSE_CAP = 300.0
+# After this many leases in a row that delivered nothing and had to retry, the destination
+# is taken to be down: lanes wait before leasing again instead of scanning the backlog.
+OUTAGE_AFTER = 3
+# A lease that came back less than full waits this long before the next one, so that
+# deliveries accumulate into batches instead of one lease per accepted request.
+LINGER = 0.05
 
 
 class Sink(Protocol):
@@ -72,6 +78,8 @@ class DestinationWorker:
         self.paused_reason: str | None = unconfigured
         self.paused_until = float("inf") if unconfigured else 0.0
         self._pause_step = PAUSE_FIRST
+        self._failed_leases = 0
+        self.quiet_until = 0.0
         self._wake = asyncio.Event()
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
@@ -119,6 +127,9 @@ class DestinationWorker:
             if self.paused_until > now:
                 await self._sleep(self.paused_until - now)
                 continue
+            if self.quiet_until > now:
+                await self._sleep(self.quiet_until - now)
+                continue
             try:
                 leased = await self.store.lease(self.key, self.lease_size, now)
             except Exception as exc:  # the store may be briefly unwritable; keep the lane alive
@@ -129,6 +140,8 @@ class DestinationWorker:
                 await self._sleep(self.poll_interval)
                 continue
             await self._run(leased)
+            if len(leased) < self.lease_size and not self._stopping:
+                await asyncio.sleep(LINGER)
 
     async def _run(self, leased: list[Delivery]) -> None:
         assert self.sink is not None
@@ -182,6 +195,13 @@ class DestinationWorker:
                 release.append(d.id)
             else:
                 release.append(d.id)
+        if retries and not done:
+            self._failed_leases += 1
+            if self._failed_leases >= OUTAGE_AFTER:
+                self.quiet_until = min(r.next_at for r in retries)
+        elif done:
+            self._failed_leases = 0
+            self.quiet_until = 0.0
         await self.store.dead_letter(dead, now)
         await self.store.retry(retries)
         await self.store.complete(done)

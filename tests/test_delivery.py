@@ -241,3 +241,39 @@ async def test_gives_up_only_when_old_and_failed_three_times(
     dead = [d for d in await store.dead_letters() if d.destination == "customerio.test"]
     assert len(dead) == 1 and dead[0].id == rows[2].id
     assert dead[0].reason.startswith("gave up after 3 attempts")
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"Retry-After": "inf"}, 3600.0),
+        ({"Retry-After": "1e12"}, 3600.0),
+        ({"Retry-After": "nan"}, None),
+        ({"X-RateLimit-Reset": "1e20"}, 3600.0),
+        ({"Retry-After": "7"}, 7.0),
+    ],
+)
+def test_retry_after_is_capped_so_a_bad_header_cannot_stall_a_destination(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    from relay.sinks.outcome import retry_after
+
+    assert retry_after(headers, now=1_700_000_000.0) == expected
+
+
+async def test_a_destination_that_is_down_is_left_quiet_between_retries(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.default = (503, {}, {})
+    url, app = await relay_factory(cio_url=customerio.url, extra_cio="      concurrency: 1")
+    worker = relay_of(app).workers["customerio.main"]
+    for i in range(3):  # different people, so no retry holds the next one back
+        await send(url, track(f"person-{i}", "E", f"m-{i}"))
+        await customerio.wait_for(i + 1)
+    await asyncio.sleep(0.1)  # the third failure is settled
+    assert worker.quiet_until > worker.clock() + 0.5  # three failed leases in a row
+    customerio.default = (200, {}, {})
+    await send(url, track("person-3", "E", "m-3"))
+    await asyncio.sleep(0.3)
+    assert len(customerio.requests) == 3  # quiet: the new event waits with the retries
+    await customerio.wait_for(4, timeout=15)  # and goes once the quiet time is over

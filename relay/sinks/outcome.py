@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,15 +46,27 @@ HOLD = Hold()
 RETRYABLE = frozenset({408, 423, 429})
 
 
+MAX_RETRY_AFTER = 3600.0
+
+
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from Retry-After (seconds or HTTP date) or X-RateLimit-Reset."""
+    """Seconds to wait from Retry-After (seconds or HTTP date) or X-RateLimit-Reset,
+    capped at an hour: an absurd or infinite value must not stall a destination for good."""
+    wait = _retry_after(headers, now)
+    if wait is None or not math.isfinite(wait):
+        return None if wait is None or math.isnan(wait) else MAX_RETRY_AFTER
+    return min(wait, MAX_RETRY_AFTER)
+
+
+def _retry_after(headers: Mapping[str, str], now: float | None) -> float | None:
     now = time.time() if now is None else now
     lower = {k.lower(): v for k, v in headers.items()}
     value = lower.get("retry-after")
     if value:
         value = value.strip()
         try:
-            return max(0.0, float(value))
+            seconds = float(value)
+            return None if math.isnan(seconds) else max(0.0, seconds)
         except ValueError:
             try:
                 when = email.utils.parsedate_to_datetime(value)
