@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-from relay.mapping import Rejection
+from relay.mapping import Rejection, json_type
 from relay.mapping.dates import convert_dates, iso_to_millis, iso_to_seconds
 from relay.mapping.ulid import deterministic_ulid
 from relay.outgoing import OutgoingRequest
@@ -148,22 +148,6 @@ _GROUP_CONTROL_TRAITS = (
 # --- reading a message -----------------------------------------------------------------------
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
-
-
 def _shown(text: str) -> str:
     """`text` quoted for a rejection reason, cut short so that a huge value cannot flood it."""
     return repr(text) if len(text) <= 60 else repr(text[:60]) + "…"
@@ -189,7 +173,7 @@ def _id_field(message: Mapping[str, Any], key: str) -> str | None | Rejection:
         return None
     text = _text(value)
     if text is None:
-        return Rejection(f"{key} must be a string or a number, got {_json_type(value)}")
+        return Rejection(f"{key} must be a string or a number, got {json_type(value)}")
     return text
 
 
@@ -200,7 +184,7 @@ def _object_field(message: Mapping[str, Any], key: str) -> dict[str, Any] | Reje
         return {}
     if isinstance(value, (dict, Mapping)):
         return dict(value)
-    return Rejection(f"{key} must be an object, got {_json_type(value)}")
+    return Rejection(f"{key} must be an object, got {json_type(value)}")
 
 
 def _hint(mapping: Mapping[str, Any] | None, *path: str) -> Any:
@@ -362,7 +346,7 @@ def _object_type_id(source: Mapping[str, Any], *keys: str) -> str | Rejection:
             continue
         text = _text(value)
         if text is None:
-            return Rejection(f"{key} must be a string or a number, got {_json_type(value)}")
+            return Rejection(f"{key} must be a string or a number, got {json_type(value)}")
         return text
     return _DEFAULT_OBJECT_TYPE_ID
 
@@ -413,7 +397,7 @@ def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     """track → person `event`, or the person, device or object action its event name stands for."""
     event = message.get("event")
     if not isinstance(event, str) or not event.strip():
-        return Rejection(f"track needs a non-empty string event, got {_json_type(event)}")
+        return Rejection(f"track needs a non-empty string event, got {json_type(event)}")
     properties = _object_field(message, "properties")
     if isinstance(properties, Rejection):
         return properties
@@ -526,13 +510,13 @@ def map_group(message: Mapping[str, Any], *, received_at: float) -> Mapped:
         object_attributes = {k: v for k, v in traits.items() if k not in _GROUP_CONTROL_TRAITS}
     elif not isinstance(object_attributes, Mapping):
         return Rejection(
-            f"traits.objectAttributes must be an object, got {_json_type(object_attributes)}"
+            f"traits.objectAttributes must be an object, got {json_type(object_attributes)}"
         )
     relationship_attributes = traits.get("relationshipAttributes")
     if relationship_attributes is not None and not isinstance(relationship_attributes, Mapping):
         return Rejection(
             "traits.relationshipAttributes must be an object, "
-            f"got {_json_type(relationship_attributes)}"
+            f"got {json_type(relationship_attributes)}"
         )
     relationships: tuple[Relationship, ...] = ()
     if person is not None:
@@ -596,7 +580,7 @@ def map_message(message: Mapping[str, Any], *, received_at: float) -> list[Opera
     has no `timestamp`. Never raises: anything unusable comes back as a Rejection.
     """
     if not isinstance(message, Mapping):
-        return Rejection(f"a message must be an object, got {_json_type(message)}")
+        return Rejection(f"a message must be an object, got {json_type(message)}")
     kind = message.get("type")
     mapper = _MAPPERS.get(kind) if isinstance(kind, str) else None
     if mapper is None:

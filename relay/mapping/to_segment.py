@@ -10,7 +10,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from relay import __version__
-from relay.mapping import Rejection
+from relay.mapping import Rejection, json_type
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -121,7 +121,7 @@ def map_webhook(
     if profile not in PROFILES:
         return Rejection(f"unknown property profile {profile!r} (expected one of {PROFILES})")
     if not isinstance(payload, Mapping):
-        return Rejection(f"webhook body is a JSON {_json_type(payload)}, not an object")
+        return Rejection(f"webhook body is a JSON {json_type(payload)}, not an object")
 
     event_id = webhook_event_id(payload)
     if event_id is None:
@@ -136,7 +136,7 @@ def map_webhook(
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        return Rejection(f"webhook `data` is a JSON {_json_type(data)}, not an object")
+        return Rejection(f"webhook `data` is a JSON {json_type(data)}, not an object")
 
     kind = _object_type_and_metric(payload)
     if isinstance(kind, Rejection):
@@ -365,17 +365,3 @@ def _text(value: Any) -> str | None:
 def _title_words(text: str) -> str:
     # Only the first letter is raised so that acronyms and camelCase inside a word survive.
     return " ".join(word[:1].upper() + word[1:] for word in re.split(r"[\s_]+", text) if word)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
