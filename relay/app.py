@@ -7,55 +7,34 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
 
 from relay import __version__
 from relay.config import (
-    SEGMENT_WEBHOOK_SOURCE,
     Config,
     CustomerIODestination,
+    Destination,
     SegmentDestination,
     is_secret_path,
 )
+from relay.config import compile_config_routes as compile_config_routes  # moved; kept here too
 from relay.delivery import DestinationWorker, Sink
-from relay.errors import ClientError, ConfigError, ConfigProblem
+from relay.errors import ClientError
 from relay.intake import Intake
 from relay.metrics import CONTENT_TYPE, Metrics
-from relay.routing import Routes, compile_routes
+from relay.routing import Routes
 from relay.sinks.customerio import CustomerIOSink
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.transport import AiohttpTransport, Transport
 from relay.sources.customerio_webhooks import CustomerIOWebhooks
-from relay.sources.segment_api import SegmentAPI
+from relay.sources.segment_api import SegmentAPI, WriteKeys
 from relay.store.base import Store
 from relay.store.sqlite import SqliteStore
 
 log = logging.getLogger("relay")
-
-
-def compile_config_routes(config: Config) -> Routes:
-    """The config's routes, compiled; raises ConfigError with every problem located."""
-    routes, problems = compile_routes(
-        config.routes,
-        destinations=list(config.destinations),
-        segment_sources=[*config.segment_write_keys, SEGMENT_WEBHOOK_SOURCE],
-        customerio_sources=list(config.customerio_signing_keys),
-    )
-    if problems:
-        located = []
-        for p in problems:
-            path = ("routes", *p.path)
-            line, col = config.locate(path)
-            located.append(
-                ConfigProblem(
-                    config.path, line, col, ".".join(str(x) for x in path), p.message, p.hint
-                )
-            )
-        raise ConfigError(located)
-    return routes
 
 
 def build_store(config: Config) -> Store:
@@ -66,7 +45,11 @@ def build_store(config: Config) -> Store:
 
 @dataclass
 class Relay:
-    """Everything a running relay holds; one per application, no globals."""
+    """Everything a running relay holds; one per application, no globals.
+
+    `reconfigure` swaps in a new config while running (see relay.reload): everything a
+    request or a worker reads is read from here at the time it is needed.
+    """
 
     config: Config
     store: Store
@@ -76,6 +59,8 @@ class Relay:
     clock: Callable[[], float] = time.time
     workers: dict[str, DestinationWorker] = field(default_factory=dict)
     accepting: bool = False
+    segment_api: SegmentAPI | None = None
+    customerio_webhooks: CustomerIOWebhooks | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -83,10 +68,7 @@ class Relay:
             self.store,
             self.routes,
             self.metrics,
-            dedup_windows={
-                "segment": self.config.segment_dedup_window,
-                "customerio": self.config.customerio_dedup_window,
-            },
+            dedup_windows=_dedup_windows(self.config),
             notify=self.notify,
             clock=self.clock,
         )
@@ -108,32 +90,35 @@ class Relay:
 
         return SegmentSink(dest, self.transport, limiter, self.metrics, self.clock)
 
+    def make_worker(self, dest: Destination) -> DestinationWorker:
+        unconfigured = None
+        if dest.missing:
+            unconfigured = (
+                "not configured: set the environment variable"
+                f"{'s' if len(dest.missing) > 1 else ''} {', '.join(dest.missing)}"
+                " and restart; its events are kept until then"
+            )
+        lease = (
+            dest.batch_size
+            if isinstance(dest, CustomerIODestination) and dest.api == "v2"
+            else (dest.batch_size if isinstance(dest, SegmentDestination) else 10)
+        )
+        return DestinationWorker(
+            dest.key,
+            self.make_sink(dest),
+            self.store,
+            self.metrics,
+            concurrency=dest.concurrency,
+            lease_size=lease,
+            max_age=dest.max_age,
+            unconfigured=unconfigured,
+            clock=self.clock,
+        )
+
     async def start(self) -> None:
         await self.store.open()
         for key, dest in self.config.destinations.items():
-            unconfigured = None
-            if dest.missing:
-                unconfigured = (
-                    "not configured: set the environment variable"
-                    f"{'s' if len(dest.missing) > 1 else ''} {', '.join(dest.missing)}"
-                    " and restart; its events are kept until then"
-                )
-            lease = (
-                dest.batch_size
-                if isinstance(dest, CustomerIODestination) and dest.api == "v2"
-                else (dest.batch_size if isinstance(dest, SegmentDestination) else 10)
-            )
-            worker = DestinationWorker(
-                key,
-                self.make_sink(dest),
-                self.store,
-                self.metrics,
-                concurrency=dest.concurrency,
-                lease_size=lease,
-                max_age=dest.max_age,
-                unconfigured=unconfigured,
-                clock=self.clock,
-            )
+            worker = self.make_worker(dest)
             self.workers[key] = worker
             worker.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="relay-housekeeping"))
@@ -150,6 +135,85 @@ class Relay:
         await self.store.close()
         await self.transport.close()
 
+    async def reconfigure(self, new: Config, routes: Routes) -> list[str]:
+        """Switch to a new, already validated config and its compiled routes.
+
+        Routes, source credentials and settings change in one step, without an await, so
+        each request sees either the old or the new ones. Then every destination whose
+        settings changed gets a new worker: the old one finishes (or, after
+        `shutdown_timeout`, gives back) what it has in flight, and the new one picks up
+        the queue where it left off; a removed destination's queue stays in the store.
+        Settings that need a restart (server address, storage) keep their running values.
+        Returns what changed, as short phrases.
+        """
+        old = self.config
+        changes: list[str] = []
+        restart: list[str] = []
+        for name, before, after in (
+            ("server.host", old.host, new.host),
+            ("server.port", old.port, new.port),
+            ("storage.sqlite.path", old.sqlite_path, new.sqlite_path),
+            ("storage.sqlite.max_pending", old.max_pending, new.max_pending),
+            ("storage.sqlite.max_size_mb", old.max_size_mb, new.max_size_mb),
+            ("storage.redis", old.redis_url, new.redis_url),
+        ):
+            if before != after:
+                restart.append(name)
+        effective = replace(
+            new,
+            host=old.host,
+            port=old.port,
+            sqlite_path=old.sqlite_path,
+            max_pending=old.max_pending,
+            max_size_mb=old.max_size_mb,
+            redis_url=old.redis_url,
+        )
+        changes.extend(_route_changes(old, new, self.routes, routes))
+        changes.extend(_source_changes(old, new))
+        if old.shutdown_timeout != new.shutdown_timeout:
+            changes.append("server.shutdown_timeout")
+
+        # One synchronous step: no request can see half of it.
+        self.config = effective
+        self.routes = routes
+        self.intake.routes = routes
+        self.intake.dedup_windows = _dedup_windows(effective)
+        if self.segment_api is not None:
+            self.segment_api.write_keys = WriteKeys(effective.segment_write_keys)
+            self.segment_api.webhook_secret = effective.segment_webhook_secret
+        if self.customerio_webhooks is not None:
+            self.customerio_webhooks.keys = effective.customerio_signing_keys
+            self.customerio_webhooks.tolerance = effective.customerio_timestamp_tolerance
+            self.customerio_webhooks.profile = effective.customerio_profile
+
+        before_dest, after_dest = old.destinations, effective.destinations
+        removed = [k for k in before_dest if k not in after_dest]
+        added = [k for k in after_dest if k not in before_dest]
+        changed = [k for k in after_dest if k in before_dest and before_dest[k] != after_dest[k]]
+        stopping = [w for k in (*removed, *changed) if (w := self.workers.pop(k, None))]
+        await asyncio.gather(*(w.stop(effective.shutdown_timeout) for w in stopping))
+        for key in removed:
+            with contextlib.suppress(KeyError):
+                self.metrics.paused.remove(key)
+            with contextlib.suppress(KeyError):
+                self.metrics.rate.remove(key)
+        for key in (*changed, *added):
+            if not self.accepting:
+                break  # shutting down: stop() settles what is left
+            worker = self.make_worker(after_dest[key])
+            self.workers[key] = worker
+            worker.start()
+            worker.notify()
+        changes.extend(f"{k} added" for k in added)
+        changes.extend(f"{k} changed" for k in changed)
+        changes.extend(f"{k} removed" for k in removed)
+        if restart:
+            changes.append(
+                f"{', '.join(restart)} changed in the file but need a restart"
+                " (still using the running values)"
+            )
+        return changes
+
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(30)
@@ -160,6 +224,53 @@ class Relay:
                         self.metrics.queue.labels(dest, state).set(states.get(state, 0))
             except Exception as exc:
                 log.error("housekeeping failed: %s", exc)
+
+
+def _dedup_windows(config: Config) -> dict[str, float]:
+    return {
+        "segment": config.segment_dedup_window,
+        "customerio": config.customerio_dedup_window,
+    }
+
+
+def _route_changes(old: Config, new: Config, before: Routes, after: Routes) -> list[str]:
+    """Routes added, removed, edited or moved, by name."""
+    old_specs = {r.name: old.routes[r.index] for r in before}
+    new_specs = {r.name: new.routes[r.index] for r in after}
+    parts = []
+    came = [n for n in new_specs if n not in old_specs]
+    gone = [n for n in old_specs if n not in new_specs]
+    edited = [n for n in new_specs if n in old_specs and old_specs[n] != new_specs[n]]
+    if came:
+        parts.append("routes added: " + ", ".join(came))
+    if edited:
+        parts.append("routes changed: " + ", ".join(edited))
+    if gone:
+        parts.append("routes removed: " + ", ".join(gone))
+    kept_old = [n for n in old_specs if n in new_specs]
+    kept_new = [n for n in new_specs if n in old_specs]
+    if kept_old != kept_new:
+        parts.append("routes reordered")
+    return parts
+
+
+def _source_changes(old: Config, new: Config) -> list[str]:
+    changes = []
+    if old.segment_write_keys != new.segment_write_keys:
+        changes.append("sources.segment.write_keys")
+    if old.segment_webhook_secret != new.segment_webhook_secret:
+        changes.append("sources.segment.webhook_secret")
+    if old.segment_dedup_window != new.segment_dedup_window:
+        changes.append("sources.segment.dedup_window")
+    if old.customerio_signing_keys != new.customerio_signing_keys:
+        changes.append("sources.customerio.signing_keys")
+    if old.customerio_timestamp_tolerance != new.customerio_timestamp_tolerance:
+        changes.append("sources.customerio.timestamp_tolerance")
+    if old.customerio_dedup_window != new.customerio_dedup_window:
+        changes.append("sources.customerio.dedup_window")
+    if old.customerio_profile != new.customerio_profile:
+        changes.append("sources.customerio.profile")
+    return changes
 
 
 RELAY = web.AppKey("relay", Relay)
@@ -282,6 +393,9 @@ def create_app(
     app.add_routes(segment.routes())
     cio = CustomerIOWebhooks(relay.intake, config)
     app.add_routes(cio.routes())
+    # Kept on the relay so that a reload can hand them new credentials and settings.
+    relay.segment_api = segment
+    relay.customerio_webhooks = cio
     app.add_routes(
         [
             web.get("/healthz", healthz),

@@ -15,53 +15,43 @@ from typing import Any
 from aiohttp import web
 
 from relay import __version__
-from relay.app import RELAY, build_store, compile_config_routes, create_app, describe_missing
-from relay.config import Config, load_config
+from relay.app import RELAY, build_store, create_app, describe_missing
+from relay.config import Config, check_config, load_config
 from relay.errors import ConfigError, RelayError
+from relay.reload import Reloader
+from relay.sources import segment_messages as seg
 
 log = logging.getLogger("relay")
 
 
-def _load(path: str) -> Config:
-    config = load_config(path)
-    compile_config_routes(config)
-    return config
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
+    result = check_config(args.config)
+    if result.config is None or result.problems:
+        for problem in result.problems:
             print(problem, file=sys.stderr)
         print(
-            f"{args.config}: {len(exc.problems)} problem(s); the config is not valid",
+            f"{args.config}: {_plural(len(result.problems), 'problem')}; the config is not valid",
             file=sys.stderr,
         )
         return 1
-    problems = []
-    for m in config.missing:
-        line = f":{m.line}" if m.line else ""
-        problems.append(
-            f"{config.path}{line}: {'.'.join(str(p) for p in m.path)}: environment variable"
-            f" {m.name} is not set (export it, or write ${{{m.name}:-default}} for a default)"
-        )
-    for p in problems:
-        print(p, file=sys.stderr)
-    if problems:
-        print(
-            f"{args.config}: {len(problems)} problem(s); the config is not valid", file=sys.stderr
-        )
-        return 1
+    config = result.config
     print(
-        f"{args.config}: valid ({len(config.destinations)} destination(s),"
-        f" {len(config.routes)} route(s))"
+        f"{args.config}: valid ({_plural(len(config.destinations), 'destination')},"
+        f" {_plural(len(config.routes), 'route')})"
     )
     return 0
 
 
 async def _serve(config: Config) -> None:
     app = create_app(config)
+    loop = asyncio.get_running_loop()
+    reloader = Reloader(app[RELAY], config.path)
+    # Installed before start-up, so that an early SIGHUP waits instead of ending the process.
+    loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_timeout
     )
@@ -77,25 +67,28 @@ async def _serve(config: Config) -> None:
     )
     for line in describe_missing(config):
         log.warning(line)
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloader.start()
+    log.info("the config is reloaded on SIGHUP or when %s changes", config.path)
     await stop.wait()
     log.info("shutting down: no new requests; finishing deliveries in flight")
+    loop.remove_signal_handler(signal.SIGHUP)
+    await reloader.close()
     app[RELAY].accepting = False
     await runner.cleanup()
     log.info("stopped")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
+    result = check_config(args.config, require_env=False)
+    if result.config is None:
+        for problem in result.problems:
             log.error("%s", problem)
         log.error("not starting: fix the config (relay check --config %s)", args.config)
         return 2
+    config = result.config
     try:
         asyncio.run(_serve(config))
     except OSError as exc:
@@ -105,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _read_messages(path: str) -> list[Any]:
+    """A JSON object, an array, JSON lines, or a Segment batch body ({"batch": [...]})."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     stripped = text.strip()
@@ -121,23 +115,42 @@ def _read_messages(path: str) -> list[Any]:
                 except ValueError as exc:
                     raise RelayError(f"{path}:{n}: not valid JSON: {exc}") from None
         return out
+    if isinstance(value, dict) and isinstance(value.get("batch"), list) and "type" not in value:
+        return [
+            seg.merge_batch_defaults(item, value) if isinstance(item, dict) else item
+            for item in value["batch"]
+        ]
     return value if isinstance(value, list) else [value]
 
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    from relay.dryrun import dry_run
+    from relay.dryrun import choose_sources, dry_run
 
-    try:
-        config = _load(args.config)
-        messages = _read_messages(args.file)
-    except ConfigError as exc:
-        for problem in exc.problems:
+    result = check_config(args.config, require_env=False)
+    if result.config is None or result.routes is None:
+        for problem in result.problems:
             print(problem, file=sys.stderr)
+        print(
+            f"{args.config}: {_plural(len(result.problems), 'problem')}; the config is not valid",
+            file=sys.stderr,
+        )
         return 1
-    except (OSError, RelayError) as exc:
+    try:
+        choose_sources(result.config, args.source)
+    except ValueError as exc:
+        print(f"relay routes test: {exc}", file=sys.stderr)
+        return 2
+    try:
+        messages = _read_messages(args.file)
+    except OSError as exc:
+        print(f"relay routes test: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except (RelayError, UnicodeDecodeError) as exc:
         print(f"relay routes test: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(dry_run(config, messages, time.time()), indent=2, ensure_ascii=False))
+    now = time.time() if args.now is None else args.now
+    out = dry_run(result.config, result.routes, messages, now, source=args.source)
+    print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -197,18 +210,45 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(
-        "check", parents=[common], help="validate a config; exit 0 only when it is valid"
+        "check",
+        parents=[common],
+        help="validate a config; exit 0 only when it is valid",
+        description="Print every problem of a config file (file:line:column: field: message"
+        " (hint)) and exit 1, or print a one-line summary and exit 0. Unset environment"
+        " variables are problems; their values are never printed.",
     )
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", required=True, metavar="PATH", help="path to the YAML config")
     check.set_defaults(func=cmd_check)
 
     routes = sub.add_parser("routes", parents=[common], help="route tools")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True)
     test = routes_sub.add_parser(
-        "test", parents=[common], help="show where messages in FILE would go, offline"
+        "test",
+        parents=[common],
+        help="show where messages in FILE would go, offline",
+        description="For each message in FILE (Segment messages or Customer.io webhooks),"
+        " print as JSON the routes it matches and the exact requests each destination would"
+        " get. Nothing is sent and nothing is stored.",
     )
-    test.add_argument("--config", required=True)
-    test.add_argument("file", help="JSON object, array, or JSON lines")
+    test.add_argument("--config", required=True, metavar="PATH", help="path to the YAML config")
+    test.add_argument(
+        "file",
+        metavar="FILE",
+        help='a JSON object, an array, JSON lines, or a Segment batch ({"batch": [...]})',
+    )
+    test.add_argument(
+        "--source",
+        metavar="NAME",
+        help="the source the messages come from (default: the first configured source of"
+        " each message's direction)",
+    )
+    test.add_argument(
+        "--now",
+        type=float,
+        metavar="SECONDS",
+        help="the send time to use, in unix seconds (default: now); fixes sentAt and the"
+        " like, so that the output can be compared",
+    )
     test.set_defaults(func=cmd_routes_test)
 
     dlq = sub.add_parser("dlq", parents=[common], help="inspect and replay dead letters")

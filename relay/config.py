@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,20 +358,30 @@ def _known_keys(schema: Schema) -> list[str]:
 class _Collector:
     """Turns validation messages into located problems, with hints for the usual mistakes."""
 
-    def __init__(self, file: str, pos: dict[Path, tuple[int, int]]) -> None:
+    def __init__(
+        self, file: str, pos: dict[Path, tuple[int, int]], skip: Collection[Path] = ()
+    ) -> None:
         self.file = file
         self.pos = pos
+        self.skip = frozenset(skip)
         self.problems: list[ConfigProblem] = []
+        self.masked: set[Path] = set()
 
     def add(self, path: Path, message: str, hint: str | None = None) -> None:
+        if path in self.skip:
+            self.masked.add(path)
+            return
         line, col = _locate(self.pos, path)
         if message == "Unknown field.":
             key_pos = self.pos.get((*path, "<key>"))
             if key_pos:
                 line, col = key_pos
-            message = f"unknown key {str(path[-1])!r}"
+            message = f'unknown key "{path[-1]}"'
         elif message.startswith("Missing data for required field"):
             message = "is required"
+        elif message[:1].isupper():
+            # marshmallow's sentences ("Not a valid integer.") in the style of the others.
+            message = message[0].lower() + message[1:].rstrip(".")
         self.problems.append(ConfigProblem(self.file, line, col, _field_name(path), message, hint))
 
     def add_validation(self, err: ValidationError, base: Path, schema: Schema) -> None:
@@ -406,162 +416,355 @@ def _did_you_mean(word: str, choices: list[str]) -> str | None:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; raises ConfigError listing every problem found."""
-    env = os.environ if env is None else env
+def _read_file(path: str) -> str | ConfigProblem:
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            return fh.read()
     except OSError as exc:
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    path,
-                    None,
-                    None,
-                    "",
-                    f"cannot read the file: {exc.strerror}",
-                    "check the path given to --config",
-                )
-            ]
-        ) from None
+        return ConfigProblem(
+            path,
+            None,
+            None,
+            "",
+            f"cannot read the file: {exc.strerror or exc}",
+            "check the path given to --config",
+        )
+    except UnicodeDecodeError:
+        return ConfigProblem(path, None, None, "", "the file is not UTF-8 text")
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem found.
+
+    Routes are not compiled here (see `compile_config_routes`), and unset environment
+    variables are not errors: they are listed in `Config.missing`.
+    """
+    env = os.environ if env is None else env
+    text = _read_file(path)
+    if isinstance(text, ConfigProblem):
+        raise ConfigError([text])
     return parse_config(text, path, env)
 
 
 def parse_config(text: str, file: str, env: Mapping[str, str]) -> Config:
-    pos: dict[Path, tuple[int, int]] = {}
-    try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            raw = {} if node is None else _build(node, (), loader, pos)
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        col = mark.column + 1 if mark else None
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    file,
-                    line,
-                    col,
-                    "",
-                    f"not valid YAML: {exc.problem or exc}",
-                    "fix the YAML syntax at this place",
-                )
-            ]
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem(file, None, None, "", f"not valid YAML: {exc}")]) from None
+    """Validate config text; raises ConfigError listing every problem found."""
+    reading = _Reading(text, file, env)
+    problems = (
+        reading.problems
+        + reading.routes_shape
+        + [_missing_problem(file, reading.pos, m) for m in reading.blocking_missing]
+    )
+    if problems or reading.config is None:
+        raise ConfigError(sorted_problems(problems))
+    return reading.config
 
-    collector = _Collector(file, pos)
-    if not isinstance(raw, dict):
-        collector.add((), "the file must hold a mapping with keys such as server, sources, routes")
-        raise ConfigError(collector.problems)
 
-    missing_raw: list[tuple[str, Path]] = []
-    defaulted_raw: list[tuple[str, Path]] = []
-    data = _interpolate(raw, (), env, missing_raw, defaulted_raw)
-    missing = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in missing_raw]
-    defaulted = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in defaulted_raw]
-    missing_paths = {p for _, p in missing_raw}
+def check_config(
+    path: str, env: Mapping[str, str] | None = None, *, require_env: bool = True
+) -> ConfigCheck:
+    """Every problem of a config file at once: its settings, unset environment variables
+    (when `require_env`), and its routes, compiled against the destinations and sources the
+    file declares even when some of their settings are wrong."""
+    env = os.environ if env is None else env
+    text = _read_file(path)
+    if isinstance(text, ConfigProblem):
+        return ConfigCheck(None, None, [text])
+    return check_text(text, path, env, require_env=require_env)
 
-    schema = ConfigSchema()
-    top: dict[str, Any] = {}
-    try:
-        top = schema.load(data)
-    except ValidationError as err:
-        collector.add_validation(err, (), schema)
 
-    # Destinations are validated one by one, even when the rest failed, so that one run
-    # of `relay check` lists every problem in the file.
-    destinations: dict[str, Destination] = {}
-    raw_destinations = data.get("destinations")
-    for kind, dest_schema in (
-        ("customerio", CustomerIODestinationSchema()),
-        ("segment", SegmentDestinationSchema()),
-    ):
-        group = raw_destinations.get(kind) if isinstance(raw_destinations, dict) else None
-        for name, body in group.items() if isinstance(group, dict) else ():
-            dpath: Path = ("destinations", kind, name)
-            if not isinstance(body, dict):
-                collector.add(
-                    dpath,
-                    "must be a mapping of settings",
-                    "see the destinations section of the README",
-                )
-                continue
-            try:
-                values = dest_schema.load(body)
-            except ValidationError as err:
-                collector.add_validation(err, dpath, dest_schema)
-                continue
-            dest_missing = tuple(sorted({n for n, p in missing_raw if p[: len(dpath)] == dpath}))
-            if kind == "customerio":
-                destinations[f"customerio.{name}"] = _customerio_destination(
-                    name, values, dest_missing, dpath, missing_paths, collector
-                )
-            else:
-                destinations[f"segment.{name}"] = _segment_destination(name, values, dest_missing)
+def check_text(
+    text: str, file: str, env: Mapping[str, str], *, require_env: bool = True
+) -> ConfigCheck:
+    """`check_config` for text already read."""
+    reading = _Reading(text, file, env)
+    if reading.data is None:  # not YAML, or not a mapping: nothing more can be read
+        return ConfigCheck(None, None, sorted_problems(reading.problems))
+    problems = list(reading.problems)
+    missing = reading.missing if require_env else reading.blocking_missing
+    problems.extend(_missing_problem(file, reading.pos, m) for m in missing)
+    routes, route_problems = _compile(
+        reading.data.get("routes"),
+        file=file,
+        positions=reading.pos,
+        destinations=reading.declared_destinations,
+        segment_sources=reading.declared_segment_sources,
+        customerio_sources=reading.declared_customerio_sources,
+    )
+    problems.extend(route_problems)
+    if problems or reading.config is None:
+        return ConfigCheck(None, None, sorted_problems(problems))
+    return ConfigCheck(reading.config, routes, [])
 
-    if collector.problems:
-        raise ConfigError(collector.problems)
-    sources = top["sources"]
 
-    storage = top["storage"]
-    server = top["server"]
-    return Config(
-        path=file,
-        host=server["host"],
-        port=server["port"],
-        shutdown_timeout=server["shutdown_timeout"],
-        sqlite_path=storage["sqlite"]["path"],
-        max_pending=storage["sqlite"]["max_pending"],
-        max_size_mb=storage["sqlite"]["max_size_mb"],
-        redis_url=storage["redis"]["url"] if storage.get("redis") else None,
-        segment_write_keys={k: v for k, v in sources["segment"]["write_keys"].items() if v},
-        segment_webhook_secret=sources["segment"]["webhook_secret"] or None,
-        segment_dedup_window=sources["segment"]["dedup_window"],
-        customerio_signing_keys={
-            k: tuple(x for x in v if x)
-            for k, v in sources["customerio"]["signing_keys"].items()
-            if any(v)
-        },
-        customerio_timestamp_tolerance=sources["customerio"]["timestamp_tolerance"],
-        customerio_dedup_window=sources["customerio"]["dedup_window"],
-        customerio_profile=sources["customerio"]["profile"],
+def sorted_problems(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """Problems in file order (those without a place first); ties keep their order."""
+    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0))
+
+
+def compile_config_routes(config: Config) -> Routes:
+    """The config's routes, compiled; raises ConfigError with every problem located."""
+    routes, problems = _compile(
+        config.routes,
+        file=config.path,
+        positions=config.positions,
+        destinations=list(config.destinations),
+        segment_sources=config.segment_sources or tuple(config.segment_write_keys),
+        customerio_sources=config.customerio_sources or tuple(config.customerio_signing_keys),
+    )
+    if problems:
+        raise ConfigError(sorted_problems(problems))
+    return routes
+
+
+# Route problems about a mapping key itself (an unknown key, a misspelt field name, a
+# property renamed twice) point at the key; every other problem points at the value.
+_KEY_PROBLEMS = re.compile(
+    r'^(unknown key |unknown condition |unknown comparison |a match key must |"[^"]*" is not a'
+    r' field path|.* have no "|from: customerio routes match the Customer\.io webhook, which'
+    r' has no |"[^"]*" is removed by drop_properties |"[^"]*" and "[^"]*" are both renamed )'
+)
+
+
+def _compile(
+    raw_routes: Any,
+    *,
+    file: str,
+    positions: Mapping[Path, tuple[int, int]],
+    destinations: Collection[str],
+    segment_sources: Collection[str],
+    customerio_sources: Collection[str],
+) -> tuple[Routes, list[ConfigProblem]]:
+    routes, problems = compile_routes(
+        raw_routes,
         destinations=destinations,
-        routes=top["routes"],
-        missing=missing,
-        defaulted=defaulted,
-        positions=pos,
+        segment_sources=[*segment_sources, SEGMENT_WEBHOOK_SOURCE],
+        customerio_sources=customerio_sources,
+    )
+    located = []
+    for p in problems:
+        path: Path = p.path if p.path[:1] == ("routes",) else ("routes", *p.path)
+        line, col = _locate(positions, path)
+        if _KEY_PROBLEMS.match(p.message) and (*path, "<key>") in positions:
+            line, col = positions[(*path, "<key>")]
+        located.append(ConfigProblem(file, line, col, _field_name(path), p.message, p.hint))
+    return routes, located
+
+
+def _missing_problem(
+    file: str, pos: Mapping[Path, tuple[int, int]], m: MissingVariable
+) -> ConfigProblem:
+    line, col = _locate(pos, m.path)
+    if is_secret_path(m.path):
+        hint = "export it before running relay; secrets belong in the environment"
+    else:
+        hint = f"export it, or write ${{{m.name}:-default}} to give a default"
+    return ConfigProblem(
+        file, line, col, _field_name(m.path), f"environment variable {m.name} is not set", hint
     )
 
 
-def _customerio_destination(
-    name: str,
-    v: dict[str, Any],
-    missing: tuple[str, ...],
-    path: Path,
-    missing_paths: set[Path],
-    collector: _Collector,
-) -> CustomerIODestination:
-    site_id, api_key = v["site_id"], v["api_key"]
-    if (*path, "site_id") not in missing_paths and not site_id:
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(str(k) for k in value) if isinstance(value, dict) else ()
+
+
+class _Reading:
+    """One pass over config text: every settings problem, and what could be read anyway."""
+
+    def __init__(self, text: str, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.pos: dict[Path, tuple[int, int]] = {}
+        self.problems: list[ConfigProblem] = []
+        self.data: dict[str, Any] | None = None
+        self.config: Config | None = None
+        self.missing: list[MissingVariable] = []
+        # Unset variables whose empty value leaves a setting invalid: these are errors even
+        # where unset variables are tolerated.
+        self.blocking_missing: list[MissingVariable] = []
+        self.routes_shape: list[ConfigProblem] = []
+        self.declared_destinations: tuple[str, ...] = ()
+        self.declared_segment_sources: tuple[str, ...] = ()
+        self.declared_customerio_sources: tuple[str, ...] = ()
+        raw = self._yaml(text)
+        if raw is None:
+            return
+        self._read(raw, env)
+
+    def _yaml(self, text: str) -> dict[str, Any] | None:
+        file = self.file
+        try:
+            loader = yaml.SafeLoader(text)
+            try:
+                node = loader.get_single_node()
+                raw = {} if node is None else _build(node, (), loader, self.pos)
+            finally:
+                loader.dispose()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            col = mark.column + 1 if mark else None
+            hint = "fix the YAML syntax at this place"
+            start = exc.context_mark
+            if exc.context and start is not None and exc.problem_mark is not None:
+                # Where the unclosed bracket or quote began is usually where the mistake is.
+                hint = (
+                    f"{exc.context} that starts at line {start.line + 1}, column {start.column + 1}"
+                )
+            self.problems.append(
+                ConfigProblem(file, line, col, "", f"not valid YAML: {exc.problem or exc}", hint)
+            )
+            return None
+        except yaml.YAMLError as exc:
+            self.problems.append(ConfigProblem(file, None, None, "", f"not valid YAML: {exc}"))
+            return None
+        if not isinstance(raw, dict):
+            collector = _Collector(file, self.pos)
+            collector.add(
+                (), "the file must hold a mapping with keys such as server, sources, routes"
+            )
+            self.problems.extend(collector.problems)
+            return None
+        return raw
+
+    def _read(self, raw: dict[str, Any], env: Mapping[str, str]) -> None:
+        file, pos = self.file, self.pos
+        missing_raw: list[tuple[str, Path]] = []
+        defaulted_raw: list[tuple[str, Path]] = []
+        data = _interpolate(raw, (), env, missing_raw, defaulted_raw)
+        self.data = data
+        missing = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in missing_raw]
+        defaulted = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in defaulted_raw]
+        self.missing = missing
+        missing_paths = {p for _, p in missing_raw}
+        # An unset variable is reported once, by name; what its empty value then breaks
+        # (a port that is not a number) would only repeat the same problem.
+        collector = _Collector(file, pos, skip=missing_paths)
+
+        schema = ConfigSchema()
+        top: dict[str, Any] | None = None
+        try:
+            top = schema.load(data)
+        except ValidationError as err:
+            collector.add_validation(err, (), schema)
+            # A `routes` that is not a list is also reported, with a hint, by the route
+            # compiler; `relay check` shows only that one.
+            self.routes_shape = [p for p in collector.problems if p.field == "routes"]
+            collector.problems = [p for p in collector.problems if p.field != "routes"]
+
+        raw_sources = data.get("sources")
+        seg = raw_sources.get("segment") if isinstance(raw_sources, dict) else None
+        cio = raw_sources.get("customerio") if isinstance(raw_sources, dict) else None
+        self.declared_segment_sources = _names(
+            seg.get("write_keys") if isinstance(seg, dict) else None
+        )
+        self.declared_customerio_sources = _names(
+            cio.get("signing_keys") if isinstance(cio, dict) else None
+        )
+
+        # Destinations are validated one by one, even when the rest failed, so that one run
+        # of `relay check` lists every problem in the file.
+        destinations: dict[str, Destination] = {}
+        declared: list[str] = []
+        raw_destinations = data.get("destinations")
+        for kind, dest_schema in (
+            ("customerio", CustomerIODestinationSchema()),
+            ("segment", SegmentDestinationSchema()),
+        ):
+            group = raw_destinations.get(kind) if isinstance(raw_destinations, dict) else None
+            for name, body in group.items() if isinstance(group, dict) else ():
+                declared.append(f"{kind}.{name}")
+                dpath: Path = ("destinations", kind, name)
+                if not isinstance(body, dict):
+                    collector.add(
+                        dpath,
+                        "must be a mapping of settings",
+                        "see the destinations section of the README",
+                    )
+                    continue
+                if kind == "customerio":
+                    _check_customerio_credentials(body, dpath, missing_paths, collector)
+                try:
+                    values = dest_schema.load(body)
+                except ValidationError as err:
+                    collector.add_validation(err, dpath, dest_schema)
+                    continue
+                dest_missing = tuple(
+                    sorted({n for n, p in missing_raw if p[: len(dpath)] == dpath})
+                )
+                if kind == "customerio":
+                    destinations[f"customerio.{name}"] = _customerio_destination(
+                        name, values, dest_missing
+                    )
+                else:
+                    destinations[f"segment.{name}"] = _segment_destination(
+                        name, values, dest_missing
+                    )
+        self.declared_destinations = tuple(declared)
+        self.problems.extend(collector.problems)
+        self.blocking_missing = [m for m in missing if m.path in collector.masked]
+        if collector.problems or collector.masked or top is None:
+            return
+
+        sources = top["sources"]
+        storage = top["storage"]
+        server = top["server"]
+        self.config = Config(
+            path=file,
+            host=server["host"],
+            port=server["port"],
+            shutdown_timeout=server["shutdown_timeout"],
+            sqlite_path=storage["sqlite"]["path"],
+            max_pending=storage["sqlite"]["max_pending"],
+            max_size_mb=storage["sqlite"]["max_size_mb"],
+            redis_url=storage["redis"]["url"] if storage.get("redis") else None,
+            segment_write_keys={k: v for k, v in sources["segment"]["write_keys"].items() if v},
+            segment_webhook_secret=sources["segment"]["webhook_secret"] or None,
+            segment_dedup_window=sources["segment"]["dedup_window"],
+            customerio_signing_keys={
+                k: tuple(x for x in v if x)
+                for k, v in sources["customerio"]["signing_keys"].items()
+                if any(v)
+            },
+            customerio_timestamp_tolerance=sources["customerio"]["timestamp_tolerance"],
+            customerio_dedup_window=sources["customerio"]["dedup_window"],
+            customerio_profile=sources["customerio"]["profile"],
+            destinations=destinations,
+            routes=top["routes"],
+            missing=missing,
+            defaulted=defaulted,
+            positions=pos,
+            segment_sources=tuple(sources["segment"]["write_keys"]),
+            customerio_sources=tuple(sources["customerio"]["signing_keys"]),
+        )
+
+
+def _check_customerio_credentials(
+    body: dict[str, Any], path: Path, missing_paths: set[Path], collector: _Collector
+) -> None:
+    """Credentials Customer.io would refuse, checked even when other settings are wrong."""
+    site_id, api_key = body.get("site_id"), body.get("api_key")
+    if (*path, "site_id") not in missing_paths and site_id == "":
         collector.add(
             (*path, "site_id"),
             "must not be empty",
             "copy the Site ID from Customer.io: Settings > API Credentials",
         )
-    if (*path, "api_key") not in missing_paths and len(api_key) not in (20, 64):
+    if (
+        (*path, "api_key") not in missing_paths
+        and isinstance(api_key, str)
+        and len(api_key) not in (20, 64)
+    ):
         # Never echo the key itself: only its length.
         collector.add(
             (*path, "api_key"),
             f"must be 20 or 64 characters long, this one has {len(api_key)}",
             "copy the Track API key from Customer.io: Settings > API Credentials",
         )
+
+
+def _customerio_destination(
+    name: str, v: dict[str, Any], missing: tuple[str, ...]
+) -> CustomerIODestination:
+    site_id, api_key = v["site_id"], v["api_key"]
     return CustomerIODestination(
         name=name,
         site_id=site_id,
@@ -604,11 +807,16 @@ def is_secret_path(path: Path) -> bool:
 
 __all__ = [
     "Config",
+    "ConfigCheck",
     "ConfigError",
     "CustomerIODestination",
     "Destination",
     "MissingVariable",
     "SegmentDestination",
+    "check_config",
+    "check_text",
+    "compile_config_routes",
     "load_config",
     "parse_config",
+    "sorted_problems",
 ]

@@ -92,7 +92,7 @@ header_sets = st.fixed_dictionaries(
         "Authorization": st.sampled_from(
             [basic(WRITE_KEY), "Basic", "Basic ", "Bearer x", "Basic ***", basic("x")]
         )
-        | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
+        | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=20),
         "Content-Type": st.sampled_from(["application/json", "text/plain", "x/y", ""]),
         "Content-Encoding": st.sampled_from(["gzip", "deflate", "br", "identity", "bogus"]),
         "X-Signature": st.text(alphabet="0123456789abcdef", max_size=40),

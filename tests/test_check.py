@@ -1,0 +1,286 @@
+"""`relay check`: every problem at once, located and explained; golden outputs in tests/golden.
+
+Each tests/golden/check/NAME.yaml is checked by running `python -m relay check` in that
+directory; its output must equal NAME.stderr (exit 1) or NAME.stdout (exit 0) exactly, line
+and column numbers included. After an intended change of wording, rewrite the expected files
+with `RELAY_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_check.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.config import check_config, check_text, compile_config_routes, parse_config
+from relay.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden" / "check"
+UPDATE = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"
+
+# Values no output may ever contain.
+SECRET = "secret-value-of-odd-length"
+GOLDEN_ENV = {
+    "GOLDEN_CIO_API_KEY": SECRET,
+    "GOLDEN_GOOD_API_KEY": "g" * 20,
+}
+
+
+def run_relay(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "SYSTEMROOT") if k in os.environ}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        cwd=cwd,
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def golden_cases() -> list[str]:
+    return sorted(p.stem for p in GOLDEN.glob("*.yaml"))
+
+
+def test_there_are_golden_cases() -> None:
+    assert golden_cases() == ["mixed", "routes", "settings", "valid", "yaml_error"]
+
+
+@pytest.mark.parametrize("name", golden_cases())
+def test_check_output_is_exactly_the_golden_one(name: str) -> None:
+    result = run_relay(["check", "--config", f"{name}.yaml"], GOLDEN, GOLDEN_ENV)
+    stdout_file, stderr_file = GOLDEN / f"{name}.stdout", GOLDEN / f"{name}.stderr"
+    if UPDATE:
+        for path, text in ((stdout_file, result.stdout), (stderr_file, result.stderr)):
+            if text:
+                path.write_text(text)
+            elif path.exists():
+                path.unlink()
+    expected_stdout = stdout_file.read_text() if stdout_file.exists() else ""
+    expected_stderr = stderr_file.read_text() if stderr_file.exists() else ""
+    assert result.stderr == expected_stderr
+    assert result.stdout == expected_stdout
+    assert result.returncode == (1 if expected_stderr else 0)
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_golden_expectations_are_literal() -> None:
+    # The golden files pin the exact places; a few of them spelled out here as well.
+    settings = (GOLDEN / "settings.stderr").read_text().splitlines()
+    assert settings[0] == (
+        'settings.yaml:4:3: server.prot: unknown key "prot" (did you mean "port"?)'
+    )
+    assert settings[-1] == "settings.yaml: 10 problems; the config is not valid"
+    routes = (GOLDEN / "routes.stderr").read_text()
+    assert (
+        'routes.yaml:20:9: routes.0.to.1: unknown destination "customerio.mian"'
+        ' (did you mean "customerio.main"?)\n'
+    ) in routes
+    assert 'routes.yaml:16:5: routes.0.filter: unknown key "filter" in a route' in routes
+    assert (GOLDEN / "valid.stdout").read_text() == "valid.yaml: valid (1 destination, 1 route)\n"
+
+
+def test_settings_routes_and_variables_are_reported_together(tmp_path: Path) -> None:
+    text = (
+        "destinations:\n"
+        "  customerio:\n"
+        "    main: {site_id: s, api_key: '${NOT_SET_KEY}', rate_limit: fast}\n"
+        "routes:\n"
+        "  - {from: segment, to: [customerio.other]}\n"
+    )
+    result = check_text(text, "relay.yaml", {})
+    assert [str(p) for p in result.problems] == [
+        "relay.yaml:3:33: destinations.customerio.main.api_key: environment variable"
+        " NOT_SET_KEY is not set (export it before running relay; secrets belong in the"
+        " environment)",
+        "relay.yaml:3:63: destinations.customerio.main.rate_limit: not a valid number",
+        'relay.yaml:5:26: routes.0.to.0: unknown destination "customerio.other"'
+        ' (did you mean "customerio.main"?)',
+    ]
+    assert result.config is None and result.routes is None
+
+
+def test_unset_variables_are_tolerated_when_not_required() -> None:
+    text = (
+        "sources:\n  segment:\n    write_keys: {web: '${NOT_SET_WEB_KEY}'}\n"
+        "routes:\n  - {from: segment, sources: web, to: []}\n"
+    )
+    strict = check_text(text, "relay.yaml", {})
+    assert [p.message for p in strict.problems] == [
+        "environment variable NOT_SET_WEB_KEY is not set",
+        "to is empty, so this route sends nowhere",
+    ]
+    # A route may name a source whose key is unset: relay starts, and the source simply
+    # cannot authenticate until its key is set.
+    lenient = check_text(text.replace("to: []", "to: web"), "relay.yaml", {}, require_env=False)
+    assert [p.message for p in lenient.problems] == [
+        '"web" is not a destination name: destinations are named customerio.<name> or'
+        " segment.<name>"
+    ]
+    ok = check_text(
+        text.replace("to: []", "to: [customerio.main]")
+        + "destinations:\n  customerio:\n    main: {site_id: s, api_key: '"
+        + "k" * 64
+        + "'}\n",
+        "relay.yaml",
+        {},
+        require_env=False,
+    )
+    assert ok.problems == []
+    assert ok.config is not None and ok.routes is not None
+    assert ok.config.segment_write_keys == {}
+    assert ok.config.segment_sources == ("web",)
+    assert [r.name for r in compile_config_routes(ok.config)] == ["route-0"]
+
+
+def test_an_unset_variable_that_breaks_a_setting_is_reported_once_by_name() -> None:
+    text = "server: {port: '${NOT_SET_PORT}'}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "relay.yaml", {})
+    assert [str(p) for p in caught.value.problems] == [
+        "relay.yaml:1:16: server.port: environment variable NOT_SET_PORT is not set"
+        " (export it, or write ${NOT_SET_PORT:-default} to give a default)"
+    ]
+    assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
+        str(caught.value.problems[0])
+    ]
+
+
+def test_an_unreadable_file_is_one_problem(tmp_path: Path) -> None:
+    result = check_config(str(tmp_path / "nope.yaml"))
+    assert [str(p) for p in result.problems] == [
+        f"{tmp_path / 'nope.yaml'}: cannot read the file: No such file or directory"
+        " (check the path given to --config)"
+    ]
+
+
+# --------------------------------------------------------------------------- shipped configs
+
+CONFIG_DIR = ROOT / "config"
+SHIPPED = sorted(
+    [CONFIG_DIR / "relay.yaml", *(CONFIG_DIR / "examples").glob("*.yaml")],
+    key=lambda p: str(p),
+)
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
+
+
+def fake_value(name: str) -> str:
+    """A plausible value for a variable; Customer.io API keys are 20 or 64 characters."""
+    if name.endswith("REGION"):
+        return "eu"
+    if name.endswith("PORT"):
+        return "8080"
+    if name.endswith("URL"):
+        return "http://127.0.0.1:9"
+    return ("fake-" + name.lower().replace("_", "-") + "-" * 20)[:20]
+
+
+def required_variables(path: Path) -> set[str]:
+    return {m.group(1) for m in _VARIABLE.finditer(path.read_text()) if m.group(2) is None}
+
+
+def test_the_shipped_configs_are_all_there() -> None:
+    assert [p.relative_to(CONFIG_DIR).as_posix() for p in SHIPPED] == [
+        "examples/edits.yaml",
+        "examples/engagement-only.yaml",
+        "examples/eu-region.yaml",
+        "examples/filter-test-traffic.yaml",
+        "examples/two-workspaces.yaml",
+        "relay.yaml",
+    ]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_passes_check(path: Path) -> None:
+    env = {name: fake_value(name) for name in required_variables(path)}
+    assert env, "every shipped config takes its secrets from the environment"
+    result = run_relay(["check", "--config", str(path)], ROOT, env)
+    assert result.stderr == ""
+    assert result.returncode == 0
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: valid \(\d+ destinations?, \d+ routes?\)\n", result.stdout
+    )
+
+
+def test_relay_yaml_without_its_variables_names_each_one(tmp_path: Path) -> None:
+    result = run_relay(["check", "--config", "config/relay.yaml"], ROOT, {})
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "config/relay.yaml:36:18: sources.customerio.signing_keys.marketing: environment"
+        " variable CIO_WEBHOOK_SIGNING_KEY is not set (export it before running relay;"
+        " secrets belong in the environment)",
+        "config/relay.yaml:42:16: destinations.customerio.main.site_id: environment variable"
+        " CIO_SITE_ID is not set (export it, or write ${CIO_SITE_ID:-default} to give a"
+        " default)",
+        "config/relay.yaml:43:16: destinations.customerio.main.api_key: environment variable"
+        " CIO_API_KEY is not set (export it before running relay; secrets belong in the"
+        " environment)",
+        "config/relay.yaml:51:18: destinations.segment.main.write_key: environment variable"
+        " SEGMENT_OUT_WRITE_KEY is not set (export it before running relay; secrets belong in"
+        " the environment)",
+        "config/relay.yaml: 4 problems; the config is not valid",
+    ]
+
+
+# --------------------------------------------------------------------------- README examples
+
+README_CONFIG = """
+sources:
+  segment: {write_keys: {web: wk-web, backend: wk-backend}}
+  customerio: {signing_keys: {marketing: signing-key}}
+destinations:
+  customerio:
+    main: {site_id: s, api_key: kkkkkkkkkkkkkkkkkkkk}
+    marketing: {site_id: s, api_key: kkkkkkkkkkkkkkkkkkkk}
+  segment:
+    main: {write_key: wk-out}
+"""
+
+
+def readme_route_examples() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Writing routes") : readme.index("## Command line")]
+    return re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+
+
+def as_routes(snippet: str) -> str:
+    if snippet.startswith("routes:"):
+        return snippet
+    if snippet.startswith("  - "):
+        return "routes:\n" + snippet
+    # A `match:` on its own: a Segment route around it.
+    return "routes:\n  - from: segment\n    to: [customerio.main]\n" + snippet
+
+
+def test_the_route_examples_in_the_readme_are_valid() -> None:
+    snippets = readme_route_examples()
+    assert len(snippets) == 5
+    for snippet in snippets:
+        result = check_text(README_CONFIG + as_routes(snippet), "README.md", {})
+        assert result.problems == [], snippet
+
+
+def test_the_readme_edit_example_does_what_it_says() -> None:
+    [snippet] = [s for s in readme_route_examples() if "orders-for-campaigns" in s]
+    result = check_text(README_CONFIG + as_routes(snippet), "README.md", {})
+    assert result.routes is not None
+    message = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Order Completed",
+        "properties": {"total": 12.5, "internal_note": "gift", "card_last4": "4242"},
+    }
+    [(destination, route)] = result.routes.route("segment", "web", message).deliveries
+    assert destination == "customerio.marketing"
+    edited = route.edit(message)
+    assert (edited["event"], edited["properties"]) == (
+        "purchase",
+        {"value": 12.5, "source_app": "web"},
+    )

@@ -1,0 +1,265 @@
+"""`relay routes test`: routes matched and the exact outgoing requests, offline.
+
+The golden case runs `python -m relay routes test` in tests/golden/routes_test on
+messages.jsonl with a fixed `--now`; the output must equal expected.json exactly (relay's
+version, which the Customer.io → Segment mapping writes into `context.library`, stands as
+{VERSION}). Rewrite it after an intended change with
+`RELAY_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_routes_test.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from relay import __version__
+from relay.cli import _read_messages
+from relay.config import check_text
+from relay.dryrun import dry_run
+from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic
+from tests.test_check import ROOT, UPDATE, run_relay
+from tests.test_segment_api import post, track
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "routes_test"
+NOW = "1714560000"  # 2024-05-01T10:40:00Z
+VERSION_IN_OUTPUT = f'"version": "{__version__}"'
+
+
+def run_routes_test(*extra: str, cwd: Path = GOLDEN) -> tuple[int, str, str]:
+    result = run_relay(
+        ["routes", "test", "--config", "config.yaml", "messages.jsonl", "--now", NOW, *extra],
+        cwd,
+        {},
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_output_is_exactly_the_golden_one() -> None:
+    code, out, err = run_routes_test()
+    assert (code, err) == (0, "")
+    out = out.replace(VERSION_IN_OUTPUT, '"version": "{VERSION}"')
+    if UPDATE:
+        (GOLDEN / "expected.json").write_text(out)
+    assert out == (GOLDEN / "expected.json").read_text()
+    assert not (GOLDEN / "var").exists(), "routes test must not open the store"
+
+
+def test_golden_output_says_what_each_message_does() -> None:
+    entries = json.loads((GOLDEN / "expected.json").read_text())
+    summary = [
+        (
+            e["index"],
+            e["kind"],
+            e["source"],
+            e.get("routes"),
+            [d["destination"] for d in e.get("deliveries", [])],
+            e.get("rejected"),
+        )
+        for e in entries
+    ]
+    assert summary == [
+        (0, "segment", "web", ["product-events"], ["customerio.main", "segment.warehouse"], None),
+        (1, "segment", "web", ["product-events"], ["customerio.main", "segment.warehouse"], None),
+        (2, "segment", "web", ["product-events"], ["customerio.main", "segment.warehouse"], None),
+        (3, "customerio", "marketing", ["email-engagement"], ["segment.warehouse"], None),
+        (4, "segment", "web", [], [], None),
+        (5, "segment", "web", None, [], "a track call needs a non-empty 'event'"),
+        (6, "segment", "web", ["product-events"], ["segment.warehouse"], None),
+    ]
+    track_to_cio = entries[0]["deliveries"][0]["requests"]
+    assert track_to_cio == [
+        {
+            "method": "POST",
+            "url": "https://track.customer.io/api/v2/batch",
+            "path": "/api/v2/batch",
+            "body": {
+                "batch": [
+                    {
+                        "type": "person",
+                        "identifiers": {"id": "u1"},
+                        "action": "event",
+                        "name": "Order Completed",
+                        "id": "01HWSSHG80MHGV8WPB86MYRFFE",
+                        "timestamp": 1714557600,
+                        "attributes": {"total": 12.5},  # internal_note dropped by the route
+                    }
+                ]
+            },
+        }
+    ]
+    track_to_segment = entries[0]["deliveries"][1]["requests"][0]
+    assert track_to_segment["url"] == "https://api.segment.io/v1/batch"
+    assert track_to_segment["body"]["sentAt"] == "2024-05-01T10:40:00.000Z"
+    clicked = entries[3]["deliveries"][0]["requests"][0]["body"]["batch"][0]
+    assert clicked["event"] == "Email Clicked"
+    assert clicked["messageId"] == "cio-01HX0000000000000000000001"
+    assert entries[4]["note"].startswith("matches no route")
+    assert entries[6]["suppressed"] == [
+        {
+            "destination": "customerio.main",
+            "route": "product-events",
+            "reason": "the message's integrations turn Customer.io off",
+        }
+    ]
+
+
+def test_source_option_picks_the_source_of_its_direction() -> None:
+    code, out, err = run_routes_test("--source", "backend")
+    assert (code, err) == (0, "")
+    sources = [(e["kind"], e["source"]) for e in json.loads(out)]
+    assert sources[:4] == [
+        ("segment", "backend"),
+        ("segment", "backend"),
+        ("segment", "backend"),
+        ("customerio", "marketing"),
+    ]
+
+
+def test_unknown_source_is_a_usage_error() -> None:
+    code, out, err = run_routes_test("--source", "mobile")
+    assert (code, out) == (2, "")
+    assert err == (
+        'relay routes test: --source: no source is named "mobile"'
+        " (configured: web, backend, webhook, marketing)\n"
+    )
+
+
+def test_a_config_with_problems_prints_them_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("routes:\n  - {from: segment, to: [customerio.x]}\n")
+    (tmp_path / "messages.jsonl").write_text("{}\n")
+    code, out, err = run_routes_test(cwd=tmp_path)
+    assert (code, out) == (1, "")
+    assert err == (
+        'config.yaml:2:26: routes.0.to.0: unknown destination "customerio.x"'
+        " (configure it under destinations.customerio.x)\n"
+        "config.yaml: 1 problem; the config is not valid\n"
+    )
+
+
+def test_a_missing_messages_file_is_reported(tmp_path: Path) -> None:
+    result = run_relay(
+        ["routes", "test", "--config", str(GOLDEN / "config.yaml"), "nope.jsonl"], tmp_path, {}
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "relay routes test: cannot read nope.jsonl: No such file or directory\n"
+    )
+
+
+# --------------------------------------------------------------------------- in process
+
+CONFIG = """
+sources:
+  segment: {write_keys: {web: wk-web}}
+destinations:
+  customerio:
+    classic: {site_id: site-1, api_key: kkkkkkkkkkkkkkkkkkkk, api: v1}
+routes:
+  - {name: all, from: segment, to: [customerio.classic]}
+"""
+
+
+def run_in_process(messages: list[Any], config: str = CONFIG) -> list[dict[str, Any]]:
+    result = check_text(config, "relay.yaml", {})
+    assert result.problems == []
+    assert result.config is not None and result.routes is not None
+    return dry_run(result.config, result.routes, messages, 1714560000.0)
+
+
+def test_customerio_v1_shows_the_classic_requests() -> None:
+    out = run_in_process(
+        [{"type": "identify", "userId": "u 1", "messageId": "m", "traits": {"plan": "pro"}}]
+    )
+    assert out[0]["deliveries"][0]["requests"] == [
+        {
+            "method": "PUT",
+            "url": "https://track.customer.io/api/v1/customers/u%201",
+            "path": "/api/v1/customers/u%201",
+            "body": {"plan": "pro"},
+        }
+    ]
+
+
+def test_a_message_without_message_id_gets_a_stable_stand_in() -> None:
+    out = run_in_process([{"type": "track", "userId": "u1", "event": "E"}] * 2)
+    ids = [e["deliveries"][0]["requests"][0]["body"]["id"] for e in out]
+    assert ids[0] != ids[1]
+    assert run_in_process([{"type": "track", "userId": "u1", "event": "E"}] * 2) == out
+
+
+def test_without_a_customerio_source_a_webhook_would_be_refused() -> None:
+    webhook = {"event_id": "e1", "object_type": "email", "metric": "opened", "data": {}}
+    assert run_in_process([webhook]) == [
+        {
+            "index": 0,
+            "kind": "customerio",
+            "source": None,
+            "rejected": "relay would refuse it: no Customer.io signing key is configured"
+            " (sources.customerio.signing_keys)",
+        }
+    ]
+
+
+def test_messages_may_be_an_object_an_array_json_lines_or_a_batch(tmp_path: Path) -> None:
+    one = {"type": "track", "userId": "u1", "event": "E"}
+    two = {"type": "identify", "userId": "u1"}
+    forms = {
+        "object.json": json.dumps(one),
+        "array.json": json.dumps([one, two]),
+        "lines.jsonl": json.dumps(one) + "\n\n" + json.dumps(two) + "\n",
+        "batch.json": json.dumps({"batch": [one, two], "context": {"ip": "1.2.3.4"}}),
+    }
+    read = {}
+    for name, text in forms.items():
+        (tmp_path / name).write_text(text)
+        read[name] = _read_messages(str(tmp_path / name))
+    assert read["object.json"] == [one]
+    assert read["array.json"] == read["lines.jsonl"] == [one, two]
+    assert read["batch.json"] == [
+        {**one, "context": {"ip": "1.2.3.4"}},
+        {**two, "context": {"ip": "1.2.3.4"}},
+    ]
+
+
+def test_runs_from_the_repository_root_too() -> None:
+    result = run_relay(
+        [
+            "routes",
+            "test",
+            "--config",
+            "tests/golden/routes_test/config.yaml",
+            "tests/golden/routes_test/messages.jsonl",
+        ],
+        ROOT,
+        {},
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert len(json.loads(result.stdout)) == 7
+
+
+async def test_an_unrouted_message_is_accepted_and_counted_as_routes_test_says(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    routes = (
+        "\n  - {name: orders, from: segment, match: {event: 'Order *'}, to: [customerio.main]}\n"
+    )
+    url, _ = await relay_factory(cio_url=customerio.url, routes=routes)
+    for n in range(2):
+        status, body, _ = await post(
+            f"{url}/v1/track",
+            track("u1", "Test Ping", f"m-ping-{n}"),
+            headers={"Authorization": basic(WRITE_KEY)},
+        )
+        assert (status, body) == (200, {"success": True})
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+        metrics = await resp.text()
+    assert 'relay_unrouted_events_total{kind="segment",source="web"} 2.0' in metrics
+    assert 'relay_received_events_total{kind="segment",outcome="queued",source="web"} 2.0' in (
+        metrics
+    )
+    await asyncio.sleep(0.3)
+    assert customerio.requests == []
