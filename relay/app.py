@@ -28,6 +28,7 @@ from relay.metrics import CONTENT_TYPE, Metrics
 from relay.routing import Routes
 from relay.sinks.customerio import CustomerIOSink
 from relay.sinks.limiter import DestinationLimiter
+from relay.sinks.segment import SegmentSink
 from relay.sinks.transport import AiohttpTransport, Transport
 from relay.sources.customerio_webhooks import CustomerIOWebhooks
 from relay.sources.segment_api import SegmentAPI, WriteKeys
@@ -86,8 +87,6 @@ class Relay:
         self.metrics.rate.labels(dest.key).set(dest.rate_limit)
         if isinstance(dest, CustomerIODestination):
             return CustomerIOSink(dest, self.transport, limiter, self.metrics, self.clock)
-        from relay.sinks.segment import SegmentSink
-
         return SegmentSink(dest, self.transport, limiter, self.metrics, self.clock)
 
     def make_worker(self, dest: Destination) -> DestinationWorker:
@@ -98,11 +97,9 @@ class Relay:
                 f"{'s' if len(dest.missing) > 1 else ''} {', '.join(dest.missing)}"
                 " and restart; its events are kept until then"
             )
-        lease = (
-            dest.batch_size
-            if isinstance(dest, CustomerIODestination) and dest.api == "v2"
-            else (dest.batch_size if isinstance(dest, SegmentDestination) else 10)
-        )
+        # v1 sends one request per call: a lane leases fewer at a time, and more lanes run.
+        per_call = isinstance(dest, CustomerIODestination) and dest.api == "v1"
+        lease = 10 if per_call else dest.batch_size
         return DestinationWorker(
             dest.key,
             self.make_sink(dest),
