@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from relay.errors import StoreUnavailable
 from relay.metrics import Metrics
 from relay.sinks.outcome import Dead, Done, Hold, Outcome, Pause, Retry
 from relay.store.base import Delivery, Store
@@ -154,7 +155,17 @@ class DestinationWorker:
         except Exception:
             log.exception("unexpected failure delivering to %s; will retry", self.key)
             outcomes = {d.id: Retry("internal error while sending") for d in leased}
-        await asyncio.shield(self._settle(leased, outcomes))
+        while True:
+            try:
+                await asyncio.shield(self._settle(leased, outcomes))
+                return
+            except StoreUnavailable as exc:
+                # The outcome must be recorded, or these deliveries stay leased until the
+                # next start: keep trying, unless shutting down (a start releases them).
+                log.error("could not record deliveries to %s, will retry: %s", self.key, exc)
+                if self._stopping:
+                    return
+                await asyncio.sleep(1.0)
 
     async def _sleep(self, seconds: float) -> None:
         if self._stopping:

@@ -64,19 +64,9 @@ class Unauthorized(ClientError):
     code = "unauthorized"
 
 
-class NotFound(ClientError):
-    status = 404
-    code = "not_found"
-
-
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
-
-
-class UnsupportedMediaType(ClientError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 class StoreUnavailable(ClientError):

@@ -193,6 +193,30 @@ class _Writer:
                     fut.set_exception(value)
 
     def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any] | None] = [None] * len(fns)
+        todo = list(range(len(fns)))
+        while todo:
+            lost = self._try_group(fns, todo, results)
+            if lost is None:
+                break
+            # SQLite rolled the whole transaction back (a full disk does that): the one
+            # that failed keeps its error, the others run again in a new transaction.
+            assert self.conn is not None
+            self._on_rollback(self.conn)
+            todo = [i for i in todo if i != lost]
+        return [
+            r if r is not None else (False, _unavailable(RuntimeError("not run"))) for r in results
+        ]
+
+    def _try_group(
+        self,
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        todo: list[int],
+        out: list[tuple[bool, Any] | None],
+    ) -> int | None:
+        """Run `fns[i]` for i in `todo` in one transaction, each in its own savepoint, and
+        store their results in `out`. Returns the index of an operation whose failure made
+        SQLite abandon the transaction, so that the group must be run again without it."""
         conn = self.conn
         assert conn is not None
         results: list[tuple[bool, Any]] = []
@@ -200,19 +224,22 @@ class _Writer:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self.healthy = False
-            err = _unavailable(exc)
-            return [(False, err) for _ in fns]
-        for fn in fns:
+            for i in todo:
+                out[i] = (False, _unavailable(exc))
+            return None
+        for i in todo:
             conn.execute("SAVEPOINT op")
             try:
-                value = fn(conn)
+                value = fns[i](conn)
             except Exception as exc:  # each operation fails alone
+                error = _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+                if not conn.in_transaction:
+                    out[i] = (False, error)
+                    return i
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                results.append(
-                    (False, _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc)
-                )
+                results.append((False, error))
             else:
                 conn.execute("RELEASE op")
                 results.append((True, value))
@@ -225,12 +252,15 @@ class _Writer:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._on_rollback(conn)
-            err = _unavailable(exc)
-            return [(False, err) for _ in fns]
+            for i in todo:
+                out[i] = (False, _unavailable(exc))
+            return None
+        for i, result in zip(todo, results, strict=True):
+            out[i] = result
         if any(not ok for ok, _ in results):
             # Counters were advanced by operations that were rolled back.
             self._on_rollback(conn)
-        return results
+        return None
 
 
 def _connect(path: str, synchronous: str, schema: str) -> sqlite3.Connection:
