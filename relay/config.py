@@ -650,6 +650,15 @@ class _Reading:
             self.routes_shape = [p for p in collector.problems if p.field == "routes"]
             collector.problems = [p for p in collector.problems if p.field != "routes"]
 
+        storage = data.get("storage")
+        if isinstance(storage, dict) and storage.get("redis") is not None:
+            # Better refused than silently ignored: the Redis backend is not built yet.
+            collector.add(
+                ("storage", "redis"),
+                "the Redis backend is not available in this version of relay",
+                "remove storage.redis: events are stored in SQLite, under storage.sqlite",
+            )
+
         raw_sources = data.get("sources")
         seg = raw_sources.get("segment") if isinstance(raw_sources, dict) else None
         cio = raw_sources.get("customerio") if isinstance(raw_sources, dict) else None

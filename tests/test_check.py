@@ -284,3 +284,11 @@ def test_the_readme_edit_example_does_what_it_says() -> None:
         "purchase",
         {"value": 12.5, "source_app": "web"},
     )
+
+
+def test_a_redis_backend_is_refused_rather_than_silently_ignored() -> None:
+    text = 'storage:\n  redis: {url: "redis://127.0.0.1:6379/0"}\nroutes: []\n'
+    assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
+        "relay.yaml:2:10: storage.redis: the Redis backend is not available in this version"
+        " of relay (remove storage.redis: events are stored in SQLite, under storage.sqlite)"
+    ]
