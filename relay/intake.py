@@ -59,10 +59,8 @@ class Intake:
             return Incoming(msg, seg.ordering_key(msg), None)
         return Incoming(msg, seg.ordering_key(msg), message_id, encoded=encoded)
 
-    def build(
-        self, kind: str, source: str, item: Incoming, received_at: float
-    ) -> tuple[NewEvent, int]:
-        """The stored form of one message, and how many destinations it goes to."""
+    def build(self, kind: str, source: str, item: Incoming, received_at: float) -> NewEvent:
+        """The stored form of one message, with a delivery per destination it is routed to."""
         message_json = item.encoded if item.encoded is not None else encode(item.message)
         if item.rejected_reason is not None:
             return NewEvent(
@@ -72,7 +70,7 @@ class Intake:
                 received_at=received_at,
                 ordering_key=item.ordering_key,
                 rejected_reason=item.rejected_reason,
-            ), 0
+            )
         result = self.routes.route(kind, source, item.message)
         deliverable = item.deliverable if item.deliverable is not None else item.message
         deliveries = []
@@ -91,25 +89,21 @@ class Intake:
             deliveries=tuple(deliveries),
             dedup_id=item.dedup_id,
             dedup_until=received_at + self.dedup_windows.get(kind, 86400.0),
-        ), len(deliveries)
+        )
 
     async def accept(self, kind: str, source: str, items: list[Incoming]) -> list[EnqueueOutcome]:
         """Route and durably store; returns once every item is committed (or refused)."""
         received_at = self.clock()
-        events: list[NewEvent] = []
-        unrouted = 0
-        for item in items:
-            event, fanout = self.build(kind, source, item, received_at)
-            if fanout == 0 and event.rejected_reason is None:
-                unrouted += 1
-            events.append(event)
+        events = [self.build(kind, source, item, received_at) for item in items]
         outcomes = await self.store.enqueue(events)
         destinations: set[str] = set()
         tally: dict[str, int] = {}
+        unrouted = 0  # accepted (not a duplicate, not rejected) but matched by no route
         for event, outcome in zip(events, outcomes, strict=True):
             tally[outcome] = tally.get(outcome, 0) + 1
             if outcome == "queued":
                 destinations.update(d.destination for d in event.deliveries)
+                unrouted += not event.deliveries
         for name, count in tally.items():
             self.metrics.received.labels(kind, source, name).inc(count)
         if unrouted:

@@ -248,7 +248,7 @@ async def test_an_unrouted_message_is_accepted_and_counted_as_routes_test_says(
         "\n  - {name: orders, from: segment, match: {event: 'Order *'}, to: [customerio.main]}\n"
     )
     url, _ = await relay_factory(cio_url=customerio.url, routes=routes)
-    for n in range(2):
+    for n in (0, 1, 1):  # the repeat of m-ping-1 is a duplicate, not a second unrouted event
         status, body, _ = await post(
             f"{url}/v1/track",
             track("u1", "Test Ping", f"m-ping-{n}"),
