@@ -17,7 +17,7 @@ from aiohttp import web
 from relay import __version__
 from relay.app import RELAY, build_store, create_app, describe_missing
 from relay.config import Config, check_config, load_config
-from relay.errors import ConfigError, RelayError
+from relay.errors import ConfigError, ConfigProblem, RelayError
 from relay.reload import Reloader
 from relay.sources import segment_messages as seg
 
@@ -28,16 +28,18 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def _not_valid(path: str, problems: Sequence[ConfigProblem]) -> int:
+    """Print every problem and the summary line to stderr; the exit code of a bad config."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{path}: {_plural(len(problems), 'problem')}; the config is not valid", file=sys.stderr)
+    return 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     result = check_config(args.config)
     if result.config is None or result.problems:
-        for problem in result.problems:
-            print(problem, file=sys.stderr)
-        print(
-            f"{args.config}: {_plural(len(result.problems), 'problem')}; the config is not valid",
-            file=sys.stderr,
-        )
-        return 1
+        return _not_valid(args.config, result.problems)
     config = result.config
     print(
         f"{args.config}: valid ({_plural(len(config.destinations), 'destination')},"
@@ -128,13 +130,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
     result = check_config(args.config, require_env=False)
     if result.config is None or result.routes is None:
-        for problem in result.problems:
-            print(problem, file=sys.stderr)
-        print(
-            f"{args.config}: {_plural(len(result.problems), 'problem')}; the config is not valid",
-            file=sys.stderr,
-        )
-        return 1
+        return _not_valid(args.config, result.problems)
     try:
         choose_sources(result.config, args.source)
     except ValueError as exc:

@@ -61,34 +61,25 @@ class Intake:
 
     def build(self, kind: str, source: str, item: Incoming, received_at: float) -> NewEvent:
         """The stored form of one message, with a delivery per destination it is routed to."""
-        message_json = item.encoded if item.encoded is not None else encode(item.message)
-        if item.rejected_reason is not None:
-            return NewEvent(
-                source=source,
-                kind=kind,
-                message_json=message_json,
-                received_at=received_at,
-                ordering_key=item.ordering_key,
-                rejected_reason=item.rejected_reason,
-            )
-        result = self.routes.route(kind, source, item.message)
-        deliverable = item.deliverable if item.deliverable is not None else item.message
-        deliveries = []
-        for destination, route in result.deliveries:
-            edited = route.edit(deliverable)
-            if edited is item.message:
-                deliveries.append(NewDelivery(destination))
-            else:
-                deliveries.append(NewDelivery(destination, encode(edited)))
+        deliveries: list[NewDelivery] = []
+        if item.rejected_reason is None:  # a rejected message is stored, never routed
+            deliverable = item.deliverable if item.deliverable is not None else item.message
+            for destination, route in self.routes.route(kind, source, item.message).deliveries:
+                edited = route.edit(deliverable)
+                if edited is item.message:
+                    deliveries.append(NewDelivery(destination))
+                else:
+                    deliveries.append(NewDelivery(destination, encode(edited)))
         return NewEvent(
             source=source,
             kind=kind,
-            message_json=message_json,
+            message_json=item.encoded if item.encoded is not None else encode(item.message),
             received_at=received_at,
             ordering_key=item.ordering_key,
             deliveries=tuple(deliveries),
             dedup_id=item.dedup_id,
             dedup_until=received_at + self.dedup_windows.get(kind, 86400.0),
+            rejected_reason=item.rejected_reason,
         )
 
     async def accept(self, kind: str, source: str, items: list[Incoming]) -> list[EnqueueOutcome]:

@@ -7,14 +7,12 @@ once one of them must be retried the later ones for that person are held back.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay import USER_AGENT
 from relay.codec import encode
 from relay.config import CustomerIODestination
 from relay.mapping import Rejection
@@ -24,7 +22,7 @@ from relay.outgoing import OutgoingRequest
 from relay.sinks.batching import pack
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry
-from relay.sinks.sender import Sender
+from relay.sinks.sender import Sender, json_headers
 from relay.sinks.transport import Transport
 from relay.store.base import Delivery
 
@@ -100,13 +98,7 @@ class CustomerIOSink:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.dest = dest
-        token = base64.b64encode(f"{dest.site_id}:{dest.api_key}".encode()).decode()
-        headers = {
-            "Authorization": f"Basic {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
+        headers = {**json_headers(dest.site_id, dest.api_key), "Accept": "application/json"}
         self.sender = Sender(
             dest.key, dest.base_url, headers, dest.timeout, transport, limiter, metrics, clock
         )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from relay import USER_AGENT
 from relay.codec import encode
 from relay.config import SegmentDestination
 from relay.metrics import Metrics
@@ -16,7 +14,7 @@ from relay.outgoing import OutgoingRequest
 from relay.sinks.batching import pack
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.outcome import Dead, Outcome, Retry
-from relay.sinks.sender import Sender
+from relay.sinks.sender import Sender, json_headers
 from relay.sinks.transport import Transport
 from relay.store.base import Delivery
 
@@ -69,12 +67,7 @@ class SegmentSink:
     ) -> None:
         self.dest = dest
         self.clock = clock
-        token = base64.b64encode(f"{dest.write_key}:".encode()).decode()
-        headers = {
-            "Authorization": f"Basic {token}",
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        }
+        headers = json_headers(dest.write_key)
         self.sender = Sender(
             dest.key, dest.base_url, headers, dest.timeout, transport, limiter, metrics, clock
         )

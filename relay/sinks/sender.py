@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Mapping
 
+from relay import USER_AGENT
 from relay.codec import encode
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.outcome import Done, Outcome, Retry, classify
 from relay.sinks.transport import Response, Transport, TransportError
+
+
+def json_headers(user: str, password: str = "") -> dict[str, str]:
+    """HTTP Basic auth plus the headers every JSON request of a sink carries."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {
+        "Authorization": f"Basic {token}",
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+    }
 
 
 class Sender:
