@@ -373,9 +373,12 @@ def create_app(
         routes=compile_config_routes(config),
         clock=clock,
     )
-    # Bodies are read with explicit per-endpoint caps (relay.sources.body).
+    # Bodies are read and decompressed by relay.sources.body, with per-endpoint caps; aiohttp's
+    # own decompression is off for every runner that serves this app.
     app = web.Application(
-        middlewares=[errors_middleware, cors_middleware], client_max_size=8 * 1024 * 1024
+        middlewares=[errors_middleware, cors_middleware],
+        client_max_size=8 * 1024 * 1024,
+        handler_args={"auto_decompress": False},
     )
     app[RELAY] = relay
 

@@ -69,6 +69,11 @@ class PayloadTooLarge(ClientError):
     code = "payload_too_large"
 
 
+class UnsupportedEncoding(ClientError):
+    status = 415
+    code = "unsupported_encoding"
+
+
 class StoreUnavailable(ClientError):
     """The durable store cannot take more right now; nothing acknowledged is affected."""
 

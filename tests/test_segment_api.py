@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import hmac
 import json
+import zlib
 from typing import Any
 
 import aiohttp
@@ -207,6 +209,64 @@ async def test_corrupt_gzip_is_400(relay_factory: RelayFactory, customerio: Stan
         headers={"Authorization": basic(WRITE_KEY), "Content-Encoding": "gzip"},
     )
     assert status == 400 and body["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "status", "code"),
+    [
+        ("deflate", 400, "invalid_request"),
+        ("gzip", 400, "invalid_request"),
+        ("br", 415, "unsupported_encoding"),
+    ],
+)
+async def test_a_bad_encoding_in_a_body_sent_after_its_headers_is_answered_in_json(
+    relay_factory: RelayFactory, customerio: StandIn, encoding: str, status: int, code: str
+) -> None:
+    # The body arrives in a second packet, after the handler already started: aiohttp's own
+    # decompression would leave this request hanging.
+    url, _ = await relay_factory(cio_url=customerio.url)
+    port = int(url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/track HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        + f"Authorization: {basic(WRITE_KEY)}\r\nContent-Encoding: {encoding}\r\n".encode()
+        + b"Content-Length: 2\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"{}")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["code"] == code
+
+
+async def test_deflate_body_is_accepted(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(
+        f"{url}/v1/track",
+        None,
+        raw=zlib.compress(json.dumps(track("d1", "Deflated", "m-d1")).encode()),
+        headers={"Authorization": basic(WRITE_KEY), "Content-Encoding": "deflate"},
+    )
+    assert (status, body) == (200, {"success": True})
+    [request] = await customerio.wait_for(1)
+    assert request.body["batch"][0]["name"] == "Deflated"
+
+
+async def test_gzip_bomb_is_413(relay_factory: RelayFactory, customerio: StandIn) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url)
+    status, body, _ = await post(
+        f"{url}/v1/batch",
+        None,
+        raw=gzip.compress(b" " * 20_000_000),
+        headers={"Authorization": basic(WRITE_KEY), "Content-Encoding": "gzip"},
+    )
+    assert status == 413
+    assert body["message"] == "a batch must be at most 500 KB"
 
 
 async def test_browser_short_path_with_text_plain_and_cors(
