@@ -14,15 +14,29 @@ import orjson
 
 
 def encode(value: Any) -> bytes:
-    """Compact UTF-8 JSON."""
+    """Compact UTF-8 JSON; raises ValueError for what cannot be written as JSON at all.
+
+    orjson refuses NaN-free but odd values (lone surrogates, integers beyond 64 bits, more
+    than 255 levels): the standard library writes those, escaping non-ASCII so that a lone
+    surrogate becomes a valid `\\udXXX` escape rather than an encoding error.
+    """
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode()
+        pass
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=True).encode("ascii")
+    except RecursionError:
+        raise ValueError(
+            "the JSON is nested too deeply: more than about 1,000 levels of arrays and"
+            " objects (send flatter JSON)"
+        ) from None
+    except TypeError as exc:
+        raise ValueError(f"the value cannot be written as JSON: {exc}") from None
 
 
 def decode(raw: bytes | str) -> Any:
-    """Parse JSON; raises ValueError when it is not JSON.
+    """Parse JSON; raises ValueError when it is not JSON, or is nested too deeply to parse.
 
     Integers beyond 64 bits come back as floats, as they do in Segment's own pipeline
     (JSON numbers are IEEE doubles there). What orjson refuses but the standard parser
@@ -31,4 +45,35 @@ def decode(raw: bytes | str) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(raw)
+    except RecursionError:
+        # orjson stops at 1024 levels and the standard parser at Python's recursion limit.
+        # A ValueError makes every caller answer "not valid JSON" instead of failing (500).
+        raise ValueError(
+            "the JSON is nested too deeply: more than about 1,000 levels of arrays and"
+            " objects (send flatter JSON)"
+        ) from None
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in `value` nest more than `limit` levels.
+
+    orjson reads up to 1024 levels, but encoding falls back to the standard library beyond
+    255, and it (like any recursive code) fails near Python's recursion limit: a source that
+    keeps what it decoded checks this first. Iterative, so any depth is safe to ask about.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False

@@ -33,6 +33,17 @@ class Incoming:
     encoded: bytes | None = None  # `message` as JSON, when the source already encoded it
 
 
+def _stored_json(item: Incoming) -> bytes:
+    try:
+        return encode(item.message)
+    except ValueError:
+        if item.rejected_reason is None:
+            raise
+        # A rejected message is kept for people to look at; one that cannot be written as
+        # JSON (nested too deeply) is kept as a note instead, with its reason beside it.
+        return encode({"body": "(not kept: it cannot be written as JSON)"})
+
+
 class Intake:
     def __init__(
         self,
@@ -73,7 +84,7 @@ class Intake:
         return NewEvent(
             source=source,
             kind=kind,
-            message_json=item.encoded if item.encoded is not None else encode(item.message),
+            message_json=item.encoded if item.encoded is not None else _stored_json(item),
             received_at=received_at,
             ordering_key=item.ordering_key,
             deliveries=tuple(deliveries),

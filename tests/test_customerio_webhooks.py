@@ -542,6 +542,100 @@ async def test_a_genuine_webhook_that_cannot_be_mapped_is_200_and_kept_as_reject
     assert [m["messageId"] for m in request.body["batch"]] == ["cio-good-1"]
 
 
+def nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize(
+    "depth, reason",
+    [
+        # orjson reads it, but relay could not write it back out
+        (
+            1000,
+            "the webhook body is nested too deeply (more than 512 levels of arrays and objects)",
+        ),
+        # no parser takes it
+        (
+            5000,
+            "the webhook body is not valid JSON: the JSON is nested too deeply: more than about"
+            " 1,000 levels of arrays and objects (send flatter JSON)",
+        ),
+    ],
+)
+async def test_a_genuine_webhook_nested_too_deeply_is_200_and_kept_as_rejected(
+    relay_factory: RelayFactory, segment: StandIn, depth: int, reason: str
+) -> None:
+    url, app = await relay_factory(cio_url="http://127.0.0.1:9", segment_url=segment.url)
+    raw = (
+        '{"event_id":"deep-1","object_type":"email","metric":"sent",'
+        f'"data":{{"customer_id":"u1","x":{nested(depth)}}}}}'
+    ).encode()
+    assert await post_webhook(url, raw) == (200, {"success": True})
+    [dead] = await relay_of(app).store.dead_letters()
+    assert (dead.destination, dead.kind, dead.source) == (None, "customerio", "marketing")
+    assert dead.reason == reason
+    assert dead.message == {"body": raw.decode()}
+    assert received(app, "marketing", "rejected") == 1
+    assert await post_webhook(url, webhook("good-1")) == (200, {"success": True})
+    [request] = await segment.wait_for(1)
+    assert [m["messageId"] for m in request.body["batch"]] == ["cio-good-1"]
+
+
+def oversize_webhook(event_id: str) -> bytes:
+    """A webhook of a little over 1 MB, most of it an email's content."""
+    raw = webhook(event_id, user="u1", content="<p>" + "c" * (1024 * 1024) + "</p>")
+    assert 1024 * 1024 < len(raw) < 1024 * 1024 + 1000
+    return raw
+
+
+async def test_a_genuine_webhook_over_1_mb_is_200_and_kept_as_rejected_in_summary(
+    relay_factory: RelayFactory, segment: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url="http://127.0.0.1:9", segment_url=segment.url)
+    raw = oversize_webhook("huge-1")
+    assert await post_webhook(url, raw) == (200, {"success": True})
+    [dead] = await relay_of(app).store.dead_letters()
+    assert (dead.destination, dead.kind, dead.source) == (None, "customerio", "marketing")
+    assert dead.reason == (
+        f"the webhook is larger than 1 MB ({len(raw)} bytes), so it was not routed; kept here"
+        " are its size, its short top-level fields and its first 2000 characters"
+    )
+    assert dead.message == {
+        "event_id": "huge-1",
+        "object_type": "email",
+        "metric": "opened",
+        "timestamp": 1704164645,
+        "body_bytes": len(raw),
+        "body_start": raw[:2000].decode(),
+    }
+    assert received(app, "marketing", "rejected") == 1
+    # Not sent, and the feed goes on: the person's next webhook arrives alone.
+    assert await post_webhook(url, webhook("after-huge", user="u1")) == (200, {"success": True})
+    [request] = await segment.wait_for(1)
+    assert [m["messageId"] for m in request.body["batch"]] == ["cio-after-huge"]
+
+
+@pytest.mark.parametrize("signed", ["wrong-key", "unsigned"])
+async def test_a_webhook_over_1_mb_that_is_not_genuine_is_401(
+    relay_factory: RelayFactory, segment: StandIn, signed: str
+) -> None:
+    url, app = await relay_factory(cio_url="http://127.0.0.1:9", segment_url=segment.url)
+    raw = oversize_webhook("huge-2")
+    ts = str(int(time.time()))
+    headers = {"Content-Type": "application/json"}
+    if signed == "wrong-key":
+        headers |= {"X-CIO-Timestamp": ts, "X-CIO-Signature": sign("wrong-key", ts, raw)}
+    status, body, _ = await post_raw(url + HOOK, raw, headers)
+    assert status == 401
+    assert body == {
+        "success": False,
+        "code": "unauthorized",
+        "message": UNAUTHORIZED,
+        "error": UNAUTHORIZED,
+    }
+    await assert_nothing_stored_or_sent(url, app, segment)
+
+
 # --------------------------------------------------------------------------- dedup, latency
 
 
@@ -567,6 +661,65 @@ async def test_the_same_event_id_twice_reaches_segment_once(
     assert [m["messageId"] for m in sent_messages(segment)] == ["cio-dup-1", "cio-dup-2"]
     assert received(app, "marketing", "duplicate") == 1
     assert received(app, "marketing", "queued") == 2
+
+
+async def test_retries_of_a_webhook_that_cannot_be_mapped_are_kept_once(
+    relay_factory: RelayFactory, segment: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url="http://127.0.0.1:9", segment_url=segment.url)
+    raw = json.dumps({"event_id": "nobody-1", "object_type": "email", "metric": "opened"})
+    for _ in range(3):  # Customer.io retries until it gets a 200, and may again after one
+        assert await post_webhook(url, raw.encode()) == (200, {"success": True})
+    [dead] = await relay_of(app).store.dead_letters()
+    assert dead.message["event_id"] == "nobody-1"
+    assert received(app, "marketing", "rejected") == 1
+    assert received(app, "marketing", "duplicate") == 2
+
+
+async def test_an_event_id_is_forgotten_after_dedup_window(
+    relay_factory: RelayFactory, tmp_path: Path, segment: StandIn
+) -> None:
+    url, app = await relay_factory(
+        yaml_text=yaml_with_customerio(tmp_path, segment.url, "    dedup_window: 1s")
+    )
+    raw = webhook("win-1")
+    assert await post_webhook(url, raw) == (200, {"success": True})
+    assert await post_webhook(url, raw) == (200, {"success": True})
+    await wait_for_messages(segment, 1)
+    assert received(app, "marketing", "duplicate") == 1
+    await asyncio.sleep(1.5)  # past the 1 s window
+    assert await post_webhook(url, raw) == (200, {"success": True})
+    await wait_for_messages(segment, 2)
+    assert [m["messageId"] for m in sent_messages(segment)] == ["cio-win-1", "cio-win-1"]
+    assert received(app, "marketing", "queued") == 2
+    assert received(app, "marketing", "duplicate") == 1
+
+
+async def test_timestamp_tolerance_in_the_config_refuses_an_old_or_future_timestamp(
+    relay_factory: RelayFactory, tmp_path: Path, segment: StandIn
+) -> None:
+    url, app = await relay_factory(
+        yaml_text=yaml_with_customerio(tmp_path, segment.url, "    timestamp_tolerance: 5m")
+    )
+    message = UNAUTHORIZED + " (or X-CIO-Timestamp is outside the allowed tolerance)"
+    now = int(time.time())
+    # Correctly signed, but for a moment an hour away: a replay, or a clock far off.
+    for moment in (now - 3600, now + 3600):
+        status, body = await post_webhook(url, webhook("old-1"), timestamp=str(moment))
+        assert status == 401
+        assert body == {
+            "success": False,
+            "code": "unauthorized",
+            "message": message,
+            "error": message,
+        }
+    assert await relay_of(app).store.dead_letters() == []
+    assert await post_webhook(url, webhook("fresh-1"), timestamp=str(now)) == (
+        200,
+        {"success": True},
+    )
+    [request] = await segment.wait_for(1)
+    assert [m["messageId"] for m in request.body["batch"]] == ["cio-fresh-1"]
 
 
 async def test_the_webhook_answer_comes_well_under_a_second(
@@ -644,6 +797,53 @@ async def test_a_server_error_or_dropped_connection_is_retried(
             break
         await asyncio.sleep(0.05)
     assert metrics.delivered.labels("segment.main")._value.get() == 1
+    assert await relay_of(app).store.dead_letters() == []
+
+
+async def test_429_with_only_x_ratelimit_reset_is_honoured_and_loses_nothing(
+    relay_factory: RelayFactory, segment: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url="http://127.0.0.1:9", segment_url=segment.url)
+    segment.respond(429, {"message": "rate limited"}, {"X-RateLimit-Reset": "1"})
+    assert await post_webhook(url, CLICKED) == (200, {"success": True})
+    first, second = await segment.wait_for(2)
+    assert first.body["batch"] == second.body["batch"] == [CLICKED_TRACK]
+    # The reset held the whole destination back for a second from when the 429 came in.
+    limiter = relay_of(app).workers["segment.main"].sink.sender.limiter
+    assert limiter.blocked_until >= first.at + 1.0
+    metrics = relay_of(app).metrics
+    for _ in range(100):
+        if metrics.delivered.labels("segment.main")._value.get() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert metrics.delivered.labels("segment.main")._value.get() == 1
+    assert await relay_of(app).store.dead_letters() == []
+    assert len(segment.requests) == 2
+
+
+async def test_a_segment_request_that_times_out_is_retried_then_delivered(
+    relay_factory: RelayFactory, tmp_path: Path, segment: StandIn
+) -> None:
+    text = config_yaml(tmp_path / "relay.db", "http://127.0.0.1:9", segment.url)
+    segment_dest = f'      base_url: "{segment.url}"\n      timeout: 2\n'
+    assert segment_dest in text
+    url, app = await relay_factory(
+        yaml_text=text.replace(segment_dest, segment_dest.replace("timeout: 2", "timeout: 1s"))
+    )
+    segment.hang()  # answers only after 30 s, long past the destination's 1 s timeout
+    assert await post_webhook(url, CLICKED) == (200, {"success": True})
+    first, second = await segment.wait_for(2, timeout=20)
+    assert first.body["batch"] == second.body["batch"] == [CLICKED_TRACK]
+    assert second.headers["Authorization"] == SEGMENT_AUTH
+    assert second.body["sentAt"] > first.body["sentAt"]
+    metrics = relay_of(app).metrics
+    for _ in range(100):
+        if metrics.delivered.labels("segment.main")._value.get() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert metrics.delivered.labels("segment.main")._value.get() == 1
+    assert metrics.retried.labels("segment.main")._value.get() == 1
+    assert metrics.requests.labels("segment.main", "error")._value.get() == 1
     assert await relay_of(app).store.dead_letters() == []
 
 

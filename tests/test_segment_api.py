@@ -380,6 +380,32 @@ async def test_invalid_single_call_is_400_saying_what(
     assert status == 400 and "userId" in body["message"]
 
 
+async def test_a_track_nested_5000_levels_deep_is_a_json_400(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url)
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    raw = (
+        '{"userId":"u1","event":"Deep","messageId":"m-deep","properties":{"x":' + deep + "}}"
+    ).encode()
+    status, body, headers = await post(
+        f"{url}/v1/track", None, raw=raw, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    message = (
+        "the body is not valid JSON: the JSON is nested too deeply: more than about 1,000"
+        " levels of arrays and objects (send flatter JSON)"
+    )
+    assert status == 400
+    assert headers["Content-Type"].startswith("application/json")
+    assert body == {
+        "success": False,
+        "code": "invalid_request",
+        "message": message,
+        "error": message,
+    }
+    assert await relay_of(app).store.dead_letters() == []
+
+
 async def test_single_message_over_32kb_is_413(
     relay_factory: RelayFactory, customerio: StandIn
 ) -> None:
@@ -575,3 +601,61 @@ async def test_health_ready_and_metrics(relay_factory: RelayFactory, customerio:
                 'relay_received_events_total{kind="segment",outcome="queued",source="web"} 1.0'
                 in text
             )
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+async def test_a_track_nested_deeper_than_json_can_be_written_again_is_a_json_400(
+    relay_factory: RelayFactory, customerio: StandIn, depth: int
+) -> None:
+    # Parsed (under 1,024 levels) but too deep to write back: refused, not a 500.
+    url, _ = await relay_factory(cio_url=customerio.url)
+    deep = "[" * depth + "]" * depth
+    raw = '{"userId":"u1","event":"Deep","messageId":"m-d","properties":{"x":' + deep + "}}"
+    status, body, _ = await post(
+        f"{url}/v1/track", None, raw=raw.encode(), headers={"Authorization": basic(WRITE_KEY)}
+    )
+    if depth == 300:  # the standard library writes what orjson will not
+        assert (status, body) == (200, {"success": True})
+    else:
+        assert status == 400
+        assert body["message"].startswith("the message cannot be stored: the JSON is nested")
+
+
+async def test_a_batch_item_too_deep_to_store_is_rejected_alone(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url)
+    deep = "[" * 1000 + "]" * 1000
+    items = [
+        json.dumps({**track("u1", "Fine", "m-fine"), "type": "track"}),
+        '{"type":"track","userId":"u2","event":"Deep","properties":{"x":' + deep + "}}",
+    ]
+    raw = ('{"batch":[' + ",".join(items) + "]}").encode()
+    status, body, _ = await post(
+        f"{url}/v1/batch", None, raw=raw, headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert status == 200
+    [rejected] = body["rejected"]
+    assert rejected["index"] == 1
+    assert rejected["reason"].startswith("batch[1]: the message cannot be stored: the JSON is")
+    [request] = await customerio.wait_for(1)
+    assert [op["name"] for op in request.body["batch"]] == ["Fine"]
+    [dead] = [d for d in await relay_of(app).store.dead_letters() if d.destination is None]
+    assert dead.message == {"body": "(not kept: it cannot be written as JSON)"}
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+async def test_a_lone_surrogate_is_stored_and_delivered_escaped(
+    relay_factory: RelayFactory, customerio: StandIn, path: str
+) -> None:
+    # JSON allows "\ud800" on its own; it cannot be written as UTF-8, so it stays escaped.
+    url, _ = await relay_factory(cio_url=customerio.url)
+    message = '{"type":"track","userId":"u1","event":"Odd","messageId":"m-odd",'
+    message += '"properties":{"note":"\\ud800"}}'
+    raw = message if path == "/v1/track" else '{"batch":[' + message + "]}"
+    status, body, _ = await post(
+        f"{url}{path}", None, raw=raw.encode(), headers={"Authorization": basic(WRITE_KEY)}
+    )
+    assert (status, body) == (200, {"success": True})
+    [request] = await customerio.wait_for(1)
+    assert request.body["batch"][0]["attributes"] == {"note": "\ud800"}

@@ -1,5 +1,6 @@
-"""The Segment sink's pure parts: how messages are cut into /v1/batch requests, and how an
-HTTP answer from Segment decides what happens to a delivery (PROTOCOLS §4, DESIGN)."""
+"""The Segment sink: how messages are cut into /v1/batch requests, how an HTTP answer from
+Segment decides what happens to a delivery (PROTOCOLS §4, DESIGN), and, against a loopback
+stand-in, that `sentAt` is the moment a request really goes out."""
 
 from __future__ import annotations
 
@@ -8,10 +9,24 @@ from typing import Any
 
 import pytest
 
+from relay.config import SegmentDestination
+from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
-from relay.sinks.outcome import Dead, Done, Pause, Retry, classify, retry_after
-from relay.sinks.segment import batch_request, plan_batches
-from relay.sinks.transport import Response
+from relay.sinks.limiter import DestinationLimiter
+from relay.sinks.outcome import (
+    Dead,
+    Done,
+    Pause,
+    Retry,
+    classify,
+    parse_rate_limit_reset,
+    parse_retry_after,
+    retry_after,
+)
+from relay.sinks.segment import SegmentSink, batch_request, plan_batches
+from relay.sinks.transport import AiohttpTransport, Response
+from relay.store.base import Delivery
+from tests.conftest import SEGMENT_OUT_KEY, StandIn, basic
 
 # 2024-01-02T03:04:05Z
 NOW = 1704164645.0
@@ -156,6 +171,59 @@ def test_sent_at_keeps_milliseconds() -> None:
     assert batch_request([], 1704164645.678).body["sentAt"] == "2024-01-02T03:04:05.678Z"
 
 
+# --------------------------------------------------------------------------- sending
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class WaitingLimiter(DestinationLimiter):
+    """Holds every request back `wait` seconds of the fake clock, as the real limiter does
+    after a 429 or when requests come faster than the destination's rate."""
+
+    def __init__(self, clock: FakeClock, wait: float) -> None:
+        super().__init__(1000.0)
+        self.fake = clock
+        self.wait = wait
+
+    async def acquire(self) -> None:
+        self.fake.now += self.wait
+        await super().acquire()
+
+
+async def test_sent_at_is_stamped_after_the_rate_limiter_wait(segment: StandIn) -> None:
+    clock = FakeClock(NOW)
+    dest = SegmentDestination("main", SEGMENT_OUT_KEY, "us", segment.url, 100.0, 1, 1, 2.0, 86400.0)
+    transport = AiohttpTransport()
+    sink = SegmentSink(dest, transport, WaitingLimiter(clock, 30.0), Metrics(), clock)
+    first = {"type": "track", "event": "A", "userId": "u1", "timestamp": "2020-03-26T19:16:39.000Z"}
+    second = {**first, "event": "B", "userId": "u2"}
+    deliveries = [
+        Delivery(1, dest.key, "user:u1", 0, NOW, "marketing", "customerio", first),
+        Delivery(2, dest.key, "user:u2", 0, NOW, "marketing", "customerio", second),
+    ]
+    try:
+        outcomes = await sink.deliver(deliveries)
+    finally:
+        await transport.close()
+    assert outcomes == {1: Done(), 2: Done()}
+    # batch_size 1: two requests, each let go 30 s after the one before, each stamped then
+    # (NOW is 03:04:05), while the events keep their own time.
+    assert [(r.method, r.path, r.headers["Authorization"]) for r in segment.requests] == [
+        ("POST", "/v1/batch", basic(SEGMENT_OUT_KEY)),
+        ("POST", "/v1/batch", basic(SEGMENT_OUT_KEY)),
+    ]
+    assert [r.body for r in segment.requests] == [
+        {"batch": [first], "sentAt": "2024-01-02T03:04:35.000Z"},
+        {"batch": [second], "sentAt": "2024-01-02T03:05:05.000Z"},
+    ]
+
+
 # --------------------------------------------------------------------------- retry_after
 
 
@@ -172,25 +240,93 @@ def test_sent_at_keeps_milliseconds() -> None:
         ({"Retry-After": "Tue, 02 Jan 2024 03:04:35 GMT"}, 30.0),
         # an HTTP date already past waits no time
         ({"Retry-After": "Tue, 02 Jan 2024 03:00:00 GMT"}, 0.0),
-        # X-RateLimit-Reset as a delta in seconds
+        # X-RateLimit-Reset alone: see the table below; here, that it is read at all
         ({"X-RateLimit-Reset": "12"}, 12.0),
-        # ... as epoch seconds
-        ({"X-RateLimit-Reset": "1704164655"}, 10.0),
-        # ... as epoch milliseconds
-        ({"X-RateLimit-Reset": "1704164655000"}, 10.0),
         ({"x-ratelimit-reset": "1704164650500"}, 5.5),
-        # a reset already past waits no time
-        ({"X-RateLimit-Reset": "1704164600"}, 0.0),
-        # Retry-After wins over X-RateLimit-Reset
-        ({"Retry-After": "4", "X-RateLimit-Reset": "1704164700"}, 4.0),
-        # an unreadable Retry-After falls back to X-RateLimit-Reset
+        # both: the later one wins, so Retry-After: 0 cannot cut a reset short ...
+        ({"Retry-After": "0", "X-RateLimit-Reset": "1704164700"}, 55.0),
+        ({"Retry-After": "4", "X-RateLimit-Reset": "1704164700"}, 55.0),
+        ({"Retry-After": "0", "X-RateLimit-Reset": "12"}, 12.0),
+        # ... and a reset cannot cut Retry-After short
+        ({"Retry-After": "40", "X-RateLimit-Reset": "1704164655"}, 40.0),
+        ({"Retry-After": "Tue, 02 Jan 2024 03:05:05 GMT", "X-RateLimit-Reset": "3"}, 60.0),
+        # an unreadable one of the two leaves the other
         ({"Retry-After": "soon", "X-RateLimit-Reset": "9"}, 9.0),
+        ({"Retry-After": "9", "X-RateLimit-Reset": "later"}, 9.0),
+        # capped at an hour, from either header
+        ({"Retry-After": "86400"}, 3600.0),
+        ({"Retry-After": "inf"}, 3600.0),
+        ({"X-RateLimit-Reset": "1704264645"}, 3600.0),
+        ({"Retry-After": "1", "X-RateLimit-Reset": "1904164645000"}, 3600.0),
     ],
 )
 def test_retry_after_reads_seconds_dates_and_rate_limit_resets(
     headers: dict[str, str], expected: float
 ) -> None:
     assert retry_after(headers, NOW) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        # a delay in seconds (small numbers)
+        ("12", 12.0),
+        (" 12 ", 12.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        ("999999999", 999999999.0),  # 10^9 - 1: still a delay (the cap applies later)
+        # unix seconds
+        ("1704164655", 10.0),
+        ("1704164655.25", 10.25),
+        ("1704164600", 0.0),  # already past
+        # unix milliseconds (numbers > 10^12)
+        ("1704164655000", 10.0),
+        ("1704164650500", 5.5),
+        ("1704164000000", 0.0),
+        # HTTP dates: RFC 7231's preferred form, RFC 850, asctime, and RFC 5322 zones
+        ("Tue, 02 Jan 2024 03:04:35 GMT", 30.0),
+        ("Tuesday, 02-Jan-24 03:04:35 GMT", 30.0),
+        ("Tue Jan  2 03:04:35 2024", 30.0),
+        ("Tue, 02 Jan 2024 03:04:35 -0000", 30.0),
+        ("Tue, 02 Jan 2024 04:04:35 +0100", 30.0),
+        ("Tue, 02 Jan 2024 03:00:00 GMT", 0.0),
+        # nothing readable
+        (None, None),
+        ("", None),
+        ("   ", None),
+        ("later", None),
+        ("nan", None),
+        ("Tue, 32 Jan 2024 03:04:35 GMT", None),
+    ],
+)
+def test_rate_limit_reset_is_seconds_milliseconds_a_delay_or_a_date(
+    value: str | None, expected: float | None
+) -> None:
+    assert parse_rate_limit_reset(value, NOW) == (
+        None if expected is None else pytest.approx(expected)
+    )
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("3", 3.0),
+        ("-1", 0.0),
+        ("Tue, 02 Jan 2024 03:04:35 GMT", 30.0),
+        ("Tue Jan  2 03:04:35 2024", 30.0),
+        # Retry-After is never epoch time: a big number is a (long) delay
+        ("1704164655", 1704164655.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("nan", None),
+    ],
+)
+def test_retry_after_header_is_seconds_or_an_http_date(
+    value: str | None, expected: float | None
+) -> None:
+    assert parse_retry_after(value, NOW) == (None if expected is None else pytest.approx(expected))
 
 
 @pytest.mark.parametrize(
@@ -201,6 +337,7 @@ def test_retry_after_reads_seconds_dates_and_rate_limit_resets(
         {"Retry-After": ""},
         {"Retry-After": "soon"},
         {"X-RateLimit-Reset": "later"},
+        {"Retry-After": "nan", "X-RateLimit-Reset": "nan"},
     ],
 )
 def test_retry_after_is_none_when_nothing_says_how_long(headers: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -66,7 +67,6 @@ class SegmentSink:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.dest = dest
-        self.clock = clock
         headers = json_headers(dest.write_key)
         self.sender = Sender(
             dest.key, dest.base_url, headers, dest.timeout, transport, limiter, metrics, clock
@@ -81,8 +81,9 @@ class SegmentSink:
             members = [deliveries[i] for i in group if deliveries[i].ordering_key not in blocked]
             if not members:
                 continue
+            # Built once the limiter lets it go: `sentAt` is the moment it is really sent.
             outcome, _ = await self.sender.send(
-                batch_request([d.message for d in members], self.clock())
+                functools.partial(batch_request, [d.message for d in members])
             )
             for d in members:
                 outcomes[d.id] = outcome

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Mapping
+from typing import TypeAlias
 
 from relay import USER_AGENT
 from relay.codec import encode
@@ -23,6 +24,12 @@ def json_headers(user: str, password: str = "") -> dict[str, str]:
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
     }
+
+
+# A request built at the moment it goes out, from the time it does (unix seconds): for bodies
+# that carry their own send time, such as Segment's `sentAt`, which must not be stamped
+# before a wait in the rate limiter.
+BuildAtSend: TypeAlias = Callable[[float], OutgoingRequest]
 
 
 class Sender:
@@ -46,9 +53,14 @@ class Sender:
         self.metrics = metrics
         self.clock = clock
 
-    async def send(self, request: OutgoingRequest) -> tuple[Outcome, Response | None]:
-        """One request through the destination's limiter; never raises for network trouble."""
+    async def send(self, request: OutgoingRequest | BuildAtSend) -> tuple[Outcome, Response | None]:
+        """One request through the destination's limiter; never raises for network trouble.
+
+        `request` may be a function of the send time, called once the limiter lets it go.
+        """
         await self.limiter.acquire()
+        if not isinstance(request, OutgoingRequest):
+            request = request(self.clock())
         body = None if request.body is None else encode(request.body)
         started = time.monotonic()
         try:

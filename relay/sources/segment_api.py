@@ -52,6 +52,14 @@ def _basic_user(header: str | None) -> str | None:
     return decoded.split(":", 1)[0]
 
 
+def _encoded(msg: dict[str, Any]) -> bytes:
+    """The message as it is stored; 400 for one that cannot be written as JSON again."""
+    try:
+        return encode(msg)
+    except ValueError as exc:
+        raise BadRequest(f"the message cannot be stored: {exc}") from None
+
+
 def _parse_json(raw: bytes) -> Any:
     try:
         return decode(raw)
@@ -103,8 +111,9 @@ class SegmentAPI:
             problem = seg.message_problem(body)
             if problem:
                 raise BadRequest(problem)
+            body = seg.normalise(body)
             await self.intake.accept(
-                "segment", source, [self.intake.segment_incoming(seg.normalise(body))]
+                "segment", source, [self.intake.segment_incoming(body, _encoded(body))]
             )
             return _ok()
 
@@ -138,9 +147,13 @@ class SegmentAPI:
             problem = seg.message_problem(item)
             encoded = None
             if problem is None:
-                encoded = encode(seg.normalise(item))
-                if len(encoded) > seg.MAX_MESSAGE_BYTES:
-                    problem = f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
+                try:
+                    encoded = encode(seg.normalise(item))
+                except ValueError as exc:
+                    problem = f"the message cannot be stored: {exc}"
+                else:
+                    if len(encoded) > seg.MAX_MESSAGE_BYTES:
+                        problem = f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
             if problem is not None:
                 reason = f"batch[{index}]: {problem}"
                 rejected.append({"index": index, "reason": reason})
@@ -174,7 +187,8 @@ class SegmentAPI:
                 raise PayloadTooLarge(
                     f"a message must be at most {seg.MAX_MESSAGE_BYTES // 1024} KB"
                 )
-            incoming = [self.intake.segment_incoming(seg.normalise(body))]
+            body = seg.normalise(body)
+            incoming = [self.intake.segment_incoming(body, _encoded(body))]
             rejected: list[dict[str, Any]] = []
         elif isinstance(body, list):
             incoming, rejected = self._explode(body, None)

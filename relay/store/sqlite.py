@@ -6,16 +6,23 @@ one failing request cannot undo another's work) and commits them together with a
 `synchronous=FULL` sync. Concurrent requests therefore share the cost of a sync instead of
 paying one each, and a request is answered only after the commit that holds it returned.
 
-Dedup ids live in a second database file with a writer of its own, so that the costliest
-work of ingestion (inserting ids at random places in a large index) runs in parallel with
-the queue's writes. An id is recorded only after its event is committed: a crash between
-the two can cause a duplicate delivery, never a lost event.
+Dedup ids are checked by the same operation that stores the deliveries, so two requests
+carrying one id cannot both get through. Ids are digests inserted at random places in an
+index, the costliest write of ingestion, so they are not written with each commit: an id
+accepted in a commit is kept in memory, and a second writer moves the ids to their own
+database file (`<path>.dedup`) about once a second, where each index page is then written
+once for many ids. A crash can lose the last second of ids, which can only let a repeat
+through (at least once), never lose an event.
+
+The same second writer also checkpoints the main database's write-ahead log, so that copying
+it into the database file does not hold up the commits that requests wait for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -87,17 +94,23 @@ ORDER BY d.id
 LIMIT :limit
 """
 
+# `key` is a digest of (kind, source, dedup id); `expires_at` is indexed so that forgetting
+# expired ids reads only those.
 _DEDUP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
-    kind       TEXT NOT NULL,
-    source     TEXT NOT NULL,
-    dedup_id   TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (kind, source, dedup_id)
+    key        BLOB PRIMARY KEY,
+    expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup (expires_at);
 """
 
-DedupKey = tuple[str, str, str]
+
+def dedup_key(kind: str, source: str, dedup_id: str) -> bytes:
+    """16 bytes of BLAKE2b: a collision between two ids is as likely as guessing a UUID."""
+    return hashlib.blake2b(
+        f"{kind}\x1f{source}\x1f{dedup_id}".encode("utf-8", "surrogatepass"), digest_size=16
+    ).digest()
+
 
 _CHUNK = 500  # stays well under SQLite's bound-parameter limit
 
@@ -124,10 +137,15 @@ class _Writer:
         connect: Callable[[], sqlite3.Connection],
         on_rollback: Callable[[sqlite3.Connection], None],
         max_group: int,
+        on_commit: Callable[[], None] = lambda: None,
+        on_abort: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self._connect = connect
         self._on_rollback = on_rollback
+        # Told when a transaction committed, or when all its work was thrown away.
+        self._on_commit = on_commit
+        self._on_abort = on_abort
         self.max_group = max_group
         self.conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -193,6 +211,10 @@ class _Writer:
                     fut.set_exception(value)
 
     def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        if len(fns) > 1:
+            at_once = self._try_at_once(fns)
+            if at_once is not None:
+                return at_once
         results: list[tuple[bool, Any] | None] = [None] * len(fns)
         todo = list(range(len(fns)))
         while todo:
@@ -207,6 +229,34 @@ class _Writer:
         return [
             r if r is not None else (False, _unavailable(RuntimeError("not run"))) for r in results
         ]
+
+    def _try_at_once(
+        self, fns: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]] | None:
+        """Run the whole group in one transaction without savepoints, the common case where
+        nothing fails. Each statement hands the GIL over and back, so two statements fewer per
+        operation matter. On any failure it rolls back and returns None: the group then runs
+        again with a savepoint per operation, so that one failing operation fails alone."""
+        conn = self.conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return None
+        try:
+            values = [fn(conn) for fn in fns]
+            conn.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            # Counters were advanced by operations that were rolled back.
+            self._on_abort()
+            self._on_rollback(conn)
+            return None
+        self.commits += 1
+        self.healthy = True
+        self._on_commit()
+        return [(True, value) for value in values]
 
     def _try_group(
         self,
@@ -227,6 +277,7 @@ class _Writer:
             for i in todo:
                 out[i] = (False, _unavailable(exc))
             return None
+        self._on_abort()  # whatever an earlier try of this group left behind
         for i in todo:
             conn.execute("SAVEPOINT op")
             try:
@@ -235,6 +286,7 @@ class _Writer:
                 error = _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
                 if not conn.in_transaction:
                     out[i] = (False, error)
+                    self._on_abort()
                     return i
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO op")
@@ -251,10 +303,12 @@ class _Writer:
             self.healthy = False
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._on_abort()
             self._on_rollback(conn)
             for i in todo:
                 out[i] = (False, _unavailable(exc))
             return None
+        self._on_commit()
         for i, result in zip(todo, results, strict=True):
             out[i] = result
         if any(not ok for ok, _ in results):
@@ -286,23 +340,36 @@ class SqliteStore:
         max_pending: int = 5_000_000,
         max_size_mb: int | None = None,
         max_group: int = 256,
+        dedup_flush_interval: float = 1.0,
     ) -> None:
         self.path = path
         self.dedup_path = f"{path}.dedup"
         self.max_pending = max_pending
         self.max_size_mb = max_size_mb
-        self._main = _Writer("sqlite", self._open_main, self._resync, max_group)
-        # Losing the last dedup ids in a power cut can only cause duplicates: no sync.
+        self.dedup_flush_interval = dedup_flush_interval
+        self._main = _Writer(
+            "sqlite",
+            self._open_main,
+            self._resync,
+            max_group,
+            on_commit=self._commit_ids,
+            on_abort=lambda: self._staged.clear(),
+        )
         self._dedup = _Writer(
             "sqlite-dedup",
             lambda: _connect(self.dedup_path, "NORMAL", _DEDUP_SCHEMA),
             lambda _conn: None,
             max_group,
         )
-        # Ids of events being stored right now, so that two requests carrying the same id
-        # at the same moment do not both get through.
-        self._claims: set[DedupKey] = set()
-        self._recording: set[asyncio.Future[None]] = set()
+        # Dedup ids not yet in the dedup database, by expiry time. Only the main writer's
+        # thread changes `_staged` (this transaction's ids) and `_recent` (committed ids);
+        # `_flushing` holds the ids being written to the dedup database meanwhile.
+        self._staged: dict[bytes, float] = {}
+        self._recent: dict[bytes, float] = {}
+        self._flushing: dict[bytes, float] = {}
+        self._dedup_reader: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self._next_delivery_id = 1
         self._pending = 0
 
@@ -319,11 +386,17 @@ class SqliteStore:
     async def open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        await self._dedup.open()  # creates the dedup database before the reader opens it
         await self._main.open()
-        await self._dedup.open()
+        self._flusher = asyncio.create_task(self._background_work(), name="relay-store-background")
 
     def _open_main(self) -> sqlite3.Connection:
         conn = _connect(self.path, "FULL", _SCHEMA)
+        # The background writer checkpoints every second; this is the fallback if it falls
+        # behind (20,000 pages, 80 MB of log, instead of SQLite's default of 1,000).
+        conn.execute("PRAGMA wal_autocheckpoint=20000")
+        # Read in the main writer's thread, by the operation that checks ids.
+        self._dedup_reader = _connect(self.dedup_path, "NORMAL", "")
         if self.max_size_mb:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(
@@ -349,10 +422,84 @@ class SqliteStore:
         ).fetchone()[0]
 
     async def close(self) -> None:
-        if self._recording:
-            await asyncio.gather(*self._recording, return_exceptions=True)
-        await self._dedup.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.flush_ids()
+        reader, self._dedup_reader = self._dedup_reader, None
+        if reader is not None:
+            await self._main.submit(lambda _conn: reader.close())
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await self._dedup.submit(lambda _conn: checkpointer.close())
         await self._main.close()
+        await self._dedup.close()
+
+    # ------------------------------------------------------------------ dedup ids
+
+    def _commit_ids(self) -> None:
+        if self._staged:
+            self._recent.update(self._staged)
+            self._staged.clear()
+
+    def _take_recent(self) -> dict[bytes, float]:
+        # Runs in the main writer's thread, between two operations.
+        taken, self._recent = self._recent, {}
+        self._flushing = taken
+        return taken
+
+    async def flush_ids(self) -> int:
+        """Move the ids accepted since the last flush to the dedup database."""
+        taken = await self._main.submit(lambda _conn: self._take_recent())
+        if not taken:
+            return 0
+        try:
+            await self._dedup.submit(lambda conn: _record(conn, taken))
+        except Exception as exc:
+            log.error(
+                "dedup ids could not be recorded; repeats of them may be delivered twice: %s",
+                exc,
+            )
+        finally:
+            self._flushing = {}
+        return len(taken)
+
+    async def _background_work(self) -> None:
+        while True:
+            await asyncio.sleep(self.dedup_flush_interval)
+            with contextlib.suppress(StoreUnavailable):
+                await self.flush_ids()
+            try:
+                await self._dedup.submit(lambda _conn: self._checkpoint())
+            except Exception as exc:  # the writer checkpoints by itself as a fallback
+                log.warning("checkpointing the store's write-ahead log failed: %s", exc)
+
+    def _checkpoint(self) -> None:
+        # Runs in the second writer's thread, on a connection of its own. PASSIVE copies what
+        # it can without waiting for, or blocking, the main writer.
+        if self._checkpointer is None:
+            self._checkpointer = _connect(self.path, "FULL", "")
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _known_ids(self, keys: list[bytes | None], now: float) -> set[bytes]:
+        """The ids among `keys` seen within their window: in memory, or in the database."""
+        seen: set[bytes] = set()
+        unknown: list[bytes] = []
+        staged, recent, flushing = self._staged, self._recent, self._flushing
+        for key in keys:
+            if key is None:
+                continue
+            expires = staged.get(key) or recent.get(key) or flushing.get(key)
+            if expires is None:
+                unknown.append(key)
+            elif expires > now:
+                seen.add(key)
+        if unknown and self._dedup_reader is not None:
+            seen.update(_seen(self._dedup_reader, unknown, now))
+        return seen
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._main.submit(fn)
@@ -360,57 +507,20 @@ class SqliteStore:
     # ------------------------------------------------------------------ operations
 
     async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
-        now = time.time()
-        keys: list[DedupKey | None] = [
-            (e.kind, e.source, e.dedup_id) if e.dedup_id and not e.rejected_reason else None
-            for e in events
+        # A rejected message with an id is de-duplicated too: a sender's retries of one bad
+        # webhook are stored once.
+        keys = [
+            None if e.dedup_id is None else dedup_key(e.kind, e.source, e.dedup_id) for e in events
         ]
-        wanted = list(dict.fromkeys(k for k in keys if k is not None))
-        seen: set[DedupKey] = (
-            await self._dedup.submit(lambda conn: _seen(conn, wanted, now)) if wanted else set()
-        )
-        claimed: list[DedupKey] = []
-        for key in wanted:
-            if key in seen:
-                continue
-            if key in self._claims:
-                seen.add(key)
-            else:
-                self._claims.add(key)
-                claimed.append(key)
-        try:
-            outcomes = await self._main.submit(lambda conn: self._enqueue(conn, events, keys, seen))
-        except BaseException:
-            self._claims.difference_update(claimed)
-            raise
-        until = {
-            k: e.dedup_until
-            for k, e, o in zip(keys, events, outcomes, strict=True)
-            if k is not None and o == "queued"
-        }
-        if until:
-            recording = self._dedup.submit(lambda conn: _record(conn, until))
-            self._recording.add(recording)
-            recording.add_done_callback(lambda f: self._recorded(f, claimed))
-        else:
-            self._claims.difference_update(claimed)
-        return outcomes
-
-    def _recorded(self, fut: asyncio.Future[None], claimed: list[DedupKey]) -> None:
-        self._recording.discard(fut)
-        self._claims.difference_update(claimed)
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error(
-                "dedup ids could not be recorded; repeats of them may be delivered twice: %s",
-                fut.exception(),
-            )
+        now = time.time()
+        return await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
 
     def _enqueue(
         self,
         conn: sqlite3.Connection,
         events: list[NewEvent],
-        keys: list[DedupKey | None],
-        seen: set[DedupKey],
+        keys: list[bytes | None],
+        now: float,
     ) -> list[EnqueueOutcome]:
         new_deliveries = sum(len(e.deliveries) for e in events if not e.rejected_reason)
         if self._pending + new_deliveries > self.max_pending:
@@ -419,23 +529,25 @@ class SqliteStore:
                 f" (storage.sqlite.max_pending) is {self.max_pending}; retry later",
                 retry_after=30,
             )
-        done: set[DedupKey] = set()
+        seen = self._known_ids(keys, now)
+        recorded: list[tuple[bytes, float]] = []
         outcomes: list[EnqueueOutcome] = []
         rejected: list[tuple[Any, ...]] = []
         dl_rows: list[tuple[Any, ...]] = []
         delivery_id = self._next_delivery_id
         for key, e in zip(keys, events, strict=True):
+            if key is not None:
+                if key in seen:
+                    outcomes.append("duplicate")
+                    continue
+                seen.add(key)
+                recorded.append((key, e.dedup_until))
             if e.rejected_reason:
                 rejected.append(
                     (e.source, e.kind, e.received_at, e.rejected_reason, e.message_json)
                 )
                 outcomes.append("rejected")
                 continue
-            if key is not None:
-                if key in seen or key in done:
-                    outcomes.append("duplicate")
-                    continue
-                done.add(key)
             for d in e.deliveries:
                 dl_rows.append(
                     (
@@ -468,6 +580,8 @@ class SqliteStore:
             )
         self._next_delivery_id = delivery_id
         self._pending += len(dl_rows)
+        # Last, so that an operation that failed above leaves no ids behind.
+        self._staged.update(recorded)
         return outcomes
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
@@ -634,32 +748,23 @@ class SqliteStore:
         return self.healthy
 
 
-def _seen(conn: sqlite3.Connection, keys: list[DedupKey], now: float) -> set[DedupKey]:
+def _seen(conn: sqlite3.Connection, keys: list[bytes], now: float) -> set[bytes]:
     """The keys recorded and not yet expired."""
-    by_source: dict[tuple[str, str], list[str]] = {}
-    for kind, source, dedup_id in keys:
-        by_source.setdefault((kind, source), []).append(dedup_id)
-    seen: set[DedupKey] = set()
-    for (kind, source), ids in by_source.items():
-        for chunk in _chunks(ids):
-            seen.update(
-                (kind, source, row[0])
-                for row in conn.execute(
-                    "SELECT dedup_id FROM dedup WHERE kind = ? AND source = ?"
-                    f" AND expires_at > ? AND dedup_id IN ({_marks(len(chunk))})",
-                    (kind, source, now, *chunk),
-                )
+    seen: set[bytes] = set()
+    for chunk in _chunks(keys):
+        seen.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT key FROM dedup WHERE key IN ({_marks(len(chunk))}) AND expires_at > ?",
+                (*chunk, now),
             )
+        )
     return seen
 
 
-def _record(conn: sqlite3.Connection, until: dict[DedupKey, float]) -> None:
-    _insert_rows(
-        conn,
-        "INSERT OR REPLACE INTO dedup VALUES ",
-        "(?, ?, ?, ?)",
-        [(*key, expires) for key, expires in until.items()],
-    )
+def _record(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:
+    # Sorted, so that the index pages are visited in order.
+    _insert_rows(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", sorted(ids.items()))
 
 
 def _insert_rows(

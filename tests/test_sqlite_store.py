@@ -1,0 +1,135 @@
+"""The SQLite store's de-duplication: ids are checked in the same operation that stores the
+deliveries, kept in memory after their commit, and moved to the dedup database in the
+background; a repeat is caught at every one of those stages and after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from relay.store.base import NewDelivery, NewEvent
+from relay.store.sqlite import SqliteStore
+
+
+def event(dedup_id: str, *, until: float | None = None, rejected: str | None = None) -> NewEvent:
+    now = time.time()
+    return NewEvent(
+        source="web",
+        kind="segment",
+        message_json=b'{"type":"track","userId":"u1","event":"E"}',
+        received_at=now,
+        ordering_key="u:u1",
+        deliveries=(NewDelivery("customerio.main"),),
+        dedup_id=dedup_id,
+        dedup_until=now + 3600 if until is None else until,
+        rejected_reason=rejected,
+    )
+
+
+def store_at(tmp_path: Path) -> SqliteStore:
+    # A flush interval far beyond the test: flushes happen only when the test asks.
+    return SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=3600)
+
+
+def ids_on_disk(store: SqliteStore) -> int:
+    with sqlite3.connect(store.dedup_path) as conn:
+        count: int = conn.execute("SELECT count(*) FROM dedup").fetchone()[0]
+    return count
+
+
+async def test_a_repeat_is_caught_before_after_and_while_ids_move_to_disk(
+    tmp_path: Path,
+) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        assert await store.enqueue([event("a"), event("a"), event("b")]) == [
+            "queued",
+            "duplicate",
+            "queued",
+        ]
+        assert await store.enqueue([event("a")]) == ["duplicate"]  # in memory
+        assert ids_on_disk(store) == 0
+        assert await store.flush_ids() == 2
+        assert ids_on_disk(store) == 2
+        assert await store.enqueue([event("a"), event("b"), event("c")]) == [
+            "duplicate",
+            "duplicate",
+            "queued",
+        ]
+    finally:
+        await store.close()
+
+
+async def test_concurrent_requests_with_one_id_store_it_once(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        outcomes = await asyncio.gather(*(store.enqueue([event("same")]) for _ in range(20)))
+        assert sorted(o for [o] in outcomes) == ["duplicate"] * 19 + ["queued"]
+        assert (await store.counts())["customerio.main"] == {"pending": 1}
+    finally:
+        await store.close()
+
+
+async def test_ids_survive_a_restart(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    assert await store.enqueue([event("kept")]) == ["queued"]
+    await store.close()  # closing moves the ids still in memory to disk
+    again = store_at(tmp_path)
+    await again.open()
+    try:
+        assert await again.enqueue([event("kept"), event("new")]) == ["duplicate", "queued"]
+    finally:
+        await again.close()
+
+
+async def test_an_expired_id_is_accepted_again_wherever_it_is_kept(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        past = time.time() - 1
+        assert await store.enqueue([event("old", until=past)]) == ["queued"]
+        assert await store.enqueue([event("old")]) == ["queued"]  # expired, in memory
+        await store.flush_ids()
+        assert await store.enqueue([event("older", until=past)]) == ["queued"]
+        await store.flush_ids()
+        assert await store.enqueue([event("older")]) == ["queued"]  # expired, on disk
+        await store.purge(time.time())  # forgets the expired "older" on disk
+        assert ids_on_disk(store) == 1
+        await store.flush_ids()  # "older" again, with its new expiry
+        assert ids_on_disk(store) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_refused_request_leaves_its_ids_free(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "relay.db"), max_pending=1, dedup_flush_interval=3600)
+    await store.open()
+    try:
+        assert await store.enqueue([event("first")]) == ["queued"]
+        try:
+            await store.enqueue([event("second")])
+        except Exception as exc:
+            assert "max_pending" in str(exc)
+        else:
+            raise AssertionError("a full queue must refuse")
+        await store.complete([d.id for d in await store.lease("customerio.main", 10, 1e12)])
+        assert await store.enqueue([event("second")]) == ["queued"]  # not taken as a repeat
+    finally:
+        await store.close()
+
+
+async def test_a_rejected_message_with_an_id_is_stored_once(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        bad = event("bad", rejected="no person")
+        assert await store.enqueue([bad]) == ["rejected"]
+        assert await store.enqueue([bad]) == ["duplicate"]
+        assert len(await store.dead_letters()) == 1
+    finally:
+        await store.close()
