@@ -47,6 +47,8 @@ class StandIn:
     requests: list[Recorded] = field(default_factory=list)
     script: list[tuple[int, Any, dict[str, str]] | str] = field(default_factory=list)
     default: tuple[int, Any, dict[str, str]] = (200, {}, {})
+    # Answers by content once the script is used up (e.g. refuse any batch holding a bad op).
+    answer: Callable[[Recorded], tuple[int, Any, dict[str, str]]] | None = None
     url: str = ""
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,11 +70,15 @@ class StandIn:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode(errors="replace")
-        self.requests.append(
-            Recorded(request.method, request.path_qs, dict(request.headers), body, time.monotonic())
+        recorded = Recorded(
+            request.method, request.path_qs, dict(request.headers), body, time.monotonic()
         )
+        self.requests.append(recorded)
         self.arrived.set()
-        action = self.script.pop(0) if self.script else self.default
+        if self.script:
+            action = self.script.pop(0)
+        else:
+            action = self.answer(recorded) if self.answer is not None else self.default
         if action == "reset":
             assert request.transport is not None
             request.transport.abort()
@@ -81,6 +87,8 @@ class StandIn:
             await asyncio.sleep(30)
             return web.Response(status=200)
         status, payload, headers = action  # type: ignore[misc]
+        if isinstance(payload, bytes):  # a body that is not JSON, sent as it is
+            return web.Response(status=status, body=payload, headers=headers)
         return web.json_response(payload, status=status, headers=headers)
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Recorded]:

@@ -1,16 +1,37 @@
-"""Segment → Customer.io end to end: every call type in one batch, 207 answers, regions."""
+"""Segment → Customer.io end to end: every call type in one batch, 207 and 400 answers,
+batch sizes, limits checked before sending, regions."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
+import pytest
+
 from relay.config import parse_config
-from relay.sinks.customerio import MAX_BATCH_BYTES, Planned, batch_request, pack_v2
+from relay.mapping.dates import iso_to_millis
+from relay.mapping.ulid import deterministic_ulid
+from relay.sinks.customerio import (
+    MAX_BATCH_BYTES,
+    Planned,
+    batch_request,
+    failed_ops,
+    pack_v2,
+)
 from relay.store.base import Delivery
-from tests.conftest import API_KEY, SITE_ID, WRITE_KEY, RelayFactory, StandIn, basic, relay_of
-from tests.test_segment_api import post
+from tests.conftest import (
+    API_KEY,
+    SITE_ID,
+    WRITE_KEY,
+    Recorded,
+    RelayFactory,
+    StandIn,
+    basic,
+    relay_of,
+)
+from tests.test_segment_api import post, track
 
 AT = "2024-01-02T03:04:"
 
@@ -279,3 +300,193 @@ destinations:
         "segment.eu": "https://events.eu1.segmentapis.com",
         "segment.us": "https://api.segment.io",
     }
+
+
+# --- refusals, batch sizes and limits, end to end ---------------------------------------------
+
+AUTH = {"Authorization": basic(WRITE_KEY)}
+TRACK_AT = "2024-01-02T03:04:05Z"  # the timestamp of tests.test_segment_api.track
+TRACK_TS = 1704164645
+
+
+def event_op(user: str, name: str, message_id: str, **attributes: Any) -> dict[str, Any]:
+    """The v2 op of `track(user, name, message_id, **attributes)`."""
+    millis = iso_to_millis(TRACK_AT)
+    assert millis is not None
+    return {
+        "type": "person",
+        "identifiers": {"id": user},
+        "action": "event",
+        "name": name,
+        "id": deterministic_ulid(message_id, millis),
+        "timestamp": TRACK_TS,
+        "attributes": attributes,
+    }
+
+
+async def counts_settle_on(
+    app: Any, expected: dict[str, dict[str, int]], timeout: float = 15.0
+) -> dict[str, dict[str, int]]:
+    """The store's counts once they equal `expected` (or the last seen, after `timeout`)."""
+    store = relay_of(app).store
+    deadline = time.monotonic() + timeout
+    while (counts := await store.counts()) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    result: dict[str, dict[str, int]] = counts
+    return result
+
+
+BAD = "bad"
+
+
+def refuse_batches_holding_a_bad_op(request: Recorded) -> tuple[int, Any, dict[str, str]]:
+    """Customer.io's way with one invalid op in a batch: a 400 for the whole request."""
+    if any(op.get("attributes", {}).get("marker") == BAD for op in request.body["batch"]):
+        return 400, {"meta": {"error": "invalid op"}}, {}
+    return 200, {}, {}
+
+
+async def test_a_400_on_a_batch_of_several_deliveries_sends_each_alone_and_dead_letters_the_bad(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.answer = refuse_batches_holding_a_bad_op
+    url, app = await relay_factory(cio_url=customerio.url)
+    markers = ["ok", "ok", BAD, "ok", "ok"]
+    messages = [track(f"u{i}", "Clicked", f"m-{i}", marker=m) for i, m in enumerate(markers)]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": messages}, headers=AUTH)
+    assert status == 200
+    requests = await customerio.wait_for(6)
+    ops = [event_op(f"u{i}", "Clicked", f"m-{i}", marker=m) for i, m in enumerate(markers)]
+    # The refused batch, then each of its deliveries again in a request of its own.
+    assert [(r.method, r.path) for r in requests] == [("POST", "/api/v2/batch")] * 6
+    assert [r.body for r in requests] == [{"batch": ops}] + [{"batch": [op]} for op in ops]
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 1}}) == {
+        "customerio.main": {"dead": 1}
+    }
+    [dead] = await relay_of(app).store.dead_letters()
+    assert dead.message["messageId"] == "m-2"
+    assert dead.reason == 'HTTP 400: {"meta": {"error": "invalid op"}}'
+    assert len(customerio.requests) == 6  # the four good ones were delivered, once each
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>upstream hiccup</html>",
+        {"ok": True},
+        {"errors": []},
+        {"errors": [{"batch_index": True, "reason": "invalid"}]},
+        {"errors": [{"reason": "invalid"}]},
+    ],
+    ids=["not-json", "no-errors-list", "empty-errors", "bool-index", "no-index"],
+)
+async def test_an_unreadable_207_retries_the_whole_request(
+    relay_factory: RelayFactory, customerio: StandIn, body: Any
+) -> None:
+    customerio.respond(207, body)
+    url, app = await relay_factory(cio_url=customerio.url)
+    messages = [track("u1", "First", "m-1"), track("u2", "Second", "m-2")]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": messages}, headers=AUTH)
+    assert status == 200
+    assert await counts_settle_on(app, {}) == {}  # both delivered after the 207, none dead
+    ops = [event_op("u1", "First", "m-1"), event_op("u2", "Second", "m-2")]
+    first, *again = customerio.requests
+    assert first.body == {"batch": ops}
+    # Each delivery is retried on its own backoff, so the two may come back in one request or
+    # two; either way each op goes again exactly once, with the same ULID for de-duplication.
+    resent = sorted((op for r in again for op in r.body["batch"]), key=lambda op: op["name"])
+    assert resent == ops
+
+
+@pytest.mark.parametrize(
+    ("body", "failed"),
+    [
+        (
+            {"errors": [{"batch_index": 1, "reason": "r", "field": "f", "message": "m"}]},
+            {1: ["reason=r, field=f, message=m"]},
+        ),
+        (
+            {"errors": [{"batch_index": 0}, {"batch_index": 0, "message": "m"}]},
+            {0: ["rejected without a reason", "message=m"]},
+        ),
+        (b"not json", None),
+        (b"\xff\xfe", None),
+        ([], None),
+        ({"errors": "x"}, None),
+        ({"errors": []}, None),
+        ({"errors": ["x"]}, None),
+        ({"errors": [{"batch_index": True}]}, None),
+        ({"errors": [{"batch_index": 1.0}]}, None),
+        ({"errors": [{"batch_index": "1"}]}, None),
+        ({"errors": [{"batch_index": -1}]}, None),
+        ({"errors": [{"batch_index": 2}]}, None),
+        ({"errors": [{"batch_index": 0}, {"reason": "no index"}]}, None),
+    ],
+)
+def test_207_failed_ops_are_read_only_from_real_indexes_in_range(
+    body: Any, failed: dict[int, list[str]] | None
+) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    assert failed_ops(raw, count=2) == failed
+
+
+async def test_a_delivery_with_more_ops_than_batch_size_goes_whole_in_one_request(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url, extra_cio="      batch_size: 1")
+    opened = track("u1", "Application Opened", "m-1")
+    opened["context"] = {"device": {"token": "tok-1", "type": "ios"}}
+    messages = [opened, track("u2", "Clicked", "m-2")]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": messages}, headers=AUTH)
+    assert status == 200
+    first, second = await customerio.wait_for(2)
+    device_op = {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": "add_device",
+        "device": {"token": "tok-1", "platform": "ios", "last_used": TRACK_TS},
+    }
+    # Two ops in one request despite batch_size 1: a delivery's ops succeed or fail together.
+    assert first.body == {"batch": [device_op, event_op("u1", "Application Opened", "m-1")]}
+    assert second.body == {"batch": [event_op("u2", "Clicked", "m-2")]}
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_an_op_over_a_limit_is_dead_lettered_unsent_while_a_good_one_is_delivered(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url, api=api)
+    for message in (track("u1", "E" * 101, "m-long"), track("u2", "Good", "m-good")):
+        status, body, _ = await post(f"{url}/v1/track", message, headers=AUTH)
+        assert (status, body) == (200, {"success": True})
+    [request] = await customerio.wait_for(1)
+    good = event_op("u2", "Good", "m-good")
+    if api == "v2":
+        assert (request.method, request.path, request.body) == (
+            "POST",
+            "/api/v2/batch",
+            {"batch": [good]},
+        )
+    else:
+        v1_body = {
+            "name": "Good",
+            "type": "event",
+            "data": {},
+            "id": good["id"],
+            "timestamp": TRACK_TS,
+        }
+        assert (request.method, request.path, request.body) == (
+            "POST",
+            "/api/v1/customers/u2/events",
+            v1_body,
+        )
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 1}}) == {
+        "customerio.main": {"dead": 1}
+    }
+    [dead] = await relay_of(app).store.dead_letters()
+    assert dead.message["messageId"] == "m-long"
+    assert dead.reason == (
+        "person event: event name is 101 bytes; Customer.io accepts event names of at most "
+        "100 bytes"
+    )
+    assert len(customerio.requests) == 1  # the long name never reached Customer.io

@@ -351,6 +351,35 @@ def test_empty_created_at_gives_way_to_created_at_in_camel_case() -> None:
     assert identify_attributes(traits) == {"created_at": TS}
 
 
+@pytest.mark.parametrize(
+    ("traits", "created_at"),
+    [
+        ({"created_at": "junk", "createdAt": "2024-01-15T10:30:00Z"}, TS),
+        ({"created_at": "2024-01-15T10:30:00Z", "createdAt": "junk"}, TS),
+        ({"created_at": True, "createdAt": 1_705_314_600_000}, TS),
+        ({"created_at": {"at": 1}, "createdAt": "1705314600"}, TS),
+        # Both read as times: created_at comes first.
+        ({"created_at": TS, "createdAt": "1999-01-01"}, TS),
+        # Neither does: created_at goes as given.
+        ({"created_at": "junk", "createdAt": "also junk"}, "junk"),
+        ({"created_at": "", "createdAt": "junk"}, "junk"),
+    ],
+)
+def test_created_at_is_whichever_key_reads_as_a_time(
+    traits: dict[str, Any], created_at: Any
+) -> None:
+    message = {"type": "identify", "userId": "u1", "traits": traits}
+    assert v2(message) == [
+        {
+            "type": "person",
+            "identifiers": {"id": "u1"},
+            "action": "identify",
+            "attributes": {"created_at": created_at},
+        }
+    ]
+    assert v1(message) == [("PUT", "/api/v1/customers/u1", {"created_at": created_at})]
+
+
 @pytest.mark.parametrize("value", ["", None])
 def test_empty_created_at_is_dropped(value: Any) -> None:
     assert identify_attributes({"created_at": value, "createdAt": value}) == {}
@@ -591,40 +620,90 @@ def test_device_copies_only_string_properties_within_attribute_limits() -> None:
     )
 
 
+def opened(device: dict[str, Any], os: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An "Application Opened" of u1 with this device (and OS) context, and nothing else."""
+    context: dict[str, Any] = {"device": device}
+    if os is not None:
+        context["os"] = os
+    return {"type": "track", "userId": "u1", "event": "Application Opened", "context": context}
+
+
+OPENED_V2 = {
+    "type": "person",
+    "identifiers": {"id": "u1"},
+    "action": "event",
+    "name": "Application Opened",
+    "attributes": {},
+}
+OPENED_V1 = (
+    "POST",
+    "/api/v1/customers/u1/events",
+    {"name": "Application Opened", "type": "event", "data": {}},
+)
+
+
 @pytest.mark.parametrize(
-    ("device_type", "platform"),
+    ("device", "os", "platform"),
     [
-        ("ios", "ios"),
-        ("iOS", "ios"),
-        ("iPadOS", "ios"),
-        ("tvOS", "ios"),
-        ("watchOS", "ios"),
-        ("android", "android"),
-        ("Android", "android"),
+        ({"type": "ios"}, None, "ios"),
+        ({"type": "iOS"}, None, "ios"),
+        ({"type": "iPadOS"}, None, "ios"),
+        ({"type": "tvOS"}, None, "ios"),
+        ({"type": "watchOS"}, None, "ios"),
+        ({"type": "iPhone OS"}, None, "ios"),
+        ({"type": "iPhone"}, None, "ios"),
+        ({"type": "ipad"}, None, "ios"),
+        ({"type": " iOS "}, None, "ios"),
+        ({"type": "android"}, None, "android"),
+        ({"type": "Android"}, None, "android"),
+        ({"type": "Android OS"}, None, "android"),
+        # Without a device type, or with one that names no platform, the OS name decides.
+        ({}, {"name": "iPhone OS"}, "ios"),
+        ({}, {"name": "Android"}, "android"),
+        ({"type": "mobile"}, {"name": "iOS"}, "ios"),
+        ({"type": "ios"}, {"name": "Android"}, "ios"),
     ],
 )
-def test_device_platform_is_normalised(device_type: str, platform: str) -> None:
-    message = device_message("Application Opened", device={"token": "t", "type": device_type})
-    assert v2(message)[0]["device"]["platform"] == platform
+def test_device_platform_is_normalised_to_ios_or_android(
+    device: dict[str, Any], os: dict[str, Any] | None, platform: str
+) -> None:
+    message = opened({"token": "t", **device}, os)
+    device_v2 = {"token": "t", "platform": platform, "last_used": 1_700_000_000}
+    assert v2(message) == [
+        {
+            "type": "person",
+            "identifiers": {"id": "u1"},
+            "action": "add_device",
+            "device": device_v2,
+        },
+        OPENED_V2,
+    ]
+    device_v1 = {"id": "t", "platform": platform, "last_used": 1_700_000_000}
+    assert v1(message) == [
+        ("PUT", "/api/v1/customers/u1/devices", {"device": device_v1}),
+        OPENED_V1,
+    ]
 
 
-def test_device_platform_falls_back_to_the_os_name() -> None:
-    message = device_message("Application Opened", device={"token": "t"})
-    assert v2(message)[0]["device"]["platform"] == "ios"
-
-
-def test_device_platform_that_is_unknown_is_passed_on_for_customer_io_to_judge() -> None:
-    message = device_message("Application Opened", device={"token": "t", "type": "web"}, os=None)
-    assert v2(message)[0]["device"]["platform"] == "web"
-
-
-def test_device_without_any_platform_hint_has_no_platform() -> None:
-    message = device_message("Application Opened", device={"token": "t"}, os=None, app=None)
-    assert v2(message)[0]["device"] == {
-        "token": "t",
-        "last_used": TS,
-        "attributes": {"campaign": "spring"},
-    }
+@pytest.mark.parametrize(
+    ("device", "os"),
+    [
+        ({"type": "macOS"}, None),
+        ({"type": "web"}, None),
+        ({"type": "Windows"}, {"name": "Windows"}),
+        ({"type": ""}, {"name": "Linux"}),
+        ({"type": 7}, None),
+        ({}, None),
+    ],
+)
+def test_device_platform_other_than_ios_or_android_sends_the_event_without_the_device(
+    device: dict[str, Any], os: dict[str, Any] | None
+) -> None:
+    # Customer.io refuses such a device, and its refusal would cost the event too (a
+    # delivery's ops succeed or fail together): the event goes alone.
+    message = opened({"token": "t", **device}, os)
+    assert v2(message) == [OPENED_V2]
+    assert v1(message) == [OPENED_V1]
 
 
 def test_device_last_used_falls_back_to_the_time_relay_received_it() -> None:
@@ -977,6 +1056,248 @@ def test_screen_without_a_name_is_rejected() -> None:
     assert rejected({"type": "screen", "userId": "u1"}) == "screen needs name or properties.name"
 
 
+# --- the same rules through both encoders -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "name"),
+    [
+        (
+            {
+                "name": "Pricing",
+                "properties": {"url": "https://e.co/a"},
+                "context": {"page": {"url": "https://e.co/b"}},
+            },
+            "https://e.co/a",
+        ),
+        (
+            {"name": "Pricing", "properties": {}, "context": {"page": {"url": "https://e.co/b"}}},
+            "https://e.co/b",
+        ),
+        (
+            {
+                "name": "Pricing",
+                "properties": {"url": ""},
+                "context": {"page": {"url": "https://e.co/b"}},
+            },
+            "https://e.co/b",
+        ),
+        ({"name": "Pricing", "properties": {}, "context": {"page": {}}}, "Pricing"),
+        ({"name": "Pricing", "properties": {}}, "Pricing"),
+    ],
+    ids=["properties-url", "context-page-url", "empty-url", "name-no-url", "name-no-context"],
+)
+def test_page_name_order_in_both_encoders(message: dict[str, Any], name: str) -> None:
+    message = {"type": "page", "userId": "u1", **message}
+    properties = message["properties"]
+    assert v2(message) == [
+        {
+            "type": "person",
+            "identifiers": {"id": "u1"},
+            "action": "page",
+            "name": name,
+            "attributes": properties,
+        }
+    ]
+    assert v1(message) == [
+        ("POST", "/api/v1/customers/u1/events", {"name": name, "type": "page", "data": properties})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("message", "name"),
+    [
+        ({"name": "Checkout", "properties": {"name": "Cart"}}, "Checkout"),
+        ({"properties": {"name": "Cart"}}, "Cart"),
+        ({"name": "", "properties": {"name": "Cart"}}, "Cart"),
+        ({"name": None, "properties": {"name": "Cart"}}, "Cart"),
+        ({"name": 42, "properties": {"name": "Cart"}}, "42"),
+    ],
+    ids=["name", "properties-name", "empty-name", "null-name", "numeric-name"],
+)
+def test_screen_name_fallback_in_both_encoders(message: dict[str, Any], name: str) -> None:
+    message = {"type": "screen", "userId": "u1", **message}
+    properties = message["properties"]
+    assert v2(message) == [
+        {
+            "type": "person",
+            "identifiers": {"id": "u1"},
+            "action": "screen",
+            "name": name,
+            "attributes": properties,
+        }
+    ]
+    assert v1(message) == [
+        (
+            "POST",
+            "/api/v1/customers/u1/events",
+            {"name": name, "type": "screen", "data": properties},
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("traits", "type_id", "attributes", "relationship"),
+    [
+        ({"plan": "team"}, "1", {"plan": "team"}, {"identifiers": {"id": "u1"}}),
+        ({"object_type_id": "2", "objectTypeId": "3"}, "2", {}, {"identifiers": {"id": "u1"}}),
+        ({"objectTypeId": 3, "plan": "team"}, "3", {"plan": "team"}, {"identifiers": {"id": "u1"}}),
+        ({"object_type_id": "", "objectTypeId": None}, "1", {}, {"identifiers": {"id": "u1"}}),
+        (
+            {"objectAttributes": {"name": "Sales"}, "plan": "ignored"},
+            "1",
+            {"name": "Sales"},
+            {"identifiers": {"id": "u1"}},
+        ),
+        (
+            {"relationshipAttributes": {"role": "admin"}, "plan": "team"},
+            "1",
+            {"plan": "team"},
+            {"identifiers": {"id": "u1"}, "relationship_attributes": {"role": "admin"}},
+        ),
+    ],
+    ids=["default", "snake-first", "camel", "empty-defaults", "object-attributes", "rel-attrs"],
+)
+def test_group_object_rules_in_both_encoders(
+    traits: dict[str, Any], type_id: str, attributes: dict[str, Any], relationship: dict[str, Any]
+) -> None:
+    message = {"type": "group", "userId": "u1", "groupId": "acme", "traits": traits}
+    expected = {
+        "type": "object",
+        "identifiers": {"object_type_id": type_id, "object_id": "acme"},
+        "action": "identify",
+        "attributes": attributes,
+        "cio_relationships": [relationship],
+    }
+    assert v2(message) == [expected]
+    # v1 has no object calls: the v2 op goes to the v2 entity endpoint.
+    assert v1(message) == [("POST", "/api/v2/entity", expected)]
+
+
+@pytest.mark.parametrize(
+    ("person_fields", "action", "identifiers"),
+    [
+        ({"userId": "u1", "anonymousId": "a1"}, "identify", {"id": "u1"}),
+        ({"anonymousId": "a1"}, "identify_anonymous", {"anonymous_id": "a1"}),
+        (
+            {"anonymousId": "a1", "context": {"traits": {"email": "ann@example.com"}}},
+            "identify",
+            {"email": "ann@example.com"},
+        ),
+    ],
+    ids=["known", "anonymous", "email-beats-anonymous"],
+)
+def test_group_identify_anonymous_in_both_encoders(
+    person_fields: dict[str, Any], action: str, identifiers: dict[str, str]
+) -> None:
+    message = {"type": "group", "groupId": "acme", "traits": {"n": 1}, **person_fields}
+    expected = {
+        "type": "object",
+        "identifiers": {"object_type_id": "1", "object_id": "acme"},
+        "action": action,
+        "attributes": {"n": 1},
+        "cio_relationships": [{"identifiers": identifiers}],
+    }
+    assert v2(message) == [expected]
+    assert v1(message) == [("POST", "/api/v2/entity", expected)]
+
+
+ANN = "ann@example.com"
+OLD = "old@example.com"
+
+
+@pytest.mark.parametrize(
+    ("message", "identifiers", "v1_path", "attributes"),
+    [
+        (
+            {"userId": "u1", "traits": {"email": ANN}, "context": {"traits": {"email": OLD}}},
+            {"id": "u1"},
+            "/api/v1/customers/u1",
+            {"email": ANN},
+        ),
+        (
+            {"userId": ANN, "traits": {"email": OLD}},
+            {"email": ANN},
+            "/api/v1/customers/ann%40example.com",
+            {"email": OLD},
+        ),
+        (
+            {"traits": {"email": ANN}, "context": {"traits": {"email": OLD}}},
+            {"email": ANN},
+            "/api/v1/customers/ann%40example.com",
+            {"email": ANN},
+        ),
+        (
+            {"traits": {}, "context": {"traits": {"email": OLD}}, "anonymousId": "a1"},
+            {"email": OLD},
+            "/api/v1/customers/old%40example.com",
+            {"anonymous_id": "a1"},
+        ),
+        (
+            {"traits": {"email": ""}, "anonymousId": "a1"},
+            {"anonymous_id": "a1"},
+            None,
+            {"email": ""},
+        ),
+    ],
+    ids=["user-id", "email-user-id", "traits-email", "context-email", "empty-email"],
+)
+def test_identify_email_precedence_in_both_encoders(
+    message: dict[str, Any],
+    identifiers: dict[str, str],
+    v1_path: str | None,
+    attributes: dict[str, Any],
+) -> None:
+    message = {"type": "identify", **message}
+    expected = {
+        "type": "person",
+        "identifiers": identifiers,
+        "action": "identify",
+        "attributes": attributes,
+    }
+    assert v2(message) == [expected]
+    # An anonymous profile has no v1 call: it goes to the v2 entity endpoint.
+    v1_request = ("PUT", v1_path, attributes) if v1_path else ("POST", "/api/v2/entity", expected)
+    assert v1(message) == [v1_request]
+
+
+@pytest.mark.parametrize(
+    ("message", "identifiers", "v1_path"),
+    [
+        (
+            {"userId": "u1", "context": {"traits": {"email": OLD}}},
+            {"id": "u1"},
+            "/api/v1/customers/u1/events",
+        ),
+        (
+            {"anonymousId": "a1", "context": {"traits": {"email": OLD}}},
+            {"email": OLD},
+            "/api/v1/customers/old%40example.com/events",
+        ),
+        # A track has no traits of its own: a stray one does not identify.
+        ({"anonymousId": "a1", "traits": {"email": ANN}}, {"anonymous_id": "a1"}, "/api/v1/events"),
+    ],
+    ids=["user-id", "context-email", "stray-traits"],
+)
+def test_track_email_precedence_in_both_encoders(
+    message: dict[str, Any], identifiers: dict[str, str], v1_path: str
+) -> None:
+    message = {"type": "track", "event": "Clicked", **message}
+    assert v2(message) == [
+        {
+            "type": "person",
+            "identifiers": identifiers,
+            "action": "event",
+            "name": "Clicked",
+            "attributes": {},
+        }
+    ]
+    body: dict[str, Any] = {"name": "Clicked", "type": "event", "data": {}}
+    if "anonymous_id" in identifiers:
+        body["anonymous_id"] = identifiers["anonymous_id"]
+    assert v1(message) == [("POST", v1_path, body)]
+
+
 # --- alias ------------------------------------------------------------------------------------
 
 
@@ -1223,11 +1544,9 @@ def test_event_name_over_100_bytes_is_refused(action: str) -> None:
     )
 
 
-def test_page_name_is_a_url_and_not_held_to_the_event_name_limit() -> None:
-    url = (
-        "https://example.com/landing?utm_source=newsletter&utm_medium=email&utm_campaign="
-        + "x" * 80
-    )
+def test_a_page_named_by_a_long_url_is_sent() -> None:
+    # Customer.io's own web snippet names every page view by its full URL.
+    url = "https://shop.example/products/a-long-name?utm_source=newsletter&utm_medium=email" * 3
     assert check_limits(person("page", name=url, attributes={})) is None
 
 
@@ -1259,6 +1578,44 @@ def test_more_than_300_attributes_is_refused() -> None:
     assert check_limits(person(attributes=attributes)) == (
         "attributes has 301 attributes; Customer.io accepts at most 300 per call"
     )
+
+
+def test_v1_identify_counts_the_timestamp_it_adds_among_the_attributes() -> None:
+    # 299 traits and anonymous_id are 300 attributes, as v2 sends them; v1 writes them flat
+    # next to `_timestamp`, a 301-key body.
+    traits = {f"k{i}": i for i in range(299)}
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "anonymousId": "a1",
+        "timestamp": TIMESTAMP,
+        "traits": traits,
+    }
+    [op] = ops(message)
+    assert check_limits(op, "v2") is None
+    assert check_limits(op, "v1") == (
+        "attributes has 301 attributes, counting the _timestamp that v1 sends among them; "
+        "Customer.io accepts at most 300 per call"
+    )
+    assert map_and_check(message, received_at=RECEIVED_AT, api="v1") == Rejection(
+        "person identify: attributes has 301 attributes, counting the _timestamp that v1 sends "
+        "among them; Customer.io accepts at most 300 per call"
+    )
+    [(_, _, body)] = v1({**message, "traits": {f"k{i}": i for i in range(298)}})
+    assert len(body) == 300  # one trait fewer fits, and v1 then sends exactly 300 keys
+    assert map_and_check({**message, "traits": traits}, received_at=RECEIVED_AT) == [op]
+
+
+def test_v1_identify_without_timestamp_adds_no_key() -> None:
+    op = person(attributes={f"k{i}": i for i in range(300)})
+    assert check_limits(op, "v1") is None
+
+
+def test_v1_sends_anonymous_and_object_ops_as_v2_so_counts_them_as_v2() -> None:
+    attributes = {f"k{i}": i for i in range(300)}
+    anonymous = person(identifiers={"anonymous_id": "a1"}, attributes=attributes, timestamp=TS)
+    assert check_limits(anonymous, "v1") is None
+    assert encode_v1(anonymous)[0].path == "/api/v2/entity"
 
 
 def test_device_and_relationship_attributes_are_held_to_the_attribute_limits() -> None:

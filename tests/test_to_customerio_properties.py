@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import unquote
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -164,7 +167,17 @@ wild_messages = st.fixed_dictionaries(
         )
     },
 )
-segment_messages = well_typed_messages | wild_messages
+# … and identifies right at the 300-attribute limit, where the keys an encoder adds to a body
+# (v1's `_timestamp`) and relay adds to the traits (`anonymous_id`) make the difference.
+crowded_identifies = st.fixed_dictionaries(
+    {
+        "type": st.just("identify"),
+        "userId": ids,
+        "traits": st.integers(297, 301).map(lambda n: {f"t{i}": i for i in range(n)}),
+    },
+    optional={"anonymousId": ids, "timestamp": iso_dates},
+)
+segment_messages = well_typed_messages | wild_messages | crowded_identifies
 received_times = st.floats(min_value=0, max_value=4e9)
 
 
@@ -195,9 +208,15 @@ def assert_well_formed(result: Any) -> None:
         assert problem is None or isinstance(problem, str)
 
 
-def assert_within_limits(op: Operation) -> None:
-    """What check_limits promises, measured again from the encoded op."""
-    body = encode_v2(op)
+def assert_attributes_within_limits(attributes: Mapping[str, Any]) -> None:
+    assert len(attributes) <= MAX_ATTRIBUTES
+    for name, value in attributes.items():
+        assert utf8(name) <= MAX_ATTRIBUTE_NAME_BYTES
+        assert value_size(value) <= MAX_ATTRIBUTE_VALUE_BYTES
+
+
+def assert_v2_body_within_limits(body: dict[str, Any]) -> None:
+    """What check_limits(op, "v2") promises, measured again on the encoded v2 op."""
     compact = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     assert utf8(compact) <= MAX_OPERATION_BYTES
     identifier_sets = [
@@ -208,19 +227,50 @@ def assert_within_limits(op: Operation) -> None:
     identifier_sets += [item["identifiers"] for item in body.get("cio_relationships", [])]
     for identifiers in identifier_sets:
         assert all(utf8(value) <= MAX_IDENTIFIER_BYTES for value in identifiers.values())
-    if "name" in body and op.action != "page":  # a page's name is its URL, exempt by design
+    if "name" in body and body.get("action") != "page":  # a page is named by its URL
         assert utf8(body["name"]) <= MAX_EVENT_NAME_BYTES
     attribute_sets = [body.get("device", {}).get("attributes", {})]
     attribute_sets += [
         item.get("relationship_attributes", {}) for item in body.get("cio_relationships", [])
     ]
-    if op.action not in ("event", "page", "screen"):
+    if body.get("action") not in ("event", "page", "screen"):  # event data: op size only
         attribute_sets.append(body.get("attributes", {}))
     for attributes in attribute_sets:
-        assert len(attributes) <= MAX_ATTRIBUTES
-        for name, value in attributes.items():
-            assert utf8(name) <= MAX_ATTRIBUTE_NAME_BYTES
-            assert value_size(value) <= MAX_ATTRIBUTE_VALUE_BYTES
+        assert_attributes_within_limits(attributes)
+
+
+def assert_within_limits(op: Operation) -> None:
+    assert_v2_body_within_limits(encode_v2(op))
+
+
+def assert_v1_within_limits(op: Operation) -> None:
+    """What check_limits(op, "v1") promises, measured again on the v1 requests: bodies, and
+    the person's identifier where v1 puts it, in the path."""
+    for request in encode_v1(op):
+        body = request.body
+        assert isinstance(body, dict)
+        compact = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        assert utf8(compact) <= MAX_OPERATION_BYTES
+        if request.path == "/api/v2/entity":
+            assert_v2_body_within_limits(body)
+            continue
+        match = re.fullmatch(r"/api/v1/customers/([^/]+)(/.*)?", request.path)
+        if match:
+            identifier = unquote(match.group(1))
+            if "cio_id" in op.identifiers:  # v1 writes a cio_id as `cio_<id>`
+                identifier = identifier.removeprefix("cio_")
+            assert utf8(identifier) <= MAX_IDENTIFIER_BYTES
+        for key in ("primary", "secondary"):
+            assert all(utf8(v) <= MAX_IDENTIFIER_BYTES for v in body.get(key, {}).values())
+        if request.method == "PUT" and match and match.group(2) is None:
+            # identify: the attributes flat in the body, with whatever keys v1 adds there.
+            assert_attributes_within_limits(body)
+        elif "device" in body:
+            assert_attributes_within_limits(body["device"].get("attributes", {}))
+        elif "type" in body and "name" in body:  # an event, page or screen
+            if body["type"] != "page":  # a page is named by its URL
+                assert utf8(body["name"]) <= MAX_EVENT_NAME_BYTES
+            assert utf8(body.get("anonymous_id", "")) <= MAX_IDENTIFIER_BYTES
 
 
 @SETTINGS
@@ -244,8 +294,10 @@ def test_every_op_that_passes_check_limits_is_within_limits(
     if isinstance(result, Rejection):
         return
     for op in result:
-        if check_limits(op) is None:
+        if check_limits(op, "v2") is None:
             assert_within_limits(op)
+        if check_limits(op, "v1") is None:
+            assert_v1_within_limits(op)
 
 
 @SETTINGS
@@ -253,11 +305,12 @@ def test_every_op_that_passes_check_limits_is_within_limits(
 def test_map_and_check_passes_only_ops_within_limits(
     message: dict[str, Any], received_at: float
 ) -> None:
-    result = map_and_check(message, received_at=received_at)
-    if isinstance(result, list):
-        assert result == map_message(message, received_at=received_at)
-        for op in result:
-            assert check_limits(op) is None
+    for api in ("v2", "v1"):
+        result = map_and_check(message, received_at=received_at, api=api)
+        if isinstance(result, list):
+            assert result == map_message(message, received_at=received_at)
+            for op in result:
+                assert check_limits(op, api) is None
 
 
 @SETTINGS

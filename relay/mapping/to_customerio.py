@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
@@ -69,7 +69,8 @@ Action = Literal[
 
 @dataclass(frozen=True)
 class Device:
-    """A push device: `platform` is `ios`/`android` when known; `last_used` is unix seconds."""
+    """A push device: `platform` is `ios` or `android` on a device being added (None on one
+    being deleted, which needs only its token); `last_used` is unix seconds."""
 
     token: str
     platform: str | None = None
@@ -118,7 +119,19 @@ Mapped = list[Operation] | Rejection
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _DIGITS = re.compile(r"[0-9]+")
 _MILLISECONDS_ABOVE = 10**12
-_IOS_PLATFORMS = frozenset({"ios", "ipados", "tvos", "watchos"})
+# Customer.io keeps push devices for `ios` and `android` only. Keys are the names Segment's
+# libraries and mobile SDKs put in `context.device.type` or `context.os.name`, lowercased.
+_PLATFORMS: Mapping[str, str] = {
+    "ios": "ios",
+    "ipados": "ios",
+    "tvos": "ios",
+    "watchos": "ios",
+    "iphone os": "ios",
+    "iphone": "ios",
+    "ipad": "ios",
+    "android": "android",
+    "android os": "android",
+}
 _DEVICE_ADD_EVENTS = frozenset(
     {"Application Installed", "Application Opened", "Device Created or Updated"}
 )
@@ -237,35 +250,39 @@ def _seconds_from_number(number: int | float) -> int:
     return math.floor(number)
 
 
-def _created_at(value: Any) -> Any:
-    """`created_at` as integer unix seconds when it reads as a time; otherwise as given."""
+def _created_at_seconds(value: Any) -> int | None:
+    """`created_at` as integer unix seconds, or None when it does not read as a time."""
     if isinstance(value, bool):
-        return value
+        return None
     if isinstance(value, int):
         return _seconds_from_number(value)
     if isinstance(value, float):
-        return _seconds_from_number(value) if math.isfinite(value) else value
+        return _seconds_from_number(value) if math.isfinite(value) else None
     if isinstance(value, str):
         if _DIGITS.fullmatch(value):
             try:
                 return _seconds_from_number(int(value))
             except ValueError:  # longer than Python will read as an int: not a time anyway
-                return value
-        seconds = iso_to_seconds(value)
-        return value if seconds is None else seconds
-    return value
+                return None
+        return iso_to_seconds(value)
+    return None
 
 
 def _person_attributes(traits: Mapping[str, Any]) -> dict[str, Any]:
     """Traits as person attributes: dates converted, `created_at`/`createdAt` made one key."""
     rest = {k: v for k, v in traits.items() if k not in ("created_at", "createdAt")}
     attributes: dict[str, Any] = convert_dates(rest)
-    created = traits.get("created_at")
-    if created is None or created == "":
-        created = traits.get("createdAt")
     # An empty value says nothing; sending it would blank the profile's real signup date.
-    if created is not None and created != "":
-        attributes["created_at"] = _created_at(created)
+    given = [
+        value
+        for value in (traits.get("created_at"), traits.get("createdAt"))
+        if value is not None and value != ""
+    ]
+    if given:
+        # Whichever key reads as a time wins (created_at when both do): "junk" in one key must
+        # not hide a good date in the other. When neither reads, created_at goes as given.
+        seconds = (_created_at_seconds(value) for value in given)
+        attributes["created_at"] = next((s for s in seconds if s is not None), given[0])
     return attributes
 
 
@@ -363,16 +380,26 @@ def _object_identifiers(properties: Mapping[str, Any], event: str) -> dict[str, 
     return {"object_type_id": type_id, "object_id": object_id}
 
 
+def _platform(context: Any) -> str | None:
+    """`ios` or `android` from the first of `context.device.type`, `context.os.name` that
+    names one of them; None when neither does."""
+    for path in (("device", "type"), ("os", "name")):
+        hint = _text(_hint(context, *path))
+        platform = None if hint is None else _PLATFORMS.get(hint.strip().lower())
+        if platform is not None:
+            return platform
+    return None
+
+
 def _device(
     message: Mapping[str, Any], token: str, properties: Mapping[str, Any], times: _Times
-) -> Device:
+) -> Device | None:
+    """The device a device event registers, or None when its platform is not one Customer.io
+    keeps devices for (see map_track)."""
     context = message.get("context")
-    platform_hint = _text(_hint(context, "device", "type")) or _text(_hint(context, "os", "name"))
-    platform = None
-    if platform_hint is not None:
-        platform = platform_hint.lower()
-        if platform in _IOS_PLATFORMS:
-            platform = "ios"
+    platform = _platform(context)
+    if platform is None:
+        return None
     # Device attributes are strings in Customer.io, so only string properties are copied, and
     # only those within its attribute limits: all of them travel with the event anyway, and
     # one long property must not cost a person their push device.
@@ -445,8 +472,14 @@ def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     operations = []
     # Customer.io keeps devices on known people only; an anonymous install is still an event.
     if token is not None and event in _DEVICE_ADD_EVENTS and not _is_anonymous(person):
+        # Customer.io refuses a device whose platform is not ios or android (or is missing),
+        # and the refusal would take the event down with it, since a delivery's ops succeed or
+        # fail together. So such a device is left out and only the event is sent. Mapping has
+        # no channel for notes, so the event going alone is the visible trace (and the test
+        # pinning it).
         device = _device(message, token, properties, times)
-        operations.append(Operation("person", "add_device", person, device=device))
+        if device is not None:
+            operations.append(Operation("person", "add_device", person, device=device))
     operations.append(_named_event("event", event, person, properties, times))
     return operations
 
@@ -667,6 +700,20 @@ def _v1_event(op: Operation) -> OutgoingRequest:
     return OutgoingRequest("POST", _v1_customer_path(op.identifiers) + "/events", body)
 
 
+def _v1_sends_flat_attributes(op: Operation) -> bool:
+    """Whether encode_v1 writes `op`'s attributes flat into a `PUT /api/v1/customers/{id}`
+    body, among the reserved keys it adds there (so the limits must count those too)."""
+    return op.kind == "person" and op.action == "identify" and not op.anonymous
+
+
+def _v1_identify_body(op: Operation) -> dict[str, Any]:
+    """The body of v1's `PUT /api/v1/customers/{id}`: the attributes, flat, and `_timestamp`."""
+    body = dict(op.attributes or {})
+    if op.timestamp is not None:
+        body["_timestamp"] = op.timestamp
+    return body
+
+
 def encode_v1(op: Operation) -> list[OutgoingRequest]:
     """`op` as classic Track API v1 requests.
 
@@ -677,15 +724,12 @@ def encode_v1(op: Operation) -> list[OutgoingRequest]:
         return [_v1_event(op)]
     if op.kind == "object" or op.anonymous:
         return [OutgoingRequest("POST", "/api/v2/entity", encode_v2(op))]
+    if _v1_sends_flat_attributes(op):
+        return [OutgoingRequest("PUT", _v1_customer_path(op.identifiers), _v1_identify_body(op))]
     if op.action == "merge":
         body = {"primary": dict(op.primary or {}), "secondary": dict(op.secondary or {})}
         return [OutgoingRequest("POST", "/api/v1/merge_customers", body)]
     customer = _v1_customer_path(op.identifiers)
-    if op.action == "identify":
-        attributes = dict(op.attributes or {})
-        if op.timestamp is not None:
-            attributes["_timestamp"] = op.timestamp
-        return [OutgoingRequest("PUT", customer, attributes)]
     if op.action == "add_device" and op.device is not None:
         device = _device_body(op.device, "id")
         return [OutgoingRequest("PUT", customer + "/devices", {"device": device})]
@@ -726,10 +770,15 @@ def _check_identifiers(label: str, identifiers: Mapping[str, str]) -> str | None
     return None
 
 
-def _check_attributes(label: str, attributes: Mapping[str, Any]) -> str | None:
+def _check_attributes(
+    label: str, attributes: Mapping[str, Any], added: Sequence[str] = ()
+) -> str | None:
+    """`added`: reserved keys the encoder put among the attributes, named in a count refusal
+    because the sender never wrote them."""
     if len(attributes) > MAX_ATTRIBUTES:
+        counting = f", counting the {', '.join(added)} that v1 sends among them" if added else ""
         return (
-            f"{label} has {len(attributes)} attributes; Customer.io accepts at most "
+            f"{label} has {len(attributes)} attributes{counting}; Customer.io accepts at most "
             f"{MAX_ATTRIBUTES} per call"
         )
     for name, value in attributes.items():
@@ -748,32 +797,42 @@ def _check_attributes(label: str, attributes: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_limits(op: Operation) -> str | None:
-    """Which Customer.io limit `op` breaks, with the field and the size found, or None.
+def check_limits(op: Operation, api: str = "v2") -> str | None:
+    """Which Customer.io limit `op` breaks as `api` ("v1" or "v2") would send it, with the
+    field and the size found, or None.
 
     Sizes are UTF-8 bytes. An attribute value that is a string counts its own bytes (no
     quotes); any other value counts its compact JSON (`separators=(",", ":")`, non-ASCII
-    unescaped). The whole op is measured the same way as `encode_v2(op)` in compact JSON, so
-    a sink should send UTF-8 JSON, not `\\u`-escaped. Profile-style attributes (a person's or
-    an object's, a device's, a relationship's) are held to the attribute limits; event data is
-    not — Customer.io bounds it by total size only, which the op size covers. A page's name is
-    its URL and is not held to the event-name limit: Customer.io's own web snippet sends the
-    full URL as the name of every page view.
+    unescaped). Attributes are counted as the encoder writes them: v1 puts an identify's
+    attributes flat into its body next to `_timestamp`, so that key counts towards the 300
+    there. The whole op is measured as `encode_v2(op)` in compact JSON, for v1 too: every v1
+    body is smaller than the v2 op it comes from (the identifiers move to the path), so a sink
+    should send UTF-8 JSON, not `\\u`-escaped. Profile-style attributes (a person's or an
+    object's, a device's, a relationship's) are held to the attribute limits; event data is
+    not: Customer.io bounds it by its total size (100 KB), which the op size covers. A page's
+    name is its URL and is not held to the event-name limit: Customer.io's own web snippet
+    sends the full URL as the name of every page view, and URLs are often longer than 100
+    bytes, so refusing them would drop ordinary page views.
     """
     identifier_sets = [("identifiers", op.identifiers)]
     if op.primary is not None:
         identifier_sets.append(("primary", op.primary))
     if op.secondary is not None:
         identifier_sets.append(("secondary", op.secondary))
-    attribute_sets: list[tuple[str, Mapping[str, Any]]] = []
+    attribute_sets: list[tuple[str, Mapping[str, Any], Sequence[str]]] = []
     if op.attributes is not None and op.action not in _EVENT_ACTIONS:
-        attribute_sets.append(("attributes", op.attributes))
+        if api == "v1" and _v1_sends_flat_attributes(op):
+            body = _v1_identify_body(op)
+            reserved = [key for key in body if key not in op.attributes]
+            attribute_sets.append(("attributes", body, reserved))
+        else:
+            attribute_sets.append(("attributes", op.attributes, ()))
     if op.device is not None:
-        attribute_sets.append(("device.attributes", op.device.attributes))
+        attribute_sets.append(("device.attributes", op.device.attributes, ()))
     for relationship in op.relationships:
         identifier_sets.append(("cio_relationships.identifiers", relationship.identifiers))
         if relationship.attributes is not None:
-            attribute_sets.append(("relationship_attributes", relationship.attributes))
+            attribute_sets.append(("relationship_attributes", relationship.attributes, ()))
     try:
         for label, identifiers in identifier_sets:
             problem = _check_identifiers(label, identifiers)
@@ -786,8 +845,8 @@ def check_limits(op: Operation) -> str | None:
                     f"{op.action} name is {size} bytes; Customer.io accepts event names of at "
                     f"most {MAX_EVENT_NAME_BYTES} bytes"
                 )
-        for label, attributes in attribute_sets:
-            problem = _check_attributes(label, attributes)
+        for label, attributes, added in attribute_sets:
+            problem = _check_attributes(label, attributes, added)
             if problem is not None:
                 return problem
         size = _json_size(encode_v2(op))
@@ -801,13 +860,16 @@ def check_limits(op: Operation) -> str | None:
     return None
 
 
-def map_and_check(message: Mapping[str, Any], *, received_at: float) -> list[Operation] | Rejection:
-    """`map_message`, then a Rejection naming the first op that breaks a Customer.io limit."""
+def map_and_check(
+    message: Mapping[str, Any], *, received_at: float, api: str = "v2"
+) -> list[Operation] | Rejection:
+    """`map_message`, then a Rejection naming the first op that breaks a Customer.io limit
+    as `api` ("v1" or "v2") would send it."""
     operations = map_message(message, received_at=received_at)
     if isinstance(operations, Rejection):
         return operations
     for index, op in enumerate(operations):
-        problem = check_limits(op)
+        problem = check_limits(op, api)
         if problem is not None:
             where = (
                 f"{op.kind} {op.action}"

@@ -1,8 +1,9 @@
 """Customer.io Track API sink: v2 batches (default) or classic v1 calls, rate limited.
 
-Building requests is pure (`plan_v2`, `plan_v1`); `CustomerIOSink.deliver` only sends them
-in order and turns answers into outcomes. Deliveries for one person are sent in order, and
-once one of them must be retried the later ones for that person are held back.
+Building requests (`plan`, `pack_v2`) and reading answers (`batch_outcomes`) are pure;
+`CustomerIOSink.deliver` only sends the requests in order and settles each delivery by the
+answer about it. Deliveries for one person are sent in order, and once one of them must be
+retried the later ones for that person are held back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from relay.sinks.batching import pack
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry
 from relay.sinks.sender import Sender, json_headers
-from relay.sinks.transport import Transport
+from relay.sinks.transport import Response, Transport
 from relay.store.base import Delivery
 
 # "Under 500 KB": counted as 500,000 bytes to stay clear of either reading.
@@ -46,7 +47,8 @@ def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
     """Map each delivery's Segment message to v2 ops or v1 requests (pure)."""
     out = []
     for d in deliveries:
-        mapped = map_and_check(d.message, received_at=d.created_at)
+        # Limits are checked on what this API will send: v1 adds keys of its own to a body.
+        mapped = map_and_check(d.message, received_at=d.created_at, api=api)
         if isinstance(mapped, Rejection):
             out.append(Planned(d, rejection=mapped.reason))
             continue
@@ -62,7 +64,11 @@ def pack_v2(
     planned: Sequence[Planned], batch_size: int, max_bytes: int = MAX_BATCH_BYTES
 ) -> list[list[Planned]]:
     """Group deliveries into batch requests of at most `batch_size` ops and `max_bytes`,
-    keeping order; a delivery's ops never straddle two requests."""
+    keeping order; a delivery's ops never straddle two requests.
+
+    A delivery with more ops than `batch_size` (a device event is `add_device` plus the event,
+    two ops even with `batch_size: 1`) goes whole in a request of its own: it is settled by
+    one outcome, so its ops must succeed or fail together."""
     with_ops = [p for p in planned if p.ops]
     sizes = [(len(p.ops), sum(p.sizes) + len(p.sizes) - 1) for p in with_ops]
     return [[with_ops[i] for i in r] for r in pack(sizes, batch_size, max_bytes, _BATCH_OVERHEAD)]
@@ -70,6 +76,50 @@ def pack_v2(
 
 def batch_request(group: Sequence[Planned]) -> OutgoingRequest:
     return OutgoingRequest("POST", "/api/v2/batch", {"batch": [op for p in group for op in p.ops]})
+
+
+def batch_outcomes(
+    group: Sequence[Planned], outcome: Outcome, response: Response | None
+) -> list[Outcome] | None:
+    """Each delivery's outcome, in order, from the answer to the batch request carrying
+    `group`; None when that answer refuses the batch without saying which delivery is at
+    fault, so that each must be sent in a request of its own to find out.
+
+    A 207 lists the failed ops by `batch_index`: a delivery with a failed op is dead-lettered
+    with Customer.io's reasons, the others are done. A 207 that cannot be read that way is a
+    retryable failure of the whole request rather than a success: taking it for one would
+    lose whichever ops did fail. Sending it all again is safe, since Customer.io de-duplicates
+    events on their ULID `id` and identifies, device, suppress and delete ops only set state
+    (a merge repeated after it took effect may be refused, which then settles that delivery
+    alone, like any refusal below).
+
+    A dead-lettering 4xx (400, 404, 413, …; not 401/403, which pause) is about the request as
+    a whole, though usually one op is bad: with several deliveries in it, none can be blamed.
+    """
+    if (
+        isinstance(outcome, Dead)
+        and len(group) > 1
+        and response is not None
+        and 400 <= response.status < 500
+    ):
+        return None
+    if not isinstance(outcome, Done) or response is None or response.status != 207:
+        return [outcome] * len(group)
+    failed = failed_ops(response.body, sum(len(p.ops) for p in group))
+    if failed is None:
+        text = response.body.decode("utf-8", errors="replace").strip()[:200]
+        retry = Retry(
+            f"HTTP 207 without a readable list of failed ops ({text or 'empty body'});"
+            " sending the whole request again"
+        )
+        return [retry] * len(group)
+    outcomes: list[Outcome] = []
+    index = 0
+    for p in group:
+        reasons = [r for i in range(index, index + len(p.ops)) for r in failed.get(i, [])]
+        index += len(p.ops)
+        outcomes.append(Dead("Customer.io refused: " + "; ".join(reasons)) if reasons else DONE)
+    return outcomes
 
 
 def requests_for(
@@ -103,97 +153,99 @@ class CustomerIOSink:
             dest.key, dest.base_url, headers, dest.timeout, transport, limiter, metrics, clock
         )
 
-    async def send(self, request: OutgoingRequest) -> tuple[Outcome, bytes]:
-        outcome, response = await self.sender.send(request)
-        if response is not None and response.status == 207:
-            return outcome, response.body
-        return outcome, b""
-
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Outcome]:
         planned = plan(deliveries, self.dest.api)
         outcomes: dict[int, Outcome] = {}
+        live = []
         for p in planned:
             if p.rejection is not None:
                 outcomes[p.delivery.id] = Dead(p.rejection)
-        live = [p for p in planned if p.rejection is None]
-        if self.dest.api == "v1":
-            await self._deliver_v1(live, outcomes)
-        else:
-            await self._deliver_v2(live, outcomes)
+            elif not p.ops and not p.requests:
+                outcomes[p.delivery.id] = DONE  # nothing to send for it
+            else:
+                live.append(p)
+        await self._send_in_order(live, outcomes)
         return outcomes
 
-    async def _deliver_v1(self, planned: list[Planned], outcomes: dict[int, Outcome]) -> None:
-        blocked: set[str] = set()
-        paused = False
-        for p in planned:
-            d = p.delivery
-            if paused or d.ordering_key in blocked:
-                outcomes[d.id] = HOLD
-                continue
-            result: Outcome = DONE
-            for request in p.requests:
-                result, _ = await self.send(request)
-                if not isinstance(result, Done):
-                    break
-            outcomes[d.id] = result
-            if isinstance(result, Retry | Pause):
-                blocked.add(d.ordering_key)
-                paused = paused or isinstance(result, Pause)
+    async def _send_in_order(self, planned: list[Planned], outcomes: dict[int, Outcome]) -> None:
+        """Send `planned` in order, one request (v2: a batch of deliveries; v1: one delivery's
+        calls) at a time, and settle each delivery by the answer about it.
 
-    async def _deliver_v2(self, planned: list[Planned], outcomes: dict[int, Outcome]) -> None:
+        A retry holds back the later deliveries of that person, a pause everything left (both
+        as Hold). A batch refused as a whole goes back to the front of the queue with each of
+        its deliveries marked to travel alone: they then go through this same loop, rate limit
+        and settling, one request each, so that only the bad one is dead-lettered.
+        """
         blocked: set[str] = set()
+        alone: set[int] = set()
+        queue = planned
         paused = False
-        remaining = [p for p in planned if p.ops]
-        for p in planned:
-            if not p.ops:
-                outcomes[p.delivery.id] = DONE  # nothing to send for it (e.g. all ops empty)
-        while remaining:
-            if paused:
-                for p in remaining:
-                    outcomes[p.delivery.id] = HOLD
-                return
-            sendable = []
-            for p in remaining:
-                if p.delivery.ordering_key in blocked:
+        while queue:
+            ready = []
+            for p in queue:
+                if paused or p.delivery.ordering_key in blocked:
                     outcomes[p.delivery.id] = HOLD
                 else:
-                    sendable.append(p)
-            if not sendable:
+                    ready.append(p)
+            if not ready:
                 return
-            group = pack_v2(sendable, self.dest.batch_size)[0]
-            remaining = sendable[len(group) :]
-            result, body = await self.send(batch_request(group))
-            if isinstance(result, Done):
-                failed = _failed_ops(body) if body else {}
-                index = 0
-                for p in group:
-                    reasons = [failed[i] for i in range(index, index + len(p.ops)) if i in failed]
-                    index += len(p.ops)
-                    outcomes[p.delivery.id] = (
-                        Dead("Customer.io refused: " + "; ".join(reasons)) if reasons else DONE
-                    )
+            if self.dest.api == "v1" or ready[0].delivery.id in alone:
+                group = ready[:1]
+            else:
+                # Deliveries marked to travel alone are only ever at the front of the queue,
+                # so a batch packed from a front that is not one of them holds none.
+                group = pack_v2(ready, self.dest.batch_size)[0]
+            queue = ready[len(group) :]
+            settled = await self._attempt(group)
+            if settled is None:
+                alone.update(p.delivery.id for p in group)
+                queue = group + queue
                 continue
-            for p in group:
-                outcomes[p.delivery.id] = result
-                if isinstance(result, Retry | Pause):
+            for p, outcome in zip(group, settled, strict=True):
+                outcomes[p.delivery.id] = outcome
+                if isinstance(outcome, Retry | Pause):
                     blocked.add(p.delivery.ordering_key)
-            paused = isinstance(result, Pause)
+                paused = paused or isinstance(outcome, Pause)
+
+    async def _attempt(self, group: list[Planned]) -> list[Outcome] | None:
+        """Send `group` once: see `batch_outcomes` for what None means."""
+        if self.dest.api == "v1":
+            # One delivery's calls, in order; the first that does not succeed settles it.
+            [p] = group
+            result: Outcome = DONE
+            for request in p.requests:
+                result, _ = await self.sender.send(request)
+                if not isinstance(result, Done):
+                    break
+            return [result]
+        result, response = await self.sender.send(batch_request(group))
+        return batch_outcomes(group, result, response)
 
 
-def _failed_ops(body: bytes) -> dict[int, str]:
-    """`batch_index` → reason from a 207 answer.
+def failed_ops(body: bytes, count: int) -> dict[int, list[str]] | None:
+    """`batch_index` → reasons from a 207 answer to a batch of `count` ops, or None when the
+    answer does not say which ops failed.
 
-    The body is `{"errors": [{"batch_index", "reason", "field", "message"}]}`.
+    The body is `{"errors": [{"batch_index", "reason", "field", "message"}]}`. Not JSON, no
+    `errors` list, an empty one (a 207 says that some op failed), or an entry without a
+    usable index all leave the failed ops unknown: one entry that cannot be placed may be the
+    only failure, so it is not skipped.
     """
     try:
         payload = json.loads(body)
-    except ValueError:
-        return {}
-    failed: dict[int, str] = {}
+    except (ValueError, RecursionError):
+        return None
     errors = payload.get("errors") if isinstance(payload, dict) else None
-    for err in errors if isinstance(errors, list) else []:
-        if not isinstance(err, dict) or not isinstance(err.get("batch_index"), int):
-            continue
+    if not isinstance(errors, list) or not errors:
+        return None
+    failed: dict[int, list[str]] = {}
+    for err in errors:
+        if not isinstance(err, dict):
+            return None
+        index = err.get("batch_index")
+        # JSON `true` is an int to Python, and would pass for index 1.
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            return None
         parts = [f"{k}={err[k]}" for k in ("reason", "field", "message") if err.get(k) is not None]
-        failed[err["batch_index"]] = ", ".join(parts) or "rejected without a reason"
+        failed.setdefault(index, []).append(", ".join(parts) or "rejected without a reason")
     return failed
