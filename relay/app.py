@@ -33,13 +33,14 @@ from relay.sinks.transport import AiohttpTransport, Transport
 from relay.sources.customerio_webhooks import CustomerIOWebhooks
 from relay.sources.segment_api import SegmentAPI, WriteKeys
 from relay.store.base import Store
-from relay.store.sqlite import SqliteStore
+from relay.store.process import ProcessStore
 
 log = logging.getLogger("relay")
 
 
 def build_store(config: Config) -> Store:
-    return SqliteStore(
+    # The SQLite store runs in a process of its own (relay.store.process explains why).
+    return ProcessStore(
         config.sqlite_path, max_pending=config.max_pending, max_size_mb=config.max_size_mb
     )
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from relay.store.base import NewDelivery, NewEvent
-from relay.store.sqlite import SqliteStore
+from relay.store.sqlite import _DEDUP_SCHEMA, SqliteStore, _purge_slices
 
 
 def event(dedup_id: str, *, until: float | None = None, rejected: str | None = None) -> NewEvent:
@@ -98,7 +98,8 @@ async def test_an_expired_id_is_accepted_again_wherever_it_is_kept(tmp_path: Pat
         assert await store.enqueue([event("older", until=past)]) == ["queued"]
         await store.flush_ids()
         assert await store.enqueue([event("older")]) == ["queued"]  # expired, on disk
-        await store.purge(time.time())  # forgets the expired "older" on disk
+        for _ in range(256 // 8):  # a purge looks over a slice of the ids at a time
+            await store.purge(time.time())  # forgets the expired "older" on disk
         assert ids_on_disk(store) == 1
         await store.flush_ids()  # "older" again, with its new expiry
         assert ids_on_disk(store) == 2
@@ -133,3 +134,16 @@ async def test_a_rejected_message_with_an_id_is_stored_once(tmp_path: Path) -> N
         assert len(await store.dead_letters()) == 1
     finally:
         await store.close()
+
+
+def test_a_purge_forgets_expired_ids_in_its_slices_only() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(_DEDUP_SCHEMA)
+    keys = [bytes([b]) + b"x" * 15 for b in (0x00, 0x07, 0x08, 0xF8, 0xFF)]
+    conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(k, 10.0) for k in keys])
+    conn.execute("INSERT INTO dedup VALUES (?, ?)", (b"\x01" + b"y" * 15, 99.0))  # not expired
+    _purge_slices(conn, 0, 8, now=20.0)
+    left = sorted(row[0][0] for row in conn.execute("SELECT key FROM dedup"))
+    assert left == [0x01, 0x08, 0xF8, 0xFF]
+    _purge_slices(conn, 248, 8, now=20.0)  # the last slices, up to 0xFF included
+    assert sorted(row[0][0] for row in conn.execute("SELECT key FROM dedup")) == [0x01, 0x08]

@@ -94,15 +94,19 @@ ORDER BY d.id
 LIMIT :limit
 """
 
-# `key` is a digest of (kind, source, dedup id); `expires_at` is indexed so that forgetting
-# expired ids reads only those.
+# `key` is a digest of (kind, source, dedup id). No index on `expires_at`: a second index
+# would double the cost of recording ids; expired ids are forgotten a slice of the key space
+# at a time instead (digests spread evenly over it), and a lookup ignores them meanwhile.
 _DEDUP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
     key        BLOB PRIMARY KEY,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup (expires_at);
+DROP INDEX IF EXISTS dedup_expiry;
 """
+# Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
+# of the dedup ids are looked over every 16 minutes.
+_PURGE_SLICES = 8
 
 
 def dedup_key(kind: str, source: str, dedup_id: str) -> bytes:
@@ -111,6 +115,9 @@ def dedup_key(kind: str, source: str, dedup_id: str) -> bytes:
         f"{kind}\x1f{source}\x1f{dedup_id}".encode("utf-8", "surrogatepass"), digest_size=16
     ).digest()
 
+
+# id, ordering key, attempts, created at, source, kind, message JSON
+LeasedRow = tuple[int, str, int, float, str, str, bytes]
 
 _CHUNK = 500  # stays well under SQLite's bound-parameter limit
 
@@ -369,6 +376,7 @@ class SqliteStore:
         self._flushing: dict[bytes, float] = {}
         self._dedup_reader: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
+        self._purge_from = 0
         self._flusher: asyncio.Task[None] | None = None
         self._next_delivery_id = 1
         self._pending = 0
@@ -585,12 +593,22 @@ class SqliteStore:
         return outcomes
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
+        rows = await self.lease_rows(destination, limit, now)
+        return [
+            Delivery(did, destination, okey, attempts, created_at, source, kind, decode(message))
+            for did, okey, attempts, created_at, source, kind, message in rows
+        ]
+
+    async def lease_rows(self, destination: str, limit: int, now: float) -> list[LeasedRow]:
+        """`lease`, with each message as its stored JSON (for a caller that decodes it)."""
         return await self._submit(lambda conn: self._lease(conn, destination, limit, now))
 
     def _lease(
         self, conn: sqlite3.Connection, destination: str, limit: int, now: float
-    ) -> list[Delivery]:
-        rows = conn.execute(_LEASE, {"dest": destination, "now": now, "limit": limit}).fetchall()
+    ) -> list[LeasedRow]:
+        rows: list[LeasedRow] = conn.execute(
+            _LEASE, {"dest": destination, "now": now, "limit": limit}
+        ).fetchall()
         if rows:
             conn.executemany(
                 "UPDATE deliveries SET state = 'leased' WHERE id = ?", [(r[0],) for r in rows]
@@ -599,19 +617,7 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO holds VALUES (?, ?, ?)",
                 [(destination, r[1], r[0]) for r in rows],
             )
-        return [
-            Delivery(
-                id=did,
-                destination=destination,
-                ordering_key=okey,
-                attempts=attempts,
-                created_at=created_at,
-                source=source,
-                kind=kind,
-                message=decode(message),
-            )
-            for did, okey, attempts, created_at, source, kind, message in rows
-        ]
+        return rows
 
     async def complete(self, ids: list[int]) -> None:
         if ids:
@@ -736,9 +742,9 @@ class SqliteStore:
         return await self._submit(run)
 
     async def purge(self, now: float) -> None:
-        await self._dedup.submit(
-            lambda conn: conn.execute("DELETE FROM dedup WHERE expires_at <= ?", (now,))
-        )
+        first = self._purge_from
+        self._purge_from = (first + _PURGE_SLICES) % 256
+        await self._dedup.submit(lambda conn: _purge_slices(conn, first, _PURGE_SLICES, now))
 
     async def writable(self) -> bool:
         try:
@@ -760,6 +766,18 @@ def _seen(conn: sqlite3.Connection, keys: list[bytes], now: float) -> set[bytes]
             )
         )
     return seen
+
+
+def _purge_slices(conn: sqlite3.Connection, first: int, count: int, now: float) -> None:
+    """Forget the expired ids whose first byte is in [first, first + count)."""
+    low = bytes([first])
+    if first + count >= 256:
+        conn.execute("DELETE FROM dedup WHERE key >= ? AND expires_at <= ?", (low, now))
+    else:
+        high = bytes([first + count])
+        conn.execute(
+            "DELETE FROM dedup WHERE key >= ? AND key < ? AND expires_at <= ?", (low, high, now)
+        )
 
 
 def _record(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:

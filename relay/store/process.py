@@ -1,0 +1,401 @@
+"""The SQLite store run in a process of its own, behind the same `Store` interface.
+
+Everything the store does (checking dedup ids, building rows, SQLite's own work, commits)
+then runs on the other core, under a GIL of its own: in the relay's process it would compete
+with the event loop for one GIL, and every statement would wait for the loop to let go of it.
+The relay's process only sends each call over a socket and reads the answer back.
+
+The child is `python -m relay.store.process`, given one end of a socket pair. Frames are a
+4-byte length and a pickle, between two processes of one program on a private socket. A
+call's answer comes after its commit, so a 2xx still means "on disk". When the relay's process
+dies (even `kill -9`), the child reads the end of the socket, finishes what it has, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+from relay.codec import decode
+from relay.errors import ClientError, StoreUnavailable
+from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewDelivery, NewEvent, Retry
+from relay.store.sqlite import SqliteStore, StoreFull
+
+log = logging.getLogger("relay.store")
+
+_HEADER = struct.Struct("!I")
+# Errors that cross the socket as (kind, message, retry_after) and are raised again as is.
+_ERRORS: dict[str, type[ClientError]] = {
+    "StoreFull": StoreFull,
+    "StoreUnavailable": StoreUnavailable,
+}
+# How long the child may take to open the database (a large queue is scanned at start-up).
+_OPEN_TIMEOUT = 120.0
+
+# A NewEvent as it crosses the socket: plain tuples pickle several times faster than
+# dataclasses, and enqueue is the call made for every request.
+_EventTuple = tuple[
+    str, str, bytes, float, str, tuple[tuple[str, bytes | None], ...], str | None, float, str | None
+]
+
+
+def _event_tuple(e: NewEvent) -> _EventTuple:
+    return (
+        e.source,
+        e.kind,
+        e.message_json,
+        e.received_at,
+        e.ordering_key,
+        tuple((d.destination, d.message_json) for d in e.deliveries),
+        e.dedup_id,
+        e.dedup_until,
+        e.rejected_reason,
+    )
+
+
+def _event(t: _EventTuple) -> NewEvent:
+    source, kind, message, received_at, key, deliveries, dedup_id, until, rejected = t
+    return NewEvent(
+        source,
+        kind,
+        message,
+        received_at,
+        key,
+        tuple(NewDelivery(dest, body) for dest, body in deliveries),
+        dedup_id,
+        until,
+        rejected,
+    )
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+def _frame(value: Any) -> bytes:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+class ProcessStore:
+    """A `SqliteStore` in a child process; safe against `kill -9` of either process."""
+
+    def __init__(
+        self, path: str, *, max_pending: int = 5_000_000, max_size_mb: int | None = None
+    ) -> None:
+        self.path = path
+        self.max_pending = max_pending
+        self.max_size_mb = max_size_mb
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._opened = False  # open() succeeded and close() was not called since
+        self._restarting: asyncio.Task[None] | None = None
+        self.healthy = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        await self._start()
+        self._opened = True
+
+    async def _start(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        ours, theirs = socket.socketpair()
+        args = [sys.executable, "-m", "relay.store.process", "--fd", str(theirs.fileno())]
+        args += ["--path", self.path, "--max-pending", str(self.max_pending)]
+        if self.max_size_mb:
+            args += ["--max-size-mb", str(self.max_size_mb)]
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *args, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL
+            )
+        finally:
+            theirs.close()
+        reader, self._writer = await asyncio.open_connection(sock=ours)
+        self._reader_task = asyncio.create_task(self._read_answers(reader), name="relay-store")
+        try:
+            await asyncio.wait_for(self._call("open"), _OPEN_TIMEOUT)
+        except BaseException:
+            await self._stop()
+            raise
+
+    async def close(self) -> None:
+        self._opened = False
+        if self._restarting is not None:
+            with contextlib.suppress(Exception):
+                await self._restarting
+            self._restarting = None
+        await self._stop()
+
+    def _restart_soon(self) -> None:
+        """The child stopped without being asked: start a new one, so that the requests
+        after those that got a 503 find the store again."""
+        if self._opened and (self._restarting is None or self._restarting.done()):
+            self._restarting = asyncio.create_task(self._restart(), name="relay-store-restart")
+
+    async def _restart(self) -> None:
+        await self._stop()
+        while self._opened:
+            try:
+                await self._start()
+                log.warning("the event store's process was started again")
+                return
+            except Exception as exc:
+                log.error("the event store's process cannot start (%s); trying again", exc)
+                await self._stop()
+                await asyncio.sleep(1)
+
+    async def _stop(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(StoreUnavailable, ConnectionError):
+                await self._call("close")
+            self._writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self._writer.wait_closed()
+            self._writer = None
+        if self._proc is not None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 30)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+            self._proc = None
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+            self._reader_task = None
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                call_id, ok, value = await _read_frame(reader)
+                fut = self._waiting.pop(call_id, None)
+                if fut is None or fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    kind, message, retry_after = value
+                    fut.set_exception(
+                        _ERRORS.get(kind, StoreUnavailable)(message, retry_after=retry_after)
+                    )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if self._opened:
+                log.error("the event store's process stopped; starting it again")
+                self._restart_soon()
+        finally:
+            self.healthy = False
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(
+                        StoreUnavailable(
+                            "the event store's process stopped and is being started again;"
+                            " nothing acknowledged was lost, retry in a few seconds"
+                        )
+                    )
+            self._waiting.clear()
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        writer = self._writer
+        if writer is None or self._reader_task is None or self._reader_task.done():
+            raise StoreUnavailable("the event store is not open (starting); retry in a few seconds")
+        call_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = fut
+        writer.write(_frame((call_id, method, args)))
+        await writer.drain()
+        try:
+            value = await fut
+        except StoreUnavailable:
+            self.healthy = False
+            raise
+        self.healthy = True
+        return value
+
+    # ------------------------------------------------------------------ Store
+
+    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
+        outcomes: list[EnqueueOutcome] = await self._call(
+            "enqueue", [_event_tuple(e) for e in events]
+        )
+        return outcomes
+
+    async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
+        rows = await self._call("lease_rows", destination, limit, now)
+        return [
+            Delivery(did, destination, okey, attempts, created_at, source, kind, decode(message))
+            for did, okey, attempts, created_at, source, kind, message in rows
+        ]
+
+    async def complete(self, ids: list[int]) -> None:
+        if ids:
+            await self._call("complete", ids)
+
+    async def retry(self, retries: list[Retry]) -> None:
+        if retries:
+            await self._call("retry", retries)
+
+    async def release(self, ids: list[int]) -> None:
+        if ids:
+            await self._call("release", ids)
+
+    async def dead_letter(self, items: list[tuple[int, str]], now: float) -> None:
+        if items:
+            await self._call("dead_letter", items, now)
+
+    async def dead_letters(
+        self, limit: int = 100, destination: str | None = None
+    ) -> list[DeadLetter]:
+        found: list[DeadLetter] = await self._call("dead_letters", limit, destination)
+        return found
+
+    async def replay(self, ids: list[int] | None, now: float) -> int:
+        count: int = await self._call("replay", ids, now)
+        return count
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = await self._call("counts")
+        return found
+
+    async def purge(self, now: float) -> None:
+        await self._call("purge", now)
+
+    async def flush_ids(self) -> int:
+        count: int = await self._call("flush_ids")
+        return count
+
+    async def writable(self) -> bool:
+        try:
+            ok: bool = await self._call("writable")
+        except StoreUnavailable:
+            return False
+        return ok
+
+
+# ---------------------------------------------------------------------- the child
+
+
+class _Server:
+    """Runs calls from the relay's process on a `SqliteStore`, many at once, so that the
+    store's writer still commits concurrent requests together."""
+
+    def __init__(self, store: SqliteStore, writer: asyncio.StreamWriter) -> None:
+        self.store = store
+        self.writer = writer
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                call_id, method, args = await _read_frame(reader)
+                if method == "close":
+                    await self._finish()
+                    self._answer(call_id, True, None)
+                    await self.writer.drain()
+                    return
+                task = asyncio.create_task(self._handle(call_id, method, args))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The relay's process is gone: finish what was asked, then stop.
+            await self._finish()
+
+    async def _finish(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.store.close()
+
+    async def _handle(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            value = await self._dispatch(method, args)
+        except ClientError as exc:
+            self._answer(call_id, False, (type(exc).__name__, exc.message, exc.retry_after))
+        except Exception as exc:  # a bug must not leave the relay waiting forever
+            log.exception("store call %s failed", method)
+            self._answer(
+                call_id,
+                False,
+                ("StoreUnavailable", f"the event store failed: {type(exc).__name__}: {exc}", 5),
+            )
+        else:
+            self._answer(call_id, True, value)
+
+    async def _dispatch(self, method: str, args: tuple[Any, ...]) -> Any:
+        store = self.store
+        if method == "open":
+            await store.open()
+            return None
+        if method == "enqueue":
+            return await store.enqueue([_event(t) for t in args[0]])
+        if method == "lease_rows":
+            return await store.lease_rows(*args)
+        if method in _PLAIN_CALLS:
+            return await getattr(store, method)(*args)
+        raise ValueError(f"unknown store call {method!r}")
+
+    def _answer(self, call_id: int, ok: bool, value: Any) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(_frame((call_id, ok, value)))
+
+
+_PLAIN_CALLS = frozenset(
+    {
+        "complete",
+        "retry",
+        "release",
+        "dead_letter",
+        "dead_letters",
+        "replay",
+        "counts",
+        "purge",
+        "flush_ids",
+        "writable",
+    }
+)
+
+
+async def _serve(fd: int, store: SqliteStore) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    await _Server(store, writer).run(reader)
+    with contextlib.suppress(ConnectionError):
+        writer.close()
+        await writer.wait_closed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="relay's event store process (internal)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--max-pending", type=int, required=True)
+    parser.add_argument("--max-size-mb", type=int, default=None)
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group; the relay's process decides when this one
+    # stops (by closing the socket), after its deliveries in flight are settled.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    store = SqliteStore(args.path, max_pending=args.max_pending, max_size_mb=args.max_size_mb)
+    asyncio.run(_serve(args.fd, store))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

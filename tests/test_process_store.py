@@ -1,0 +1,57 @@
+"""The store's own process: answers come after the commit, a child that dies is started
+again, and what was acknowledged before survives it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from relay.errors import StoreUnavailable
+from relay.store.process import ProcessStore
+from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
+from tests.test_segment_api import post, sent_ops, track
+
+AUTH = {"Authorization": basic(WRITE_KEY)}
+
+
+async def test_a_killed_store_process_is_started_again_and_nothing_acknowledged_is_lost(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.default = (503, {}, {})  # keep the first event queued while the child dies
+    url, app = await relay_factory(cio_url=customerio.url)
+    store = relay_of(app).store
+    assert isinstance(store, ProcessStore) and store._proc is not None
+    status, _, _ = await post(f"{url}/v1/track", track("p1", "Before", "m-1"), headers=AUTH)
+    assert status == 200
+    first_child = store._proc.pid
+    os.kill(first_child, signal.SIGKILL)
+    # Until the new child is up, requests are refused with a 503 that says to retry.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        status, body, headers = await post(
+            f"{url}/v1/track", track("p2", "After", "m-2"), headers=AUTH
+        )
+        if status == 200:
+            break
+        assert status == 503 and headers["Retry-After"] and "retry" in body["message"]
+        assert asyncio.get_running_loop().time() < deadline, "the store never came back"
+        await asyncio.sleep(0.2)
+    assert store._proc is not None and store._proc.pid != first_child
+    customerio.default = (200, {}, {})
+    deadline = asyncio.get_running_loop().time() + 30
+    while {op["name"] for op in sent_ops(customerio)} != {"Before", "After"}:
+        assert asyncio.get_running_loop().time() < deadline, "an acknowledged event was lost"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_store_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    (tmp_path / "relay.db").mkdir()  # a directory where the database file should be
+    store = ProcessStore(str(tmp_path / "relay.db"))
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.open()
+    assert "unable to open database file" in caught.value.message
+    assert store._proc is None  # the child was stopped
