@@ -410,13 +410,14 @@ def create_app(
 def describe_missing(config: Config) -> list[str]:
     """Plain lines about unset environment variables (names only, never values)."""
     lines = []
-    by_name: dict[str, list[str]] = {}
+    by_name: dict[tuple[str, bool], list[str]] = {}
     for m in config.missing:
-        by_name.setdefault(m.name, []).append(
+        by_name.setdefault((m.name, m.empty), []).append(
             ".".join(str(p) for p in m.path) + (f" (line {m.line})" if m.line else "")
         )
-    for name, places in sorted(by_name.items()):
-        lines.append(f"environment variable {name} is not set; used by {', '.join(places)}")
+    for (name, empty), places in sorted(by_name.items()):
+        state = "is set but empty" if empty else "is not set"
+        lines.append(f"environment variable {name} {state}; used by {', '.join(places)}")
     if config.segment_webhook_secret is None:
         lines.append(
             "POST /webhooks/segment accepts unsigned events: set sources.segment.webhook_secret"

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from yaml.reader import ReaderError
 
 from relay.errors import ConfigError, ConfigProblem
 from relay.routing import Routes, compile_routes
@@ -35,9 +36,13 @@ SEGMENT_WEBHOOK_SOURCE = "webhook"
 
 @dataclass(frozen=True)
 class MissingVariable:
+    """A variable a setting needs that is unset, or set but empty where a value must not be
+    empty (a key, a Site ID): relay treats both alike."""
+
     name: str
     path: Path
     line: int | None
+    empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,13 +140,13 @@ class Duration(fields.Field[float]):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if isinstance(value, bool):
-            raise ValidationError("must be a duration such as 30s, 15m, 24h or 7d")
+            raise ValidationError("must be a duration")
         if isinstance(value, int | float):
             seconds = float(value)
         elif isinstance(value, str) and (m := _DURATION.match(value)):
             seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         else:
-            raise ValidationError("must be a duration such as 30s, 15m, 24h or 7d")
+            raise ValidationError("must be a duration")
         if seconds < 0:
             raise ValidationError("must not be negative")
         return seconds
@@ -270,25 +275,146 @@ _SECRET_PARENTS = {"write_keys", "signing_keys"}
 # --------------------------------------------------------------------------- YAML with positions
 
 
-def _build(
-    node: yaml.Node, path: Path, loader: yaml.SafeLoader, pos: dict[Path, tuple[int, int]]
-) -> Any:
-    pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) or key is None:
-                key = str(key)
-            child = (*path, key if isinstance(key, str) else str(key))
-            out[child[-1]] = _build(value_node, child, loader, pos)
-            # A key's own position is the most useful place to point at for key errors.
-            pos[(*child, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), loader, pos) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# More values than any config holds: beyond this, aliases of aliases are multiplying a
+# small file into a huge one ("billion laughs"), and reading it would never finish.
+_MAX_VALUES = 200_000
+# What YAML counts as a line break, for turning a character position into line:column.
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+class _AliasLoop(yaml.MarkedYAMLError):
+    """An alias inside the node it names: the value would contain itself, without end."""
+
+    def __init__(self, anchor: str, anchor_mark: Any, alias_mark: Any) -> None:
+        super().__init__(
+            problem=f"the alias *{anchor} is inside &{anchor}, the node it repeats, which"
+            " would then contain itself without end",
+            problem_mark=alias_mark,
+            context_mark=anchor_mark,
+        )
+        self.anchor = anchor
+
+
+class _TooManyValues(yaml.YAMLError):
+    def __init__(self, mark: Any) -> None:
+        super().__init__()
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing aliases that refer to a node they are inside of."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # Anchors of the nodes being composed, with where each starts.
+        self._open_anchors: dict[str, Any] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        anchor = getattr(event, "anchor", None)
+        if not isinstance(anchor, str):
+            return super().compose_node(parent, index)
+        if isinstance(event, yaml.AliasEvent):
+            start = self._open_anchors.get(anchor)
+            if start is not None:
+                raise _AliasLoop(anchor, start, event.start_mark)
+            return super().compose_node(parent, index)
+        self._open_anchors[anchor] = event.start_mark
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.pop(anchor, None)
+
+
+def _key_name(key: Any) -> str:
+    return key if isinstance(key, str) else str(key)
+
+
+class _Builder:
+    """Python values from composed YAML, the position of every path, and the keys given
+    twice in one mapping (YAML itself silently keeps the last one)."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: str, pos: dict[Path, tuple[int, int]]):
+        self.loader = loader
+        self.file = file
+        self.pos = pos
+        self.problems: list[ConfigProblem] = []
+        self._checked: set[int] = set()
+        self._count = 0
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self._count += 1
+        if self._count > _MAX_VALUES:
+            raise _TooManyValues(node.start_mark)
+        self.pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            # An aliased node is built once per alias, but its keys are checked once, and
+            # before merge keys (<<) are expanded: a key that overrides a merged one is meant.
+            if id(node) not in self._checked:
+                self._checked.add(id(node))
+                self._check_duplicates(node, path)
+            self.loader.flatten_mapping(node)
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                name = _key_name(self.loader.construct_object(key_node, deep=True))
+                child = (*path, name)
+                out[name] = self.build(value_node, child)
+                # A key's own position is the most useful place to point at for key errors.
+                self.pos[(*child, "<key>")] = (
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+    def _check_duplicates(self, node: yaml.MappingNode, path: Path) -> None:
+        first: dict[str, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            name = _key_name(self.loader.construct_object(key_node, deep=True))
+            earlier = first.setdefault(name, key_node)
+            if earlier is key_node:
+                continue
+            mark = key_node.start_mark
+            self.problems.append(
+                ConfigProblem(
+                    self.file,
+                    mark.line + 1,
+                    mark.column + 1,
+                    _field_name((*path, name)),
+                    f'the key "{name}" is given twice: it is already set at line'
+                    f" {earlier.start_mark.line + 1}, column {earlier.start_mark.column + 1}",
+                    "remove one; YAML keeps only the last",
+                )
+            )
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of a character position, counting lines as YAML does."""
+    line, start = 1, 0
+    for m in _LINE_BREAK.finditer(text, 0, position):
+        line, start = line + 1, m.end()
+    return line, position - start + 1
+
+
+def _yaml_error_hint(exc: yaml.MarkedYAMLError, text: str) -> str:
+    problem = exc.problem or ""
+    mark = exc.problem_mark
+    if ("'\\t'" in problem or " tab " in problem) and mark is not None:
+        lines = text.splitlines()
+        before = lines[mark.line][: mark.column] if mark.line < len(lines) else ""
+        if not before.strip():
+            return "indent with spaces, not tabs"
+        return "write spaces, not tabs: YAML does not allow a tab here"
+    start = exc.context_mark
+    if exc.context and start is not None and mark is not None:
+        # Where the unclosed bracket or quote began is usually where the mistake is.
+        return f"{exc.context} that starts at line {start.line + 1}, column {start.column + 1}"
+    return "fix the YAML syntax at this place"
 
 
 def _locate(pos: Mapping[Path, tuple[int, int]], path: Path) -> tuple[int | None, int | None]:
@@ -307,11 +433,16 @@ def _interpolate(
     env: Mapping[str, str],
     missing: list[tuple[str, Path]],
     defaulted: list[tuple[str, Path]],
+    empty: list[tuple[str, Path]],
 ) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, (*path, k), env, missing, defaulted) for k, v in value.items()}
+        return {
+            k: _interpolate(v, (*path, k), env, missing, defaulted, empty) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_interpolate(v, (*path, i), env, missing, defaulted) for i, v in enumerate(value)]
+        return [
+            _interpolate(v, (*path, i), env, missing, defaulted, empty) for i, v in enumerate(value)
+        ]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -325,9 +456,36 @@ def _interpolate(
                 return default
             missing.append((name, path))
             return ""
+        if got == "":
+            empty.append((name, path))
         return got
 
     return _VAR.sub(substitute, value)
+
+
+def _must_not_be_empty(path: Path) -> str | None:
+    """What the setting at `path` is, when it is one that is never valid empty (an empty
+    key or Site ID authenticates nothing); None otherwise."""
+    if len(path) == 4 and path[:3] == ("sources", "segment", "write_keys"):
+        return "write key"
+    if len(path) in (4, 5) and path[:3] == ("sources", "customerio", "signing_keys"):
+        return "signing key"
+    if len(path) == 4 and path[:2] == ("destinations", "customerio"):
+        return {"site_id": "Site ID", "api_key": "API key"}.get(str(path[3]))
+    if len(path) == 4 and path[:2] == ("destinations", "segment") and path[3] == "write_key":
+        return "write key"
+    return None
+
+
+def _value_at(data: Any, path: Path) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 def _field_name(path: Path) -> str:
@@ -356,18 +514,25 @@ def _known_keys(schema: Schema) -> list[str]:
 
 
 class _Collector:
-    """Turns validation messages into located problems, with hints for the usual mistakes."""
+    """Turns validation messages into located problems, each with a hint that says what to
+    write instead."""
 
     def __init__(
-        self, file: str, pos: dict[Path, tuple[int, int]], skip: Collection[Path] = ()
+        self,
+        file: str,
+        pos: dict[Path, tuple[int, int]],
+        skip: Collection[Path] = (),
+        empty: Mapping[Path, str] | None = None,
     ) -> None:
         self.file = file
         self.pos = pos
         self.skip = frozenset(skip)
+        # Paths whose value came from a variable that is set but empty, by variable name.
+        self.empty = dict(empty or {})
         self.problems: list[ConfigProblem] = []
         self.masked: set[Path] = set()
 
-    def add(self, path: Path, message: str, hint: str | None = None) -> None:
+    def add(self, path: Path, message: str, hint: str) -> None:
         if path in self.skip:
             self.masked.add(path)
             return
@@ -382,14 +547,129 @@ class _Collector:
         elif message[:1].isupper():
             # marshmallow's sentences ("Not a valid integer.") in the style of the others.
             message = message[0].lower() + message[1:].rstrip(".")
+        if path in self.empty:
+            hint = (
+                f"it comes from the environment variable {self.empty[path]}, which is empty; {hint}"
+            )
         self.problems.append(ConfigProblem(self.file, line, col, _field_name(path), message, hint))
 
     def add_validation(self, err: ValidationError, base: Path, schema: Schema) -> None:
-        for path, message in _flatten(err.messages, base):
-            hint = None
+        for raw_path, message in _flatten(err.messages, base):
+            rel, found = _resolve(schema, raw_path[len(base) :])
+            path = (*base, *rel)
             if message == "Unknown field.":
-                hint = _did_you_mean(str(path[-1]), _schema_at(schema, path[len(base) :]))
+                hint = _did_you_mean(str(path[-1]), _schema_at(schema, rel))
+                if len(path) == 1 and not hint.startswith("did you mean"):
+                    hint += "; a top-level key starting with x- is ignored (to hold YAML anchors)"
+            else:
+                hint = _validation_hint(found, message, path)
             self.add(path, message, hint)
+
+
+def _resolve(schema: Schema, rel: Path) -> tuple[Path, fields.Field[Any] | None]:
+    """A validation message's path without marshmallow's `value`/`key` markers inside
+    dicts (write_keys.web, not write_keys.web.value), and the field it is about."""
+    out: list[str | int] = []
+    container: Schema | fields.Dict | None = schema
+    found: fields.Field[Any] | None = None
+    i = 0
+    while i < len(rel):
+        part = rel[i]
+        out.append(part)
+        if isinstance(container, Schema):
+            found = container.fields.get(str(part))
+            if isinstance(found, fields.Nested) and isinstance(found.schema, Schema):
+                container = found.schema
+            elif isinstance(found, fields.Dict):
+                container = found
+            else:
+                container = None
+        elif isinstance(container, fields.Dict):
+            marker = rel[i + 1] if i + 1 < len(rel) else None
+            found = None
+            if marker == "value":
+                found, i = container.value_field, i + 1
+            elif marker == "key":
+                found, i = container.key_field, i + 1
+            container = None
+        else:
+            found = None
+        i += 1
+    return tuple(out), found
+
+
+_REQUIRED_HINTS = {
+    "site_id": 'add site_id: "${CIO_SITE_ID}", the Site ID from Customer.io: Settings > API'
+    " Credentials",
+    "api_key": 'add api_key: "${CIO_API_KEY}", the Track API key from Customer.io: Settings >'
+    " API Credentials",
+    "write_key": 'add write_key: "${SEGMENT_WRITE_KEY}", the write key of the Segment source'
+    " that receives these events",
+    "url": "add url: redis://127.0.0.1:6379/0",
+}
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _what_to_write(found: fields.Field[Any] | None, path: Path) -> str:
+    """What a valid value of the field at `path` looks like, as words after "write"."""
+    name = str(path[-1])
+    if isinstance(found, Duration):
+        return "a number of seconds or 30s, 15m, 24h, 7d"
+    validators = list(found.validators) if found is not None else []
+    for v in validators:
+        if isinstance(v, validate.OneOf):
+            choices = [str(c) for c in v.choices]
+            return ", ".join(choices[:-1]) + " or " + choices[-1]
+        if isinstance(v, validate.URL):
+            hosts = SEGMENT_HOSTS if path[:2] == ("destinations", "segment") else CUSTOMERIO_HOSTS
+            host = hosts["us"]
+            return f"a full URL such as {host}, or remove {name} to use the region's host"
+    if isinstance(found, fields.Integer | fields.Float):
+        words = "a whole number" if isinstance(found, fields.Integer) else "a number"
+        for v in validators:
+            if isinstance(v, validate.Range):
+                if v.min is not None and v.max is not None:
+                    words += f" from {v.min} to {v.max}"
+                elif v.min is not None:
+                    words += f" of at least {v.min}" if v.min_inclusive else f" above {v.min}"
+                elif v.max is not None:
+                    words += f" of at most {v.max}"
+        default = found.load_default
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            words += f", such as {_number_text(default)}"
+        return words
+    if path[-2:-1] == ("write_keys",) or name == "write_key":
+        return 'the write key as text, e.g. "${SEGMENT_WRITE_KEY}"'
+    if name in ("api_key", "site_id"):
+        return f'it as text, e.g. "${{CIO_{name.upper()}}}"'
+    if isinstance(found, fields.String):
+        return "text; quote it if YAML reads it as a number or true/false"
+    return "a value as the Configuration section of the README describes"
+
+
+def _validation_hint(found: fields.Field[Any] | None, message: str, path: Path) -> str:
+    name = str(path[-1])
+    if message.startswith("Missing data for required field"):
+        return _REQUIRED_HINTS.get(name, f"add {name}")
+    if isinstance(found, KeyList):
+        return (
+            'write one signing key, or a list of them while rotating keys: ["${OLD_KEY}",'
+            ' "${NEW_KEY}"]'
+        )
+    if isinstance(found, fields.Dict):
+        if name == "write_keys":
+            return 'write source names and their keys, e.g. write_keys: {web: "${WEB_WRITE_KEY}"}'
+        if name == "signing_keys":
+            return 'write source names and their keys, e.g. signing_keys: {marketing: "${CIO_KEY}"}'
+        return f"write {name}: on its own line, and each name: {{settings}} indented below it"
+    if isinstance(found, fields.Nested):
+        return f"write the settings of {name} as a mapping: key: value lines indented below it"
+    if message == "Field may not be null.":
+        return f"write {_what_to_write(found, path)}, or remove {name} to use the default"
+    return "write " + _what_to_write(found, path)
 
 
 def _schema_at(schema: Schema, rel: Path) -> list[str]:
@@ -404,13 +684,13 @@ def _schema_at(schema: Schema, rel: Path) -> list[str]:
     return _known_keys(current) if isinstance(current, Schema) else []
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str | None:
+def _did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
         return f'did you mean "{close[0]}"?'
     if choices:
         return "known keys: " + ", ".join(choices)
-    return None
+    return "remove it"
 
 
 # --------------------------------------------------------------------------- loading
@@ -429,8 +709,15 @@ def _read_file(path: str) -> str | ConfigProblem:
             f"cannot read the file: {exc.strerror or exc}",
             "check the path given to --config",
         )
-    except UnicodeDecodeError:
-        return ConfigProblem(path, None, None, "", "the file is not UTF-8 text")
+    except UnicodeDecodeError as exc:
+        return ConfigProblem(
+            path,
+            None,
+            None,
+            "",
+            f"the file is not UTF-8 text (byte {exc.start + 1} is not)",
+            "save the file as UTF-8",
+        )
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
@@ -554,6 +841,17 @@ def _missing_problem(
     file: str, pos: Mapping[Path, tuple[int, int]], m: MissingVariable
 ) -> ConfigProblem:
     line, col = _locate(pos, m.path)
+    if m.empty:
+        # Never the value: only that there is none.
+        what = _must_not_be_empty(m.path) or "value"
+        return ConfigProblem(
+            file,
+            line,
+            col,
+            _field_name(m.path),
+            f"environment variable {m.name} is empty",
+            f"set {m.name} to the {what} itself: an empty {what} is never valid",
+        )
     if is_secret_path(m.path):
         hint = "export it before running relay; secrets belong in the environment"
     else:
@@ -591,53 +889,132 @@ class _Reading:
 
     def _yaml(self, text: str) -> dict[str, Any] | None:
         file = self.file
+
+        def fail(line: int | None, col: int | None, message: str, hint: str) -> None:
+            self.problems.append(ConfigProblem(file, line, col, "", message, hint))
+
         try:
-            loader = yaml.SafeLoader(text)
+            loader = _Loader(text)
             try:
                 node = loader.get_single_node()
-                raw = {} if node is None else _build(node, (), loader, self.pos)
+                if node is None:
+                    # Reloading refuses it as well: an empty file is far more likely caught
+                    # half-written than meant to drop every source and destination.
+                    fail(
+                        None,
+                        None,
+                        "the file holds no settings at all",
+                        "write the settings into it; config/relay.yaml is a commented example"
+                        " to start from",
+                    )
+                    return None
+                builder = _Builder(loader, file, self.pos)
+                raw = builder.build(node, ())
+                self.problems.extend(builder.problems)
             finally:
                 loader.dispose()
+        except _AliasLoop as exc:
+            mark, anchor = exc.problem_mark, exc.context_mark
+            assert mark is not None and anchor is not None
+            fail(
+                mark.line + 1,
+                mark.column + 1,
+                f"not valid YAML: {exc.problem}",
+                f"&{exc.anchor} starts at line {anchor.line + 1}, column {anchor.column + 1};"
+                " an alias may only repeat a node that ends before it",
+            )
+            return None
+        except _TooManyValues as exc:
+            fail(
+                exc.mark.line + 1,
+                exc.mark.column + 1,
+                f"the aliases in this file expand to more than {_MAX_VALUES} values",
+                "an alias repeats a whole node, so aliases of nodes full of aliases multiply;"
+                " write the values out instead",
+            )
+            return None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            col = mark.column + 1 if mark else None
-            hint = "fix the YAML syntax at this place"
-            start = exc.context_mark
-            if exc.context and start is not None and exc.problem_mark is not None:
-                # Where the unclosed bracket or quote began is usually where the mistake is.
-                hint = (
-                    f"{exc.context} that starts at line {start.line + 1}, column {start.column + 1}"
-                )
-            self.problems.append(
-                ConfigProblem(file, line, col, "", f"not valid YAML: {exc.problem or exc}", hint)
+            fail(
+                mark.line + 1 if mark else None,
+                mark.column + 1 if mark else None,
+                f"not valid YAML: {exc.problem or exc}",
+                _yaml_error_hint(exc, text),
+            )
+            return None
+        except ReaderError as exc:
+            line, col = _line_column(text, exc.position)
+            what = (
+                f"the control character U+{exc.character:04X}"
+                if isinstance(exc.character, int)
+                else "a character"
+            )
+            fail(
+                line,
+                col,
+                f"not valid YAML: {what} is not allowed in a YAML file",
+                "delete it: most editors do not show it; in a double-quoted value, write it"
+                f" as the escape \\x{exc.character:02x}"
+                if isinstance(exc.character, int)
+                else "delete it",
             )
             return None
         except yaml.YAMLError as exc:
-            self.problems.append(ConfigProblem(file, None, None, "", f"not valid YAML: {exc}"))
+            fail(None, None, f"not valid YAML: {exc}", "fix the YAML syntax")
+            return None
+        except RecursionError:
+            fail(
+                None,
+                None,
+                "the file nests lists and mappings too deeply to be read",
+                "use fewer levels of nesting",
+            )
             return None
         if not isinstance(raw, dict):
-            collector = _Collector(file, self.pos)
-            collector.add(
-                (), "the file must hold a mapping with keys such as server, sources, routes"
+            top_line, top_col = _locate(self.pos, ())
+            hint = (
+                "the file is a list: write keys such as destinations: and routes: at the"
+                ' start of lines, without "- "'
+                if isinstance(raw, list)
+                else "write keys such as destinations: and routes: at the start of lines;"
+                " config/relay.yaml is a commented example"
             )
-            self.problems.extend(collector.problems)
+            fail(
+                top_line,
+                top_col,
+                "the file must hold a mapping with keys such as server, sources, routes",
+                hint,
+            )
             return None
         return raw
 
     def _read(self, raw: dict[str, Any], env: Mapping[str, str]) -> None:
         file, pos = self.file, self.pos
+        # Top-level x-… keys hold YAML anchors for use elsewhere in the file; relay reads
+        # only what the aliases bring where they are used.
+        raw = {k: v for k, v in raw.items() if not k.startswith("x-")}
         missing_raw: list[tuple[str, Path]] = []
         defaulted_raw: list[tuple[str, Path]] = []
-        data = _interpolate(raw, (), env, missing_raw, defaulted_raw)
+        empty_raw: list[tuple[str, Path]] = []
+        data = _interpolate(raw, (), env, missing_raw, defaulted_raw, empty_raw)
         self.data = data
-        missing = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in missing_raw]
+        # A variable that is set but empty, for a key or a Site ID, is as good as unset:
+        # `relay check` reports it, and a running relay leaves that destination or source
+        # unconfigured, exactly as when the variable is unset.
+        empty_paths = {
+            p for _, p in empty_raw if _must_not_be_empty(p) and _value_at(data, p) == ""
+        }
+        missing_raw += [(n, p) for n, p in empty_raw if p in empty_paths]
+        missing = [
+            MissingVariable(n, p, _locate(pos, p)[0], empty=p in empty_paths)
+            for n, p in missing_raw
+        ]
         defaulted = [MissingVariable(n, p, _locate(pos, p)[0]) for n, p in defaulted_raw]
         self.missing = missing
         missing_paths = {p for _, p in missing_raw}
         # An unset variable is reported once, by name; what its empty value then breaks
         # (a port that is not a number) would only repeat the same problem.
-        collector = _Collector(file, pos, skip=missing_paths)
+        collector = _Collector(file, pos, skip=missing_paths, empty={p: n for n, p in empty_raw})
 
         schema = ConfigSchema()
         top: dict[str, Any] | None = None
@@ -668,6 +1045,7 @@ class _Reading:
         self.declared_customerio_sources = _names(
             cio.get("signing_keys") if isinstance(cio, dict) else None
         )
+        _check_keys_not_empty(data, missing_paths, collector)
 
         # Destinations are validated one by one, even when the rest failed, so that one run
         # of `relay check` lists every problem in the file.
@@ -683,10 +1061,15 @@ class _Reading:
                 declared.append(f"{kind}.{name}")
                 dpath: Path = ("destinations", kind, name)
                 if not isinstance(body, dict):
+                    example = (
+                        '{site_id: "${CIO_SITE_ID}", api_key: "${CIO_API_KEY}"}'
+                        if kind == "customerio"
+                        else '{write_key: "${SEGMENT_WRITE_KEY}"}'
+                    )
                     collector.add(
                         dpath,
                         "must be a mapping of settings",
-                        "see the destinations section of the README",
+                        f"write its settings as a mapping, e.g. {name}: {example}",
                     )
                     continue
                 if kind == "customerio":
@@ -744,6 +1127,39 @@ class _Reading:
             segment_sources=tuple(sources["segment"]["write_keys"]),
             customerio_sources=tuple(sources["customerio"]["signing_keys"]),
         )
+
+
+def _check_keys_not_empty(data: Any, missing_paths: set[Path], collector: _Collector) -> None:
+    """Keys written empty in the file (not through a variable): they would authenticate
+    nothing, and a source with an empty key silently accepts no one."""
+    sources = data.get("sources") if isinstance(data, dict) else None
+    places: list[tuple[Path, Any, str]] = []
+    for kind, key, what in (
+        ("segment", "write_keys", "the write key of the Segment source"),
+        ("customerio", "signing_keys", "the signing key of the Customer.io reporting webhook"),
+    ):
+        source = sources.get(kind) if isinstance(sources, dict) else None
+        keys = source.get(key) if isinstance(source, dict) else None
+        for name, value in keys.items() if isinstance(keys, dict) else ():
+            path: Path = ("sources", kind, key, name)
+            if isinstance(value, list):
+                places += [((*path, i), v, what) for i, v in enumerate(value)]
+            else:
+                places.append((path, value, what))
+    destinations = data.get("destinations") if isinstance(data, dict) else None
+    group = destinations.get("segment") if isinstance(destinations, dict) else None
+    for name, body in group.items() if isinstance(group, dict) else ():
+        if isinstance(body, dict):
+            places.append(
+                (
+                    ("destinations", "segment", name, "write_key"),
+                    body.get("write_key"),
+                    "the write key of the Segment source that receives these events",
+                )
+            )
+    for path, value, what in places:
+        if value == "" and path not in missing_paths:
+            collector.add(path, "must not be empty", f"write {what}, or remove this entry")
 
 
 def _check_customerio_credentials(

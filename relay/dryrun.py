@@ -4,6 +4,9 @@ Each message goes through the same steps as at the door and in the delivery work
 validation, routing (with the source it would come from), the route's edits, and the
 mapping to the destination's requests. Send-time values (`sentAt`, the received time that
 stands in for a missing timestamp) use `now`, so a given `now` gives the same output.
+
+Each request is shown whole, headers included, except that the credentials in its
+Authorization header are replaced by a description of them: the output never holds a secret.
 """
 
 from __future__ import annotations
@@ -14,26 +17,51 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.codec import encode
-from relay.config import SEGMENT_WEBHOOK_SOURCE, Config, CustomerIODestination
+from relay.config import SEGMENT_WEBHOOK_SOURCE, Config, CustomerIODestination, Destination
 from relay.mapping import Rejection
 from relay.mapping.to_segment import map_webhook
 from relay.outgoing import OutgoingRequest
 from relay.routing import CUSTOMERIO, SEGMENT, Routes
 from relay.sinks import customerio, segment
+from relay.sinks.sender import json_headers
 from relay.sources import segment_messages as seg
 
 UNROUTED_NOTE = (
-    "matches no route: relay accepts it, counts it in relay_unrouted_events_total"
+    "matches no route: relay accepts it, counts it in relay_unrouted_events_total{kind,source}"
     " and delivers it nowhere"
 )
 
+# Top-level fields only Customer.io webhooks have, and fields of a webhook's `data`: a
+# message with one of these is a webhook even when its event_id is missing, so that what is
+# reported is the missing event_id, not a Segment message without a type.
+_WEBHOOK_FIELDS = ("event_id", "object_type", "metric", "event_type")
+_WEBHOOK_DATA_FIELDS = (
+    "delivery_id",
+    "customer_id",
+    "identifiers",
+    "email_address",
+    "campaign_id",
+    "action_id",
+    "broadcast_id",
+    "newsletter_id",
+    "transactional_message_id",
+    "journey_id",
+)
+_ACCEPT_JSON = {"Accept": "application/json"}
+
 
 def looks_like_customerio(message: Any) -> bool:
-    """Whether a message is a Customer.io reporting webhook rather than a Segment message."""
+    """Whether a message is a Customer.io reporting webhook rather than a Segment message,
+    judged by its shape (Segment messages have a `type` and none of the webhook's fields)."""
+    if not isinstance(message, dict):
+        return False
+    if any(name in message for name in _WEBHOOK_FIELDS):
+        return True
+    data = message.get("data")
     return (
-        isinstance(message, dict)
-        and "event_id" in message
-        and ("object_type" in message or "metric" in message or "event_type" in message)
+        "type" not in message
+        and isinstance(data, dict)
+        and any(name in data for name in _WEBHOOK_DATA_FIELDS)
     )
 
 
@@ -160,14 +188,28 @@ def _delivery(
             item["rejected"] = too_large[0]
             return item
         requests = [segment.batch_request([message], now)]
-    item["requests"] = [_request(dest.base_url, r) for r in requests]
+    headers = request_headers(dest)
+    item["requests"] = [_request(dest.base_url, headers, r) for r in requests]
     return item
 
 
-def _request(base_url: str, request: OutgoingRequest) -> dict[str, Any]:
+def request_headers(dest: Destination) -> dict[str, str]:
+    """The headers the destination's sink sends, with the credentials described, not shown."""
+    # The sinks' own header builder, given no credentials: only Authorization differs.
+    if isinstance(dest, CustomerIODestination):
+        headers = {**json_headers("", ""), **_ACCEPT_JSON}
+        headers["Authorization"] = f"Basic <site_id:api_key of {dest.key}>"
+    else:
+        headers = json_headers("")
+        headers["Authorization"] = f"Basic <write_key of {dest.key}>"
+    return headers
+
+
+def _request(base_url: str, headers: dict[str, str], request: OutgoingRequest) -> dict[str, Any]:
     return {
         "method": request.method,
         "url": base_url + request.path,
         "path": request.path,
+        "headers": dict(headers),
         "body": request.body,
     }

@@ -4,7 +4,8 @@ A reload reads the file again, validates it and compiles its routes exactly as
 `relay check` does (unset environment variables are tolerated, as at start-up). Any
 problem rejects the whole new config: every problem is logged and the running config stays.
 A valid config is swapped in by `Relay.reconfigure`, and one log line says what changed.
-An empty file is refused too: it is far more likely caught half-written than meant.
+An empty file is refused too, as `relay check` refuses it: it is far more likely caught
+half-written than meant.
 
 The file is polled (size, modification time and inode, once a second) rather than watched
 with an OS-specific API; a change is acted on once the file has stayed the same for one
@@ -21,7 +22,6 @@ from collections.abc import Mapping
 
 from relay.app import Relay
 from relay.config import check_config
-from relay.errors import ConfigProblem
 
 log = logging.getLogger("relay.reload")
 
@@ -97,12 +97,7 @@ class Reloader:
                 return False
             self._seen = file_signature(self.path)
             result = await asyncio.to_thread(check_config, self.path, self.env, require_env=False)
-            problems = list(result.problems)
-            if result.config is not None and not result.config.positions:
-                # Most likely caught while being written; never a reason to drop everything.
-                problems.append(
-                    ConfigProblem(self.path, None, None, "", "the file holds no settings at all")
-                )
+            problems = result.problems
             if problems or result.config is None or result.routes is None:
                 for problem in problems:
                     log.error("%s", problem)

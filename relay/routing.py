@@ -82,7 +82,9 @@ fields. ``from: customerio`` routes match the webhook as Customer.io sends it:
 ``object_type`` (``email``, ``push``, ``sms``, ``in_app``, …), ``metric`` (``sent``,
 ``opened``, ``clicked``, …), ``event_id``, ``timestamp`` and ``data.*``; for older
 workspaces that send only ``event_type`` (``email_opened``), ``object_type`` and ``metric``
-are derived from it for matching, so one route serves both formats.
+are derived from it for matching, so one route serves both formats. The top-level fields
+of each kind are a closed set (``_SEGMENT_FIELDS``, ``_CUSTOMERIO_FIELDS``); below them
+(``properties.*``, ``data.*``, …) any name may be matched.
 
 Delivery
 --------
@@ -98,13 +100,18 @@ loops: events relay makes from Customer.io webhooks carry ``"Customer.io": false
 
 Checks
 ------
-Besides unknown keys (with the closest known one) and wrong types, :func:`compile_routes`
-reports: an unknown ``from``, destination or source; a source of the other direction; an
-empty ``to``, ``sources``, ``any`` or list of values; a repeated destination; a
-``from: customerio`` route sending to Customer.io; bad globs (an unclosed ``[``, an empty
-range like ``[z-a]``); YAML that read a value as a date; comparisons with non-numbers;
-field paths of the other direction and near-miss field names (``evnet``); Segment ``type``
-values that do not exist; conditions that can never hold together (``type: track`` with
+Besides unknown keys (with the closest known one, or "put it under match:" for a
+condition written on the route itself) and wrong types, :func:`compile_routes` reports: an
+unknown ``from``, destination or source; a source of the other direction; an empty ``to``,
+``sources``, ``any`` or list of values; a repeated destination; a ``from: customerio``
+route sending to Customer.io; bad globs (an unclosed ``[``, an empty range like
+``[z-a]``); YAML that read a value as a date; comparisons with non-numbers, and comparisons
+written as text (``">= 100"``, which only matches that text); field paths of the other
+direction, unknown top-level fields (``user_id``: did you mean ``userId``; ``plan``: did
+you mean ``properties.plan``) and near-miss names below them (``data.campain_id``); Segment
+``type`` and Customer.io ``object_type`` values that do not exist, and ``metric`` values
+that are near misses of a known metric (``opend``; other metrics are allowed, the set is
+open); conditions that can never hold together (``type: track`` with
 ``all: [{type: identify}]``, ``missing`` with ``exists``, ``{gt: 10, lt: 5}``, an
 ``any`` alternative that contradicts its surroundings); a property renamed after being
 dropped; two properties renamed to the same name; repeated route names; and destinations
@@ -202,9 +209,17 @@ _CUSTOMERIO_DATA_FIELDS: Final = frozenset({
     "journey_id", "parent_action_id", "trigger_id", "content_id", "subject", "content",
     "headers", "href", "link_id", "failure_message", "email_id", "campaign_name", "template_id",
 })
-# Legacy webhooks name the channel as a prefix of event_type ("in_app_opened").
+# Legacy webhooks name the channel as a prefix of event_type ("in_app_opened"); these are
+# also every value of object_type.
 _CUSTOMERIO_CHANNELS: Final = (
     "customer", "email", "push", "sms", "in_app", "slack", "webhook", "whatsapp",
+)
+# The metrics Customer.io documents. The set is open (new ones appear), so a metric outside it
+# is reported only when it is a near miss of one of these.
+_CUSTOMERIO_METRICS: Final = (
+    "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted", "bounced",
+    "dropped", "spammed", "failed", "undeliverable", "deferred", "subscribed", "unsubscribed",
+    "replied", "cio_subscription_preferences_changed",
 )
 # fmt: on
 _TRAITS_TYPES: Final = frozenset({"identify", "group"})
@@ -212,6 +227,21 @@ _CUSTOMERIO_INTEGRATION: Final = "Customer.io"
 # Near-miss field names are reported only when this close, so that a genuinely custom
 # field is never mistaken for a typo.
 _TYPO_CUTOFF: Final = 0.8
+# How close an unknown top-level field must be to a known one to be offered as the fix
+# (compared without case, "_" and "-": user_id and UserID are userId).
+_FIELD_SUGGESTION_CUTOFF: Final = 0.7
+# A number comparison written as text (">= 100"), which would only match that very text.
+_COMPARISON_TEXT: Final = re.compile(
+    r"^\s*(>=|=>|<=|=<|>|<|==|=|!=|<>)\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*$"
+)
+_COMPARISON_WORDS: Final = {
+    ">=": "gte",
+    "=>": "gte",
+    "<=": "lte",
+    "=<": "lte",
+    ">": "gt",
+    "<": "lt",
+}
 
 
 class _Missing:
@@ -497,7 +527,7 @@ class _Compiler:
         }
         self.problems: list[Problem] = []
 
-    def add(self, path: Path, message: str, hint: str | None = None) -> None:
+    def add(self, path: Path, message: str, hint: str) -> None:
         self.problems.append(Problem(path, message, hint))
 
     def compile(self, routes: Any) -> tuple[Routes, list[Problem]]:
@@ -531,9 +561,7 @@ class _Compiler:
         for key in raw:
             if key not in ROUTE_KEYS:
                 self.add(
-                    (*path, str(key)),
-                    f'unknown key "{key}" in a route',
-                    _suggest(str(key), ROUTE_KEYS, _ROUTE_KEY_ALIASES, "route keys are"),
+                    (*path, str(key)), f'unknown key "{key}" in a route', _route_key_hint(str(key))
                 )
         name, named = self._name(raw, path, index)
         kind = self._kind(raw, path)
@@ -592,7 +620,7 @@ class _Compiler:
         if value is None:
             return None
         spath: Path = (*path, "sources")
-        items = self._names_list(value, spath, "source names")
+        items = self._names_list(value, spath, "source names", self._sources_example(kind))
         if items is None:
             return None
         if not items:
@@ -608,7 +636,11 @@ class _Compiler:
         accepted: set[str] = set()
         for item_path, name in items:
             if not isinstance(name, str):
-                self.add(item_path, f"a source name must be text, got {_describe(name)}")
+                self.add(
+                    item_path,
+                    f"a source name must be text, got {_describe(name)}",
+                    f"write source names as text, e.g. {self._sources_example(kind)}",
+                )
             elif name in own:
                 accepted.add(name)
             elif kind and name in other:
@@ -625,6 +657,11 @@ class _Compiler:
                 self.add(item_path, f'unknown source "{name}"', self._source_hint(name, kind, own))
         return frozenset(accepted)
 
+    def _sources_example(self, kind: str | None) -> str:
+        own = self.sources[kind] if kind else self.sources[SEGMENT]
+        names = sorted(own - {"webhook"})[:2] or (["marketing"] if kind == CUSTOMERIO else ["web"])
+        return f"sources: [{', '.join(names)}]"
+
     def _source_hint(self, name: str, kind: str | None, own: frozenset[str]) -> str:
         close = difflib.get_close_matches(name, sorted(own), n=1, cutoff=0.6)
         if close:
@@ -637,13 +674,19 @@ class _Compiler:
         known = f" (known: {', '.join(sorted(own))})" if own else ""
         return f"sources are {where}{known}"
 
-    def _names_list(self, value: Any, path: Path, what: str) -> list[tuple[Path, Any]] | None:
+    def _names_list(
+        self, value: Any, path: Path, what: str, example: str
+    ) -> list[tuple[Path, Any]] | None:
         """A name or a list of names, each with its own path; None (reported) otherwise."""
         if isinstance(value, str):
             return [(path, value)]
         if isinstance(value, list):
             return [((*path, j), item) for j, item in enumerate(value)]
-        self.add(path, f"expected {what} or a list of them, got {_describe(value)}")
+        self.add(
+            path,
+            f"expected {what} or a list of them, got {_describe(value)}",
+            f"write one name, or a list: e.g. {example}",
+        )
         return None
 
     def _to(
@@ -653,7 +696,9 @@ class _Compiler:
             self.add(path, 'the route has no "to"', f"add to: [{self._example_destination(kind)}]")
             return (), ()
         tpath: Path = (*path, "to")
-        items = self._names_list(raw["to"], tpath, "destination names")
+        items = self._names_list(
+            raw["to"], tpath, "destination names", f"to: [{self._example_destination(kind)}]"
+        )
         if items is None:
             return (), ()
         if not items:
@@ -670,6 +715,8 @@ class _Compiler:
                 self.add(
                     item_path,
                     f"a destination must be a name such as customerio.main, got {_describe(name)}",
+                    f"write it as customerio.<name> or segment.<name>, e.g."
+                    f" {self._example_destination(kind)}",
                 )
             elif name in accepted:
                 self.add(item_path, f'"{name}" is listed twice', "remove the repeat")
@@ -771,13 +818,20 @@ class _Compiler:
         value = raw.get("drop_properties")
         if value is None:
             return []
-        items = self._names_list(value, (*path, "drop_properties"), "property names or globs")
+        items = self._names_list(
+            value,
+            (*path, "drop_properties"),
+            "property names or globs",
+            'drop_properties: ["internal_*", card_last4]',
+        )
         out: list[tuple[str, Callable[[str], object]]] = []
         for item_path, pattern in items or ():
             if not isinstance(pattern, str) or not pattern:
                 self.add(
                     item_path,
                     f"a property name or glob must be non-empty text, got {_describe(pattern)}",
+                    'write a top-level property name or a glob, e.g. "internal_*"; quote it if'
+                    " YAML reads it as something else",
                 )
                 continue
             matcher = self._glob(pattern, item_path) if _is_glob(pattern) else _equals(pattern)
@@ -890,6 +944,14 @@ class _Compiler:
                     f'move this route before "{by.name}", narrow that route, or remove '
                     f"{destination} here",
                 )
+
+
+def _route_key_hint(key: str) -> str:
+    head = key.split(".", 1)[0]
+    if key in _COMBINATORS or head in _SEGMENT_FIELDS | _CUSTOMERIO_FIELDS:
+        # A condition written on the route itself, as in other tools' filters.
+        return f"put it under match:, e.g. match: {{{key}: …}}"
+    return _suggest(key, ROUTE_KEYS, _ROUTE_KEY_ALIASES, "route keys are")
 
 
 def _covers(earlier: _Compiled, later: _Compiled) -> bool:
@@ -1060,7 +1122,7 @@ class _MatchCompiler:
         self.compiler = compiler
         self.kind = kind
 
-    def add(self, path: Path, message: str, hint: str | None = None) -> None:
+    def add(self, path: Path, message: str, hint: str) -> None:
         self.compiler.add(path, message, hint)
 
     def compile(self, spec: Any, path: Path) -> Check | None:
@@ -1085,7 +1147,12 @@ class _MatchCompiler:
         for key, value in spec.items():
             kpath: Path = (*path, str(key))
             if not isinstance(key, str):
-                self.add(kpath, f"a match key must be a field path, got {_describe(key)}")
+                self.add(
+                    kpath,
+                    f"a match key must be a field path, got {_describe(key)}",
+                    "write a field path such as event or properties.plan, or one of the words "
+                    + ", ".join(_COMBINATORS),
+                )
                 continue
             if key == "not":
                 check = self._not(value, kpath, conj)
@@ -1139,7 +1206,11 @@ class _MatchCompiler:
         if inner is None:
             if len(self.compiler.problems) == before:
                 # The conditions inside always hold (say, any: [{}]), so the not never does.
-                self.add(path, "this not never holds: the conditions inside always hold")
+                self.add(
+                    path,
+                    "this not never holds: the conditions inside always hold",
+                    "remove the not, or put conditions inside it that a message can fail",
+                )
             return None
         return lambda message: not inner(message)
 
@@ -1197,7 +1268,11 @@ class _MatchCompiler:
         checks: list[Check] = []
         for item_path, item in items:
             if not isinstance(item, str):
-                self.add(item_path, f"a field path must be text, got {_describe(item)}")
+                self.add(
+                    item_path,
+                    f"a field path must be text, got {_describe(item)}",
+                    f"e.g. {word}: [userId, properties.plan]",
+                )
                 continue
             keys = self._path(item, item_path)
             if keys is None:
@@ -1207,7 +1282,11 @@ class _MatchCompiler:
         return _all_of(checks)
 
     def _field(self, key: str, value: Any, path: Path, conj: _Conjunction) -> Check | None:
-        close = difflib.get_close_matches(key, _COMBINATORS, n=1, cutoff=_TYPO_CUTOFF)
+        close = (
+            [key.lower()]
+            if key.lower() in _COMBINATORS
+            else difflib.get_close_matches(key, _COMBINATORS, n=1, cutoff=_TYPO_CUTOFF)
+        )
         if close and key not in _SEGMENT_FIELDS | _CUSTOMERIO_FIELDS:
             self.add(path, f'unknown condition "{key}"', f'did you mean "{close[0]}"?')
             return None
@@ -1220,6 +1299,8 @@ class _MatchCompiler:
         test, constraint = compiled
         if self.kind == SEGMENT and keys == ("type",):
             self._check_types(value, path)
+        elif self.kind == CUSTOMERIO and keys in (("object_type",), ("metric",)):
+            self._check_customerio_values(keys[0], value, path)
         conj.facts.append(_Fact(keys, path, constraint))
         return _field_check(keys, test)
 
@@ -1245,7 +1326,13 @@ class _MatchCompiler:
                     "did you mean from: customerio?",
                 )
             elif head not in _SEGMENT_FIELDS:
-                self._near_miss(keys, 0, _SEGMENT_FIELDS, path, "Segment messages")
+                # The top level of a Segment message is a fixed set of fields; custom data
+                # lives under properties, traits or context.
+                self.add(
+                    path,
+                    f'Segment messages have no "{head}" field',
+                    _unknown_field_hint(keys, _SEGMENT_FIELDS, _SEGMENT_NESTED),
+                )
         elif self.kind == CUSTOMERIO:
             if head in _SEGMENT_FIELDS - _CUSTOMERIO_FIELDS:
                 self.add(
@@ -1256,7 +1343,11 @@ class _MatchCompiler:
                     "opened} for Email Opened); the edits act on the Segment track made from it",
                 )
             elif head not in _CUSTOMERIO_FIELDS:
-                self._near_miss(keys, 0, _CUSTOMERIO_FIELDS, path, "Customer.io webhooks")
+                self.add(
+                    path,
+                    f'Customer.io webhooks have no "{head}" field',
+                    _unknown_field_hint(keys, _CUSTOMERIO_FIELDS, _CUSTOMERIO_NESTED),
+                )
             elif head == "data" and len(keys) > 1 and keys[1] not in _CUSTOMERIO_DATA_FIELDS:
                 self._near_miss(keys, 1, _CUSTOMERIO_DATA_FIELDS, path, "Customer.io webhook data")
 
@@ -1273,18 +1364,34 @@ class _MatchCompiler:
             )
 
     def _check_types(self, spec: Any, path: Path) -> None:
-        items = (
-            [((*path, j), v) for j, v in enumerate(spec)]
-            if isinstance(spec, list)
-            else [(path, spec)]
-        )
-        for item_path, item in items:
+        for item_path, item in _listed(spec, path):
             if isinstance(item, str) and not _is_glob(item) and item not in SEGMENT_TYPES:
                 self.add(
                     item_path,
                     f'Segment messages have no type "{item}"',
                     _suggest(item, SEGMENT_TYPES, None, "types are"),
                 )
+
+    def _check_customerio_values(self, name: str, spec: Any, path: Path) -> None:
+        for item_path, item in _listed(spec, path):
+            if not isinstance(item, str) or _is_glob(item):
+                continue
+            if name == "object_type" and item not in _CUSTOMERIO_CHANNELS:
+                self.add(
+                    item_path,
+                    f'Customer.io webhooks have no object_type "{item}"',
+                    _suggest(item, _CUSTOMERIO_CHANNELS, None, "object types are"),
+                )
+            elif name == "metric" and item not in _CUSTOMERIO_METRICS:
+                close = difflib.get_close_matches(
+                    item, _CUSTOMERIO_METRICS, n=1, cutoff=_TYPO_CUTOFF
+                )
+                if close:
+                    self.add(
+                        item_path,
+                        f'Customer.io sends no metric "{item}"',
+                        f'did you mean "{close[0]}"?',
+                    )
 
     # ----------------------------------------------------------------------- values
 
@@ -1302,6 +1409,14 @@ class _MatchCompiler:
                 exact=frozenset({("n", spec)})
             )
         if isinstance(spec, str):
+            comparison = _COMPARISON_TEXT.match(spec)
+            if comparison is not None:
+                self.add(
+                    path,
+                    f'"{spec}" is text, so it matches only that exact text, never a number',
+                    _comparison_hint(comparison.group(1), comparison.group(2), keys),
+                )
+                return None
             if _is_glob(spec):
                 match = self.compiler._glob(spec, path)
                 if match is None:
@@ -1319,7 +1434,11 @@ class _MatchCompiler:
         if bad is not None:
             self.add(*bad)
         else:
-            self.add(path, f"cannot match on {_describe(spec)}")
+            self.add(
+                path,
+                f"cannot match on {_describe(spec)}",
+                "write text, a number, true/false, null, a list of them, or {gt: 10} and the like",
+            )
         return None
 
     def _one_of(
@@ -1466,6 +1585,58 @@ class _MatchCompiler:
             f'"{name}" cannot meet both this condition and the one at {where}, {consequence}',
             hint,
         )
+
+
+def _listed(spec: Any, path: Path) -> list[tuple[Path, Any]]:
+    """The values of a condition, each with its path: the items of a list, or the one value."""
+    if isinstance(spec, list):
+        return [((*path, j), v) for j, v in enumerate(spec)]
+    return [(path, spec)]
+
+
+def _comparison_hint(op: str, number: str, keys: tuple[str, ...]) -> str:
+    word = _COMPARISON_WORDS.get(op)
+    if word is not None:
+        return f"to compare numbers, write {{{word}: {number}}}"
+    if op in ("!=", "<>"):
+        return f"to exclude a number, write not: {{{'.'.join(keys)}: {number}}}"
+    return f"to match the number, write it without quotes: {number}"
+
+
+# Where custom data sits in each kind of message, for "did you mean properties.plan?".
+_SEGMENT_NESTED: Final = ("properties", "traits")
+_CUSTOMERIO_NESTED: Final = ("data",)
+
+
+def _normalised(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def _unknown_field_hint(
+    keys: tuple[str, ...], known: frozenset[str], nested: tuple[str, ...]
+) -> str:
+    """The fix for a top-level field that does not exist: a known field spelt another way
+    (Type, user_id, eventname), else the same name under the object that holds custom data."""
+    head, rest = keys[0], keys[1:]
+    by_form = {_normalised(k): k for k in sorted(known)}
+    close = difflib.get_close_matches(
+        _normalised(head), list(by_form), n=1, cutoff=_FIELD_SUGGESTION_CUTOFF
+    )
+    if close:
+        return f'did you mean "{".".join((by_form[close[0]], *rest))}"?'
+    dotted = ".".join(keys)
+    if nested == _CUSTOMERIO_NESTED:
+        data_close = difflib.get_close_matches(
+            head, sorted(_CUSTOMERIO_DATA_FIELDS), n=1, cutoff=_TYPO_CUTOFF
+        )
+        inner = ".".join((data_close[0], *rest)) if data_close else dotted
+        return f'did you mean "data.{inner}"? The webhook\'s own fields are ' + ", ".join(
+            sorted(known)
+        )
+    return (
+        f'did you mean "{nested[0]}.{dotted}"? On identify and group calls it is'
+        f' "{nested[1]}.{dotted}"'
+    )
 
 
 def _range_text(c: _Constraint) -> str:

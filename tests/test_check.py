@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import check_config, check_text, compile_config_routes, parse_config
+from relay.config import (
+    check_config,
+    check_text,
+    compile_config_routes,
+    load_config,
+    parse_config,
+)
 from relay.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +34,8 @@ SECRET = "secret-value-of-odd-length"
 GOLDEN_ENV = {
     "GOLDEN_CIO_API_KEY": SECRET,
     "GOLDEN_GOOD_API_KEY": "g" * 20,
+    "GOLDEN_SIGNING_KEY_OLD": SECRET,
+    "GOLDEN_EMPTY": "",
 }
 
 
@@ -49,7 +57,23 @@ def golden_cases() -> list[str]:
 
 
 def test_there_are_golden_cases() -> None:
-    assert golden_cases() == ["mixed", "routes", "settings", "valid", "yaml_error"]
+    assert golden_cases() == [
+        "alias_loop",
+        "anchors",
+        "control_character",
+        "duplicates",
+        "empty_file",
+        "empty_variables",
+        "hints",
+        "match",
+        "mixed",
+        "not_a_mapping",
+        "routes",
+        "settings",
+        "tabs",
+        "valid",
+        "yaml_error",
+    ]
 
 
 @pytest.mark.parametrize("name", golden_cases())
@@ -68,6 +92,13 @@ def test_check_output_is_exactly_the_golden_one(name: str) -> None:
     assert result.stdout == expected_stdout
     assert result.returncode == (1 if expected_stderr else 0)
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_every_golden_problem_has_a_hint() -> None:
+    for path in sorted(GOLDEN.glob("*.yaml")):
+        result = check_config(str(path), GOLDEN_ENV)
+        for problem in result.problems:
+            assert problem.hint, problem
 
 
 def test_golden_expectations_are_literal() -> None:
@@ -99,7 +130,8 @@ def test_settings_routes_and_variables_are_reported_together(tmp_path: Path) -> 
         "relay.yaml:3:33: destinations.customerio.main.api_key: environment variable"
         " NOT_SET_KEY is not set (export it before running relay; secrets belong in the"
         " environment)",
-        "relay.yaml:3:63: destinations.customerio.main.rate_limit: not a valid number",
+        "relay.yaml:3:63: destinations.customerio.main.rate_limit: not a valid number"
+        " (write a number above 0, such as 100)",
         'relay.yaml:5:26: routes.0.to.0: unknown destination "customerio.other"'
         ' (did you mean "customerio.main"?)',
     ]
@@ -164,7 +196,12 @@ def test_an_unreadable_file_is_one_problem(tmp_path: Path) -> None:
 
 CONFIG_DIR = ROOT / "config"
 SHIPPED = sorted(
-    [CONFIG_DIR / "relay.yaml", *(CONFIG_DIR / "examples").glob("*.yaml")],
+    [
+        *CONFIG_DIR.glob("*.yaml"),
+        *CONFIG_DIR.glob("*.yml"),
+        *(CONFIG_DIR / "examples").glob("*.yaml"),
+        *(CONFIG_DIR / "examples").glob("*.yml"),
+    ],
     key=lambda p: str(p),
 )
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
@@ -182,7 +219,7 @@ def fake_value(name: str) -> str:
 
 
 def required_variables(path: Path) -> set[str]:
-    return {m.group(1) for m in _VARIABLE.finditer(path.read_text()) if m.group(2) is None}
+    return required_variables_in(path.read_text())
 
 
 def test_the_shipped_configs_are_all_there() -> None:
@@ -213,16 +250,16 @@ def test_relay_yaml_without_its_variables_names_each_one(tmp_path: Path) -> None
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "config/relay.yaml:36:18: sources.customerio.signing_keys.marketing: environment"
+        "config/relay.yaml:38:18: sources.customerio.signing_keys.marketing: environment"
         " variable CIO_WEBHOOK_SIGNING_KEY is not set (export it before running relay;"
         " secrets belong in the environment)",
-        "config/relay.yaml:42:16: destinations.customerio.main.site_id: environment variable"
+        "config/relay.yaml:44:16: destinations.customerio.main.site_id: environment variable"
         " CIO_SITE_ID is not set (export it, or write ${CIO_SITE_ID:-default} to give a"
         " default)",
-        "config/relay.yaml:43:16: destinations.customerio.main.api_key: environment variable"
+        "config/relay.yaml:45:16: destinations.customerio.main.api_key: environment variable"
         " CIO_API_KEY is not set (export it before running relay; secrets belong in the"
         " environment)",
-        "config/relay.yaml:51:18: destinations.segment.main.write_key: environment variable"
+        "config/relay.yaml:53:18: destinations.segment.main.write_key: environment variable"
         " SEGMENT_OUT_WRITE_KEY is not set (export it before running relay; secrets belong in"
         " the environment)",
         "config/relay.yaml: 4 problems; the config is not valid",
@@ -292,3 +329,274 @@ def test_a_redis_backend_is_refused_rather_than_silently_ignored() -> None:
         "relay.yaml:2:10: storage.redis: the Redis backend is not available in this version"
         " of relay (remove storage.redis: events are stored in SQLite, under storage.sqlite)"
     ]
+
+
+# --------------------------------------------------------------------------- reading the file
+
+CIO_MAIN = "destinations:\n  customerio:\n    main: {site_id: s, api_key: kkkkkkkkkkkkkkkkkkkk}\n"
+TO_MAIN = "  - {from: segment, to: [customerio.main]}\n"
+
+READING_CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
+    # (rule, file text, environment, every problem as printed)
+    (
+        "duplicate_top_level_key_points_at_the_repeat",
+        f"routes:\n{TO_MAIN}{CIO_MAIN}routes:\n{TO_MAIN}",
+        {},
+        [
+            'relay.yaml:6:1: routes: the key "routes" is given twice: it is already set at'
+            " line 1, column 1 (remove one; YAML keeps only the last)"
+        ],
+    ),
+    (
+        "duplicate_key_in_a_flow_mapping",
+        "server: {port: 1, port: 2}\n",
+        {},
+        [
+            'relay.yaml:1:19: server.port: the key "port" is given twice: it is already set at'
+            " line 1, column 10 (remove one; YAML keeps only the last)"
+        ],
+    ),
+    (
+        "duplicate_key_in_match",
+        f"{CIO_MAIN}routes:\n  - {{from: segment, match: {{type: page, type: track}},"
+        " to: [customerio.main]}\n",
+        {},
+        [
+            'relay.yaml:5:41: routes.0.match.type: the key "type" is given twice: it is already'
+            " set at line 5, column 29 (remove one; YAML keeps only the last)"
+        ],
+    ),
+    (
+        "every_repeat_is_reported_against_the_first",
+        "server:\n  port: 1\n  port: 2\n  port: 3\n",
+        {},
+        [
+            'relay.yaml:3:3: server.port: the key "port" is given twice: it is already set at'
+            " line 2, column 3 (remove one; YAML keeps only the last)",
+            'relay.yaml:4:3: server.port: the key "port" is given twice: it is already set at'
+            " line 2, column 3 (remove one; YAML keeps only the last)",
+        ],
+    ),
+    (
+        "a_key_overriding_a_merged_one_is_meant",
+        "x-server: &server {host: 0.0.0.0, port: 1}\nserver: {<<: *server, port: 2}\n" + CIO_MAIN,
+        {},
+        [],
+    ),
+    (
+        "a_repeat_inside_an_aliased_node_is_reported_once",
+        "x-dest: &dest {site_id: s, site_id: t, api_key: kkkkkkkkkkkkkkkkkkkk}\n"
+        "destinations:\n  customerio: {a: *dest, b: *dest}\n",
+        {},
+        [
+            'relay.yaml:1:28: x-dest.site_id: the key "site_id" is given twice: it is already'
+            " set at line 1, column 16 (remove one; YAML keeps only the last)"
+        ],
+    ),
+    (
+        "recursive_alias_in_a_list",
+        "a: &x [*x]\n",
+        {},
+        [
+            "relay.yaml:1:8: not valid YAML: the alias *x is inside &x, the node it repeats,"
+            " which would then contain itself without end (&x starts at line 1, column 4; an"
+            " alias may only repeat a node that ends before it)"
+        ],
+    ),
+    (
+        "recursive_alias_deeper_down_a_mapping",
+        "server: &s\n  host: {inner: [*s]}\n",
+        {},
+        [
+            "relay.yaml:2:18: not valid YAML: the alias *s is inside &s, the node it repeats,"
+            " which would then contain itself without end (&s starts at line 1, column 9; an"
+            " alias may only repeat a node that ends before it)"
+        ],
+    ),
+    (
+        "control_character_is_located_after_windows_line_ends",
+        "server:\r\n  host: a\x07b\r\n",
+        {},
+        [
+            "relay.yaml:2:10: not valid YAML: the control character U+0007 is not allowed in a"
+            " YAML file (delete it: most editors do not show it; in a double-quoted value,"
+            " write it as the escape \\x07)"
+        ],
+    ),
+    (
+        "tab_used_for_indentation",
+        "server:\n\thost: x\n",
+        {},
+        [
+            "relay.yaml:2:1: not valid YAML: found character '\\t' that cannot start any token"
+            " (indent with spaces, not tabs)"
+        ],
+    ),
+    (
+        "tab_inside_a_line",
+        "server:\n  host:\tx\n  port: 1\n",
+        {},
+        [
+            "relay.yaml:2:8: not valid YAML: found character '\\t' that cannot start any token"
+            " (write spaces, not tabs: YAML does not allow a tab here)"
+        ],
+    ),
+    (
+        "empty_file",
+        "",
+        {},
+        [
+            "relay.yaml: the file holds no settings at all (write the settings into it;"
+            " config/relay.yaml is a commented example to start from)"
+        ],
+    ),
+    (
+        "x_keys_are_ignored_even_with_unset_variables",
+        "x-notes: {owner: '${NOT_SET_OWNER}'}\n" + CIO_MAIN,
+        {},
+        [],
+    ),
+    (
+        "an_unknown_top_level_key_mentions_x_keys",
+        "anchors: {a: 1}\n" + CIO_MAIN,
+        {},
+        [
+            'relay.yaml:1:1: anchors: unknown key "anchors" (known keys: destinations, routes,'
+            " server, sources, storage; a top-level key starting with x- is ignored (to hold"
+            " YAML anchors))"
+        ],
+    ),
+    (
+        "write_key_of_the_wrong_type_has_no_marshmallow_value_suffix",
+        "sources:\n  segment: {write_keys: {web: [1]}}\n  customerio: {signing_keys: {m: [1]}}\n",
+        {},
+        [
+            "relay.yaml:2:31: sources.segment.write_keys.web: not a valid string (write the"
+            ' write key as text, e.g. "${SEGMENT_WRITE_KEY}")',
+            "relay.yaml:3:34: sources.customerio.signing_keys.m: must be a key, or a list of"
+            ' keys (write one signing key, or a list of them while rotating keys: ["${OLD_KEY}",'
+            ' "${NEW_KEY}"])',
+        ],
+    ),
+    (
+        "empty_variable_for_a_write_key",
+        "sources:\n  segment: {write_keys: {web: '${EMPTY_KEY}'}}\n",
+        {"EMPTY_KEY": ""},
+        [
+            "relay.yaml:2:31: sources.segment.write_keys.web: environment variable EMPTY_KEY is"
+            " empty (set EMPTY_KEY to the write key itself: an empty write key is never valid)"
+        ],
+    ),
+    (
+        "empty_variable_with_a_default_takes_the_default",
+        "sources:\n  segment: {write_keys: {web: '${EMPTY_KEY:-dev-key}'}}\n" + CIO_MAIN,
+        {"EMPTY_KEY": ""},
+        [],
+    ),
+    (
+        "empty_variable_inside_a_longer_value_is_not_empty",
+        "sources:\n  segment: {write_keys: {web: 'wk-${EMPTY_KEY}'}}\n" + CIO_MAIN,
+        {"EMPTY_KEY": ""},
+        [],
+    ),
+    (
+        "empty_key_written_in_the_file",
+        "destinations:\n  segment: {main: {write_key: ''}}\n",
+        {},
+        [
+            "relay.yaml:2:31: destinations.segment.main.write_key: must not be empty (write the"
+            " write key of the Segment source that receives these events, or remove this entry)"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [pytest.param(t, e, x, id=rule) for rule, t, e, x in READING_CASES],
+)
+def test_reading(text: str, env: dict[str, str], expected: list[str]) -> None:
+    result = check_text(text, "relay.yaml", env)
+    assert [str(p) for p in result.problems] == expected
+    assert (result.config is None) == bool(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("a: &x [*x]\n", id="recursive_alias"),
+        pytest.param("a: " + "[" * 5000 + "]" * 5000 + "\n", id="nested_too_deeply"),
+        pytest.param(
+            "".join(
+                f"{name}: &{name} [{', '.join([f'*{prev}'] * 10 if prev else ['1'] * 10)}]\n"
+                for prev, name in zip(["", *"abcdef"], "abcdefg", strict=True)
+            ),
+            id="aliases_that_multiply",
+        ),
+    ],
+)
+def test_files_that_cannot_be_read_are_problems_for_serve_and_reload_too(
+    text: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(text)
+    # relay serve and reloads read the file with these; neither may crash.
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    [problem] = caught.value.problems
+    assert problem.hint
+    assert [str(p) for p in check_config(str(path), {}, require_env=False).problems] == [
+        str(problem)
+    ]
+
+
+def test_an_empty_variable_is_tolerated_like_an_unset_one_when_not_required() -> None:
+    text = (
+        "sources:\n  segment: {write_keys: {web: '${EMPTY_KEY}'}}\n"
+        "destinations:\n  customerio:\n    main: {site_id: s, api_key: '${EMPTY_KEY}'}\n"
+        "routes:\n  - {from: segment, sources: web, to: [customerio.main]}\n"
+    )
+    result = check_text(text, "relay.yaml", {"EMPTY_KEY": ""}, require_env=False)
+    assert result.problems == []
+    assert result.config is not None
+    assert [(m.name, m.path, m.empty) for m in result.config.missing] == [
+        ("EMPTY_KEY", ("sources", "segment", "write_keys", "web"), True),
+        ("EMPTY_KEY", ("destinations", "customerio", "main", "api_key"), True),
+    ]
+    # As with an unset variable: the source never authenticates, the destination waits.
+    assert result.config.segment_write_keys == {}
+    assert result.config.destinations["customerio.main"].missing == ("EMPTY_KEY",)
+
+
+def test_an_empty_variable_is_named_but_its_value_never_shown() -> None:
+    text = "destinations:\n  customerio:\n    main: {site_id: '${SITE}', api_key: '${KEY}'}\n"
+    result = check_text(text, "relay.yaml", {"SITE": "", "KEY": "   "})
+    printed = "\n".join(str(p) for p in result.problems)
+    assert "environment variable SITE is empty" in printed
+    # A key of spaces is not empty: it is reported by its length, never by its value.
+    assert "must be 20 or 64 characters long, this one has 3" in printed
+
+
+def test_check_and_reload_agree_on_a_file_without_settings(tmp_path: Path) -> None:
+    for text in ("", "# nothing yet\n", "---\n"):
+        path = tmp_path / "relay.yaml"
+        path.write_text(text)
+        assert check_config(str(path), {}).problems != [], repr(text)
+        with pytest.raises(ConfigError):
+            load_config(str(path), {})
+
+
+def test_the_anchor_example_in_the_readme_configuration_is_valid() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration") : readme.index("## Writing routes")]
+    [snippet] = [s for s in re.findall(r"```yaml\n(.*?)```", section, flags=re.S) if "x-" in s]
+    env = {name: "k" * 20 for name in required_variables_in(snippet)}
+    result = check_text(snippet, "README.md", env)
+    assert result.problems == []
+    assert result.config is not None
+    rates = {k: d.rate_limit for k, d in result.config.destinations.items()}
+    assert rates == {"customerio.main": 100.0, "customerio.marketing": 50.0}
+
+
+def required_variables_in(text: str) -> set[str]:
+    return {m.group(1) for m in _VARIABLE.finditer(text) if m.group(2) is None}

@@ -128,7 +128,7 @@ async def test_an_invalid_file_changes_nothing_and_every_problem_is_logged(
     assert relay.segment_api is not None and relay.segment_api.write_keys is keys_before
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [
-        f"{path}:18:12: destinations.customerio.main.api: must be one of: v1, v2",
+        f"{path}:18:12: destinations.customerio.main.api: must be one of: v1, v2 (write v1 or v2)",
         f"{path}:30:10: routes.0.to.0: unknown destination"
         ' "customerio.mian" (did you mean "customerio.main"?)',
         f"config reload (SIGHUP) rejected: 2 problems in {path}; still running the previous config",
@@ -399,6 +399,36 @@ async def test_an_empty_file_is_refused(
     assert await Reloader(relay, str(path), env={}).reload("SIGHUP") is False
     assert relay.routes is routes and "customerio.main" in relay.workers
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
-        f"{path}: the file holds no settings at all",
+        f"{path}: the file holds no settings at all (write the settings into it;"
+        " config/relay.yaml is a commented example to start from)",
         f"config reload (SIGHUP) rejected: 1 problem in {path}; still running the previous config",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param(
+            "routes: &r\n  - *r\n",
+            ":2:5: not valid YAML: the alias *r is inside &r, the node it repeats",
+            id="alias_loop",
+        ),
+        pytest.param(
+            "server: {port: 1, port: 2}\n",
+            ':1:19: server.port: the key "port" is given twice',
+            id="duplicate_key",
+        ),
+    ],
+)
+async def test_a_file_relay_check_refuses_is_refused_with_the_same_problem(
+    running: tuple[str, Relay, Path], caplog: pytest.LogCaptureFixture, text: str, problem: str
+) -> None:
+    _, relay, path = running
+    routes = relay.routes
+    path.write_text(text)
+    caplog.set_level(logging.INFO, logger="relay")
+    assert await Reloader(relay, str(path), env={}).reload("SIGHUP") is False
+    assert relay.routes is routes
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and errors[0].startswith(f"{path}{problem}"), errors
+    assert errors[1].startswith("config reload (SIGHUP) rejected: 1 problem")

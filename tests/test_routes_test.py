@@ -2,24 +2,30 @@
 
 The golden case runs `python -m relay routes test` in tests/golden/routes_test on
 messages.jsonl with a fixed `--now`; the output must equal expected.json exactly (relay's
-version, which the Customer.io → Segment mapping writes into `context.library`, stands as
-{VERSION}). Rewrite it after an intended change with
+version, which the Customer.io → Segment mapping writes into `context.library` and every
+request carries in its User-Agent, stands as {VERSION}). Rewrite it after an intended change with
 `RELAY_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_routes_test.py` and review the diff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from relay import __version__
+from relay import USER_AGENT, __version__
 from relay.cli import _read_messages
-from relay.config import check_text
-from relay.dryrun import dry_run
+from relay.config import CustomerIODestination, SegmentDestination, check_text
+from relay.dryrun import dry_run, looks_like_customerio, request_headers
+from relay.metrics import Metrics
+from relay.sinks.customerio import CustomerIOSink
+from relay.sinks.limiter import DestinationLimiter
+from relay.sinks.segment import SegmentSink
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic
 from tests.test_check import ROOT, UPDATE, run_relay
 from tests.test_segment_api import post, track
@@ -27,6 +33,18 @@ from tests.test_segment_api import post, track
 GOLDEN = Path(__file__).resolve().parent / "golden" / "routes_test"
 NOW = "1714560000"  # 2024-05-01T10:40:00Z
 VERSION_IN_OUTPUT = f'"version": "{__version__}"'
+USER_AGENT_IN_OUTPUT = f'"User-Agent": "{USER_AGENT}"'
+CIO_HEADERS = {
+    "Authorization": "Basic <site_id:api_key of customerio.main>",
+    "Content-Type": "application/json",
+    "User-Agent": USER_AGENT,
+    "Accept": "application/json",
+}
+SEGMENT_HEADERS = {
+    "Authorization": "Basic <write_key of segment.warehouse>",
+    "Content-Type": "application/json",
+    "User-Agent": USER_AGENT,
+}
 
 
 def run_routes_test(*extra: str, cwd: Path = GOLDEN) -> tuple[int, str, str]:
@@ -41,7 +59,9 @@ def run_routes_test(*extra: str, cwd: Path = GOLDEN) -> tuple[int, str, str]:
 def test_output_is_exactly_the_golden_one() -> None:
     code, out, err = run_routes_test()
     assert (code, err) == (0, "")
-    out = out.replace(VERSION_IN_OUTPUT, '"version": "{VERSION}"')
+    out = out.replace(VERSION_IN_OUTPUT, '"version": "{VERSION}"').replace(
+        USER_AGENT_IN_OUTPUT, '"User-Agent": "relay/{VERSION}"'
+    )
     if UPDATE:
         (GOLDEN / "expected.json").write_text(out)
     assert out == (GOLDEN / "expected.json").read_text()
@@ -76,6 +96,7 @@ def test_golden_output_says_what_each_message_does() -> None:
             "method": "POST",
             "url": "https://track.customer.io/api/v2/batch",
             "path": "/api/v2/batch",
+            "headers": {**CIO_HEADERS, "User-Agent": "relay/{VERSION}"},
             "body": {
                 "batch": [
                     {
@@ -93,6 +114,7 @@ def test_golden_output_says_what_each_message_does() -> None:
     ]
     track_to_segment = entries[0]["deliveries"][1]["requests"][0]
     assert track_to_segment["url"] == "https://api.segment.io/v1/batch"
+    assert track_to_segment["headers"]["Authorization"] == SEGMENT_HEADERS["Authorization"]
     assert track_to_segment["body"]["sentAt"] == "2024-05-01T10:40:00.000Z"
     clicked = entries[3]["deliveries"][0]["requests"][0]["body"]["batch"][0]
     assert clicked["event"] == "Email Clicked"
@@ -179,6 +201,10 @@ def test_customerio_v1_shows_the_classic_requests() -> None:
             "method": "PUT",
             "url": "https://track.customer.io/api/v1/customers/u%201",
             "path": "/api/v1/customers/u%201",
+            "headers": {
+                **CIO_HEADERS,
+                "Authorization": "Basic <site_id:api_key of customerio.classic>",
+            },
             "body": {"plan": "pro"},
         }
     ]
@@ -202,6 +228,104 @@ def test_without_a_customerio_source_a_webhook_would_be_refused() -> None:
             " (sources.customerio.signing_keys)",
         }
     ]
+
+
+WEBHOOK_CONFIG = """
+sources:
+  segment: {write_keys: {web: wk-web-secret}}
+  customerio: {signing_keys: {marketing: signing-key-secret}}
+destinations:
+  customerio:
+    main: {site_id: site-secret, api_key: api-key-secret-xxxxx}
+  segment:
+    warehouse: {write_key: wk-warehouse-secret}
+routes:
+  - {name: all, from: segment, to: [customerio.main, segment.warehouse]}
+  - {name: activity, from: customerio, to: [segment.warehouse]}
+"""
+
+SHAPE_CASES: list[tuple[str, Any, bool]] = [
+    # (rule, message, taken for a Customer.io webhook)
+    ("webhook", {"event_id": "e1", "object_type": "email", "metric": "opened"}, True),
+    ("webhook_without_event_id", {"object_type": "email", "metric": "opened", "data": {}}, True),
+    ("metric_alone", {"metric": "sent"}, True),
+    ("legacy_webhook_without_event_id", {"event_type": "email_opened", "data": {}}, True),
+    ("event_id_alone", {"event_id": "e1"}, True),
+    ("data_with_delivery_id", {"data": {"delivery_id": "d1", "customer_id": "42"}}, True),
+    ("segment_message", {"type": "track", "event": "E", "userId": "u1"}, False),
+    ("segment_message_without_type", {"event": "E", "userId": "u1"}, False),
+    ("segment_message_with_data_property", {"type": "track", "data": {"customer_id": 1}}, False),
+    ("data_without_webhook_fields", {"data": {"x": 1}}, False),
+    ("not_an_object", ["event_id"], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [pytest.param(m, e, id=rule) for rule, m, e in SHAPE_CASES],
+)
+def test_webhooks_are_told_from_segment_messages_by_their_shape(
+    message: Any, expected: bool
+) -> None:
+    assert looks_like_customerio(message) is expected
+
+
+def test_a_webhook_without_event_id_is_refused_for_that_reason() -> None:
+    webhook = {"object_type": "email", "metric": "opened", "data": {"customer_id": "42"}}
+    assert run_in_process([webhook], WEBHOOK_CONFIG) == [
+        {
+            "index": 0,
+            "kind": "customerio",
+            "source": "marketing",
+            "rejected": "webhook has no event_id (a non-empty string)",
+        }
+    ]
+
+
+def test_requests_show_the_sinks_headers_with_the_credentials_described() -> None:
+    webhook = {
+        "event_id": "e1",
+        "object_type": "email",
+        "metric": "opened",
+        "data": {"customer_id": "42"},
+    }
+    out = run_in_process([{"type": "identify", "userId": "u1"}, webhook], WEBHOOK_CONFIG)
+    headers = [
+        (d["destination"], r["headers"])
+        for entry in out
+        for d in entry["deliveries"]
+        for r in d["requests"]
+    ]
+    assert headers == [
+        ("customerio.main", CIO_HEADERS),
+        ("segment.warehouse", SEGMENT_HEADERS),
+        ("segment.warehouse", SEGMENT_HEADERS),
+    ]
+    printed = json.dumps(out)
+    assert "secret" not in printed
+    for credentials in (b"site-secret:api-key-secret-xxxxx", b"wk-warehouse-secret:"):
+        assert base64.b64encode(credentials).decode() not in printed
+
+
+class _NoTransport:
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("routes test sends nothing")
+
+
+def test_the_headers_shown_are_those_the_sinks_send() -> None:
+    result = check_text(WEBHOOK_CONFIG, "relay.yaml", {})
+    assert result.config is not None
+    cio = result.config.destinations["customerio.main"]
+    seg = result.config.destinations["segment.warehouse"]
+    assert isinstance(cio, CustomerIODestination) and isinstance(seg, SegmentDestination)
+    cio_sink = CustomerIOSink(cio, _NoTransport(), DestinationLimiter(1.0), Metrics())
+    seg_sink = SegmentSink(seg, _NoTransport(), DestinationLimiter(1.0), Metrics())
+    for dest, sent in ((cio, cio_sink.sender.headers), (seg, seg_sink.sender.headers)):
+        shown = request_headers(dest)
+        assert list(shown) == list(sent)
+        assert sent["Authorization"].startswith("Basic ")
+        assert shown["Authorization"] != sent["Authorization"]
+        assert {**shown, "Authorization": ""} == {**sent, "Authorization": ""}
 
 
 def test_messages_may_be_an_object_an_array_json_lines_or_a_batch(tmp_path: Path) -> None:

@@ -1011,6 +1011,154 @@ PROBLEM_CASES: list[tuple[str, Any, tuple[str | int, ...], str, str | None]] = [
         'did you mean "identify"?',
     ),
     (
+        "top_level_segment_fields_are_a_closed_set",
+        [segment_route({"custom_field": 1})],
+        ("routes", 0, "match", "custom_field"),
+        'Segment messages have no "custom_field" field',
+        'did you mean "properties.custom_field"? On identify and group calls it is'
+        ' "traits.custom_field"',
+    ),
+    (
+        "field_in_other_case_suggests_the_field",
+        [segment_route({"Type": "track"})],
+        ("routes", 0, "match", "Type"),
+        'Segment messages have no "Type" field',
+        'did you mean "type"?',
+    ),
+    (
+        "snake_case_field_suggests_camel_case",
+        [segment_route({"user_id": "u1"})],
+        ("routes", 0, "match", "user_id"),
+        'no "user_id" field',
+        'did you mean "userId"?',
+    ),
+    (
+        "snake_case_field_keeps_the_rest_of_the_path",
+        [segment_route({"anonymous_id.x": "a"})],
+        ("routes", 0, "match", "anonymous_id.x"),
+        'no "anonymous_id" field',
+        'did you mean "anonymousId.x"?',
+    ),
+    (
+        "run_together_field_suggests_the_field",
+        [segment_route({"eventname": "Order *"})],
+        ("routes", 0, "match", "eventname"),
+        'no "eventname" field',
+        'did you mean "event"?',
+    ),
+    (
+        "custom_field_suggests_properties",
+        [segment_route({"plan": "pro"})],
+        ("routes", 0, "match", "plan"),
+        'no "plan" field',
+        'did you mean "properties.plan"?',
+    ),
+    (
+        "unknown_field_in_exists_is_checked_too",
+        [segment_route({"exists": ["userId", "plan"]})],
+        ("routes", 0, "match", "exists", 1),
+        'no "plan" field',
+        'did you mean "properties.plan"?',
+    ),
+    (
+        "top_level_customerio_fields_are_a_closed_set",
+        [customerio_route({"foo": 1})],
+        ("routes", 0, "match", "foo"),
+        'Customer.io webhooks have no "foo" field',
+        'did you mean "data.foo"?',
+    ),
+    (
+        "customerio_data_field_at_the_top_suggests_data",
+        [customerio_route({"campaign_id": 23})],
+        ("routes", 0, "match", "campaign_id"),
+        'Customer.io webhooks have no "campaign_id" field',
+        'did you mean "data.campaign_id"?',
+    ),
+    (
+        "customerio_field_in_other_case",
+        [customerio_route({"Metric": "opened"})],
+        ("routes", 0, "match", "Metric"),
+        'no "Metric" field',
+        'did you mean "metric"?',
+    ),
+    (
+        "combinator_in_other_case",
+        [segment_route({"Not": {"event": "x"}})],
+        ("routes", 0, "match", "Not"),
+        'unknown condition "Not"',
+        'did you mean "not"?',
+    ),
+    (
+        "unknown_object_type",
+        [customerio_route({"object_type": "emial"})],
+        ("routes", 0, "match", "object_type"),
+        'Customer.io webhooks have no object_type "emial"',
+        'did you mean "email"?',
+    ),
+    (
+        "unknown_object_type_lists_the_known_ones",
+        [customerio_route({"object_type": ["email", "fax"]})],
+        ("routes", 0, "match", "object_type", 1),
+        'no object_type "fax"',
+        "object types are: customer, email, push, sms, in_app, slack, webhook, whatsapp",
+    ),
+    (
+        "metric_near_miss",
+        [customerio_route({"metric": ["clicked", "opend"]})],
+        ("routes", 0, "match", "metric", 1),
+        'Customer.io sends no metric "opend"',
+        'did you mean "opened"?',
+    ),
+    (
+        "comparison_written_as_text",
+        [segment_route({"properties.total": ">= 100"})],
+        ("routes", 0, "match", "properties.total"),
+        '">= 100" is text, so it matches only that exact text, never a number',
+        "write {gte: 100}",
+    ),
+    (
+        "comparison_written_as_text_without_spaces",
+        [segment_route({"properties.total": "<2.5"})],
+        ("routes", 0, "match", "properties.total"),
+        "never a number",
+        "write {lt: 2.5}",
+    ),
+    (
+        "equality_written_as_text",
+        [segment_route({"properties.count": "== 3"})],
+        ("routes", 0, "match", "properties.count"),
+        "never a number",
+        "write it without quotes: 3",
+    ),
+    (
+        "inequality_written_as_text",
+        [segment_route({"properties.count": ["!= 3"]})],
+        ("routes", 0, "match", "properties.count", 0),
+        "never a number",
+        "write not: {properties.count: 3}",
+    ),
+    (
+        "field_on_the_route_belongs_under_match",
+        [segment_route(event="Signed Up")],
+        ("routes", 0, "event"),
+        'unknown key "event" in a route',
+        "put it under match:, e.g. match: {event: …}",
+    ),
+    (
+        "dotted_field_on_the_route_belongs_under_match",
+        [segment_route(**{"properties.plan": "pro"})],
+        ("routes", 0, "properties.plan"),
+        'unknown key "properties.plan"',
+        "put it under match:",
+    ),
+    (
+        "combinator_on_the_route_belongs_under_match",
+        [customerio_route(**{"not": {"metric": "sent"}})],
+        ("routes", 0, "not"),
+        'unknown key "not"',
+        "put it under match:",
+    ),
+    (
         "rename_events_must_map_names",
         [segment_route(rename_events=["Order Completed"])],
         ("routes", 0, "rename_events"),
@@ -1166,8 +1314,45 @@ def test_compatible_conditions_are_not_contradictions() -> None:
     )
 
 
-def test_matching_on_unknown_top_level_field_is_allowed() -> None:
-    compile_ok([segment_route({"custom_field": 1}), customerio_route({"data.new_field": 1})])
+def test_custom_fields_below_the_top_level_are_allowed() -> None:
+    compile_ok(
+        [
+            segment_route({"properties.custom_field": 1, "traits.x": 2, "context.y.z": 3}),
+            segment_route({"exists": ["integrations.Mixpanel"]}, to=["segment.warehouse"]),
+            customerio_route({"data.new_field": 1}),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["custom_metric", "human_reviewed", "opened", "cio_subscription_preferences_changed", "o*"],
+)
+def test_metrics_are_an_open_set_except_for_near_misses(metric: str) -> None:
+    compile_ok([customerio_route({"metric": metric})])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Order >= 100", "Order >= 100"),
+        (">= 100 units", ">= 100 units"),
+        (">=", ">="),
+        ("== x", "== x"),
+        # A glob is the way to match text that looks like a comparison.
+        ("[<]3", "<3"),
+        ("[>]= 100", ">= 100"),
+    ],
+)
+def test_text_that_is_not_just_a_comparison_is_matched_as_text(text: str, message: str) -> None:
+    routes = compile_ok([segment_route({"properties.note": text})])
+    assert routes[0].matches({"properties": {"note": message}})
+
+
+def test_every_problem_has_a_hint() -> None:
+    for rule, routes, *_ in PROBLEM_CASES:
+        for problem in problems_of(routes):
+            assert problem.hint, (rule, problem)
 
 
 def test_glob_type_values_are_not_checked_against_known_types() -> None:

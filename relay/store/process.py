@@ -41,6 +41,7 @@ _ERRORS: dict[str, type[ClientError]] = {
 }
 # How long the child may take to open the database (a large queue is scanned at start-up).
 _OPEN_TIMEOUT = 120.0
+_SOCKET_BUFFER = 4 * 1024 * 1024
 
 # A NewEvent as it crosses the socket: plain tuples pickle several times faster than
 # dataclasses, and enqueue is the call made for every request.
@@ -115,6 +116,10 @@ class ProcessStore:
     async def _start(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         ours, theirs = socket.socketpair()
+        for sock in (ours, theirs):
+            # Room for a few whole requests each way, so that a write rarely stops halfway.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         args = [sys.executable, "-m", "relay.store.process", "--fd", str(theirs.fileno())]
         args += ["--path", self.path, "--max-pending", str(self.max_pending)]
         if self.max_size_mb:
