@@ -399,7 +399,7 @@ _Step = tuple[Route, frozenset[str] | None, Check | None, tuple[tuple[str, bool]
 class Routes:
     """Compiled routes, in config order, ready to route messages."""
 
-    __slots__ = ("_routes", "_steps")
+    __slots__ = ("_routes", "_steps", "_by_source_only", "_known")
 
     def __init__(self, routes: Sequence[Route] = ()) -> None:
         self._routes = tuple(routes)
@@ -408,6 +408,12 @@ class Routes:
             targets = tuple((d, d.startswith("customerio.")) for d in route.to)
             steps[route.kind].append((route, route.sources, route._check, targets))
         self._steps: dict[str, tuple[_Step, ...]] = {k: tuple(v) for k, v in steps.items()}
+        # Where no route of a kind looks at the message, its routing depends only on the
+        # source and on `integrations` (Customer.io on or off): computed once for each.
+        self._by_source_only = {
+            k: all(check is None for _, _, check, _ in v) for k, v in self._steps.items()
+        }
+        self._known: dict[tuple[str, str, bool], RoutingResult] = {}
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self._routes)
@@ -419,16 +425,27 @@ class Routes:
         return self._routes[index]
 
     def route(self, kind: str, source: str, message: Mapping[str, Any]) -> RoutingResult:
-        """Route one message of `kind` ("segment" or "customerio") received from `source`."""
+        """Route one message of `kind` ("segment" or "customerio") received from `source`.
+
+        The result may be shared between messages: read it, do not change it.
+        """
         steps = self._steps.get(kind)
         if steps is None:
             raise ValueError(f"unknown message kind {kind!r}: expected one of {KINDS}")
-        if kind == CUSTOMERIO:
-            view = _with_legacy_metric(message)
-            blocked = False
-        else:
-            view = message
-            blocked = _customerio_turned_off(message)
+        blocked = kind != CUSTOMERIO and _customerio_turned_off(message)
+        if self._by_source_only[kind]:
+            key = (kind, source, blocked)
+            known = self._known.get(key)
+            if known is None:
+                known = self._known[key] = self._route(steps, source, message, blocked)
+            return known
+        view = _with_legacy_metric(message) if kind == CUSTOMERIO else message
+        return self._route(steps, source, view, blocked)
+
+    @staticmethod
+    def _route(
+        steps: tuple[_Step, ...], source: str, view: Mapping[str, Any], blocked: bool
+    ) -> RoutingResult:
         matched: list[Route] = []
         deliveries: list[tuple[str, Route]] = []
         suppressed: list[tuple[str, Route]] = []

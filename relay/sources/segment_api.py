@@ -141,9 +141,10 @@ class SegmentAPI:
     ) -> tuple[list[Incoming], list[dict[str, Any]]]:
         incoming: list[Incoming] = []
         rejected: list[dict[str, Any]] = []
+        defaults = body if body is not None and seg.has_batch_defaults(body) else None
         for index, item in enumerate(items):
-            if isinstance(item, dict) and body is not None:
-                item = seg.merge_batch_defaults(item, body)
+            if defaults is not None and isinstance(item, dict):
+                item = seg.merge_batch_defaults(item, defaults)
             problem = seg.message_problem(item)
             encoded = None
             if problem is None:

@@ -45,8 +45,57 @@ def _id_like(value: Any) -> bool:
     )
 
 
+_TYPE_SET = frozenset(TYPES)
+_PLAIN_STRING_FIELDS = frozenset(_STRING_FIELDS) - {"previousId", "groupId"}
+_ID_FIELDS = frozenset({"userId", "anonymousId", "previousId", "groupId"})
+_OBJECT_FIELD_SET = frozenset(_OBJECT_FIELDS)
+
+
 def message_problem(msg: Any) -> str | None:
     """Why a Segment message cannot be accepted, or None when it can."""
+    # Most messages are fine: one pass over the fields they have says so. Anything unusual
+    # goes through the full check, which also picks the problem to report.
+    if isinstance(msg, dict) and plainly_valid(msg):
+        return None
+    return first_problem(msg)
+
+
+def plainly_valid(msg: dict[str, Any]) -> bool:
+    """True only for a message `first_problem` accepts; False means "look closer"."""
+    mtype = msg.get("type")
+    if type(mtype) is not str or mtype not in _TYPE_SET:
+        return False
+    for name, value in msg.items():
+        if value is None:
+            continue
+        if name in _PLAIN_STRING_FIELDS:
+            if type(value) is not str:
+                return False
+        elif name in _OBJECT_FIELD_SET:
+            if type(value) is not dict:
+                return False
+        elif name in _ID_FIELDS:
+            if type(value) is str:
+                if not value:
+                    return False
+            elif type(value) is not int and type(value) is not float:
+                return False
+    if msg.get("userId") is None and msg.get("anonymousId") is None:
+        return False
+    message_id = msg.get("messageId")
+    if message_id is not None and len(message_id) >= MAX_MESSAGE_ID:
+        return False
+    if mtype == "track":
+        return bool(msg.get("event"))
+    if mtype == "group":
+        return msg.get("groupId") is not None
+    if mtype == "alias":
+        return msg.get("previousId") is not None and msg.get("userId") is not None
+    return True
+
+
+def first_problem(msg: Any) -> str | None:
+    """The first reason, in a fixed order, why a Segment message cannot be accepted."""
     if not isinstance(msg, dict):
         return "each message must be a JSON object"
     mtype = msg.get("type")
@@ -104,9 +153,17 @@ def ordering_key(msg: dict[str, Any]) -> str:
     return f"m:{msg.get('messageId')}"
 
 
+def has_batch_defaults(body: dict[str, Any]) -> bool:
+    """Whether a batch body has a top-level `context` or `integrations` for its items."""
+    return any(isinstance(body.get(name), dict) and body[name] for name in _BATCH_DEFAULTS)
+
+
+_BATCH_DEFAULTS = ("context", "integrations")
+
+
 def merge_batch_defaults(item: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """Top-level `context` and `integrations` of a batch apply to each item; the item wins."""
-    for name in ("context", "integrations"):
+    for name in _BATCH_DEFAULTS:
         shared = body.get(name)
         if isinstance(shared, dict) and shared:
             own = item.get(name)

@@ -57,7 +57,7 @@ def _event_tuple(e: NewEvent) -> _EventTuple:
         e.message_json,
         e.received_at,
         e.ordering_key,
-        tuple((d.destination, d.message_json) for d in e.deliveries),
+        tuple([(d.destination, d.message_json) for d in e.deliveries]),
         e.dedup_id,
         e.dedup_until,
         e.rejected_reason,
