@@ -397,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    store = SqliteStore(args.path, max_pending=args.max_pending, max_size_mb=args.max_size_mb)
+    store = SqliteStore(
+        args.path, max_pending=args.max_pending, max_size_mb=args.max_size_mb, inline_writer=True
+    )
     asyncio.run(_serve(args.fd, store))
     return 0
 

@@ -136,7 +136,13 @@ class StoreFull(StoreUnavailable):
 
 
 class _Writer:
-    """One connection, one thread, and a queue of operations committed in groups."""
+    """One connection, one thread, and a queue of operations committed in groups.
+
+    `inline` runs the groups on the event loop's own thread instead: for a process whose
+    loop does nothing but feed the store (relay.store.process), where a second thread would
+    only add hand-overs of the GIL. Requests that arrive meanwhile wait in the socket and
+    make the next group larger.
+    """
 
     def __init__(
         self,
@@ -146,8 +152,10 @@ class _Writer:
         max_group: int,
         on_commit: Callable[[], None] = lambda: None,
         on_abort: Callable[[], None] = lambda: None,
+        inline: bool = False,
     ) -> None:
         self.name = name
+        self.inline = inline
         self._connect = connect
         self._on_rollback = on_rollback
         # Told when a transaction committed, or when all its work was thrown away.
@@ -164,9 +172,12 @@ class _Writer:
         self.healthy = True
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}")
-        loop = asyncio.get_running_loop()
-        self.conn = await loop.run_in_executor(self._executor, self._connect)
+        if self.inline:
+            self.conn = self._connect()
+        else:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}")
+            loop = asyncio.get_running_loop()
+            self.conn = await loop.run_in_executor(self._executor, self._connect)
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._loop(), name=f"relay-{self.name}-writer")
 
@@ -181,6 +192,9 @@ class _Writer:
                 await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
             self._executor.shutdown(wait=True)
             self._executor = None
+        elif self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._task is None:
@@ -206,9 +220,11 @@ class _Writer:
                     stop = True
                     break
                 group.append(nxt)
-            results = await loop.run_in_executor(
-                self._executor, self._run_group, [fn for fn, _ in group]
-            )
+            fns = [fn for fn, _ in group]
+            if self.inline:
+                results = self._run_group(fns)
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_group, fns)
             for (_, fut), (ok, value) in zip(group, results, strict=True):
                 if fut.done():
                     continue
@@ -348,6 +364,7 @@ class SqliteStore:
         max_size_mb: int | None = None,
         max_group: int = 256,
         dedup_flush_interval: float = 1.0,
+        inline_writer: bool = False,
     ) -> None:
         self.path = path
         self.dedup_path = f"{path}.dedup"
@@ -361,6 +378,7 @@ class SqliteStore:
             max_group,
             on_commit=self._commit_ids,
             on_abort=lambda: self._staged.clear(),
+            inline=inline_writer,
         )
         self._dedup = _Writer(
             "sqlite-dedup",
