@@ -41,6 +41,7 @@ _ERRORS: dict[str, type[ClientError]] = {
 }
 # How long the child may take to open the database (a large queue is scanned at start-up).
 _OPEN_TIMEOUT = 120.0
+_CLOSE_TIMEOUT = 30.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
 
 # A NewEvent as it crosses the socket: plain tuples pickle several times faster than
@@ -166,15 +167,16 @@ class ProcessStore:
 
     async def _stop(self) -> None:
         if self._writer is not None:
-            with contextlib.suppress(StoreUnavailable, ConnectionError):
-                await self._call("close")
+            # The child finishes the calls it has and records the last dedup ids first.
+            with contextlib.suppress(StoreUnavailable, ConnectionError, TimeoutError):
+                await asyncio.wait_for(self._call("close"), _CLOSE_TIMEOUT)
             self._writer.close()
             with contextlib.suppress(ConnectionError):
                 await self._writer.wait_closed()
             self._writer = None
         if self._proc is not None:
             try:
-                await asyncio.wait_for(self._proc.wait(), 30)
+                await asyncio.wait_for(self._proc.wait(), _CLOSE_TIMEOUT)
             except TimeoutError:
                 self._proc.kill()
                 await self._proc.wait()
