@@ -81,16 +81,16 @@ class Intake:
                     deliveries.append(NewDelivery(destination))
                 else:
                     deliveries.append(NewDelivery(destination, encode(edited)))
-        return NewEvent(
-            source=source,
-            kind=kind,
-            message_json=item.encoded if item.encoded is not None else _stored_json(item),
-            received_at=received_at,
-            ordering_key=item.ordering_key,
-            deliveries=tuple(deliveries),
-            dedup_id=item.dedup_id,
-            dedup_until=received_at + self.dedup_windows.get(kind, 86400.0),
-            rejected_reason=item.rejected_reason,
+        return NewEvent(  # positional: this runs for every event
+            source,
+            kind,
+            item.encoded if item.encoded is not None else _stored_json(item),
+            received_at,
+            item.ordering_key,
+            tuple(deliveries),
+            item.dedup_id,
+            received_at + self.dedup_windows.get(kind, 86400.0),
+            item.rejected_reason,
         )
 
     async def accept(self, kind: str, source: str, items: list[Incoming]) -> list[EnqueueOutcome]:
@@ -104,8 +104,10 @@ class Intake:
         for event, outcome in zip(events, outcomes, strict=True):
             tally[outcome] = tally.get(outcome, 0) + 1
             if outcome == "queued":
-                destinations.update(d.destination for d in event.deliveries)
-                unrouted += not event.deliveries
+                if not event.deliveries:
+                    unrouted += 1
+                for d in event.deliveries:
+                    destinations.add(d.destination)
         for name, count in tally.items():
             self.metrics.received.labels(kind, source, name).inc(count)
         if unrouted:
