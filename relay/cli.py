@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import signal
@@ -20,6 +19,7 @@ from relay.app import RELAY, build_store, create_app, describe_missing
 from relay.config import Config, check_config, load_config
 from relay.errors import ConfigError, ConfigProblem, RelayError
 from relay.reload import Reloader
+from relay.runtime import tune_garbage_collector
 from relay.sources import segment_messages as seg
 
 log = logging.getLogger("relay")
@@ -47,19 +47,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         f" {_plural(len(config.routes), 'route')})"
     )
     return 0
-
-
-# Ingestion allocates thousands of short-lived dicts per request, which refcounting frees;
-# at Python's default threshold (700) the cyclic collector would run every few events, each
-# time holding the GIL that the store's writer thread needs. Collect young objects every
-# 100,000 allocations instead, and keep what start-up made out of every collection.
-GC_THRESHOLDS = (100_000, 50, 1000)
-
-
-def tune_garbage_collector() -> None:
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _serve(config: Config) -> None:

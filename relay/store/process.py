@@ -28,6 +28,7 @@ from typing import Any
 
 from relay.codec import decode
 from relay.errors import ClientError, StoreUnavailable
+from relay.runtime import tune_garbage_collector
 from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewDelivery, NewEvent, Retry
 from relay.store.sqlite import SqliteStore, StoreFull
 
@@ -402,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     store = SqliteStore(
         args.path, max_pending=args.max_pending, max_size_mb=args.max_size_mb, inline_writer=True
     )
+    tune_garbage_collector()
     asyncio.run(_serve(args.fd, store))
     return 0
 
