@@ -133,11 +133,15 @@ def first_problem(msg: Any) -> str | None:
     return None
 
 
+_ID_NAMES = ("userId", "anonymousId", "previousId", "groupId")
+_NUMBERS = (int, float)
+
+
 def normalise(msg: dict[str, Any]) -> dict[str, Any]:
     """Ids as strings (Segment does the same); the message is otherwise kept as sent."""
-    for name in ("userId", "anonymousId", "previousId", "groupId"):
+    for name in _ID_NAMES:
         value = msg.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, _NUMBERS) and not isinstance(value, bool):
             msg[name] = str(value)
     return msg
 
