@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import pickle
 import signal
 import socket
@@ -107,7 +106,6 @@ class ProcessStore:
         self._ids = itertools.count(1)
         self._opened = False  # open() succeeded and close() was not called since
         self._restarting: asyncio.Task[None] | None = None
-        self.healthy = True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -116,7 +114,7 @@ class ProcessStore:
         self._opened = True
 
     async def _start(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        # The child creates the database's folder, as SqliteStore.open does anywhere.
         ours, theirs = socket.socketpair()
         for sock in (ours, theirs):
             # Room for a few whole requests each way, so that a write rarely stops halfway.
@@ -207,7 +205,6 @@ class ProcessStore:
                 log.error("the event store's process stopped; starting it again")
                 self._restart_soon()
         finally:
-            self.healthy = False
             for fut in self._waiting.values():
                 if not fut.done():
                     fut.set_exception(
@@ -227,13 +224,7 @@ class ProcessStore:
         self._waiting[call_id] = fut
         writer.write(_frame((call_id, method, args)))
         await writer.drain()
-        try:
-            value = await fut
-        except StoreUnavailable:
-            self.healthy = False
-            raise
-        self.healthy = True
-        return value
+        return await fut
 
     # ------------------------------------------------------------------ Store
 
