@@ -424,6 +424,13 @@ class Routes:
     def __getitem__(self, index: int) -> Route:
         return self._routes[index]
 
+    def reads_messages(self, kind: str) -> bool:
+        """Whether routing messages of `kind` reads more of them than `integrations`, or
+        reshapes them: where it does not, a message need not be decoded to be routed."""
+        return not self._by_source_only[kind] or any(
+            route.has_edits for route, _, _, _ in self._steps[kind]
+        )
+
     def route(self, kind: str, source: str, message: Mapping[str, Any]) -> RoutingResult:
         """Route one message of `kind` ("segment" or "customerio") received from `source`.
 

@@ -86,7 +86,9 @@ class SegmentAPI:
         return defs
 
     def _authenticate(self, request: web.Request, body: Any) -> str:
-        body_key = body.get("writeKey") if isinstance(body, dict) else None
+        return self._source_for(request, body.get("writeKey") if isinstance(body, dict) else None)
+
+    def _source_for(self, request: web.Request, body_key: Any) -> str:
         header = request.headers.get("Authorization")
         for candidate in (_basic_user(header), body_key if isinstance(body_key, str) else None):
             source = self.write_keys.source_for(candidate)
@@ -121,6 +123,15 @@ class SegmentAPI:
 
     async def batch(self, request: web.Request) -> web.Response:
         raw = await read_body(request, seg.MAX_BATCH_BYTES, "a batch")
+        # Where no route reads or reshapes messages, plain messages are stored as they came.
+        plain = None if self.intake.routes.reads_messages("segment") else seg.plain_batch(raw)
+        if plain is not None:
+            write_key, items = plain
+            source = self._source_for(request, write_key)
+            incoming, rejected = self._explode(items, None)
+            if incoming:
+                await self.intake.accept("segment", source, incoming)
+            return _ok(rejected)
         body = _parse_json(raw)
         source = self._authenticate(request, body)
         if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
@@ -143,6 +154,13 @@ class SegmentAPI:
         rejected: list[dict[str, Any]] = []
         defaults = body if body is not None and seg.has_batch_defaults(body) else None
         for index, item in enumerate(items):
+            if type(item) is seg.PlainMessage:
+                # Routing reads nothing but `integrations` of it (see Routes.reads_messages).
+                view = {} if item.integrations is None else {"integrations": item.integrations}
+                incoming.append(
+                    Incoming(view, item.ordering_key, item.message_id, encoded=item.raw)
+                )
+                continue
             if defaults is not None and isinstance(item, dict):
                 item = seg.merge_batch_defaults(item, defaults)
             problem = seg.message_problem(item)

@@ -6,7 +6,12 @@ event on the ingestion hot path; it returns reasons as values instead of raising
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
+
+from relay.codec import decode
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -173,3 +178,131 @@ def merge_batch_defaults(item: dict[str, Any], body: dict[str, Any]) -> dict[str
             own = item.get(name)
             item[name] = {**shared, **own} if isinstance(own, dict) else dict(shared)
     return item
+
+
+# ---------------------------------------------------------------------- plain batches
+#
+# Most batches hold nothing but plain messages: string ids, a messageId, the usual fields
+# of the usual types. For those, the message is stored as the bytes it arrived as, and only
+# the fields the checks read are decoded: no dict is built, checked, encoded again and
+# freed for each message. msgspec cuts a batch into its messages' bytes and decodes the
+# checked fields of each (skipping the content of properties, traits and context), in C.
+# Anything unusual (numeric ids, a missing messageId, batch-wide context, sizes near a
+# limit, what the two parsers might read differently) goes through the checks above on a
+# decoded message instead, so both ways accept, reject and store the same messages.
+
+
+class _Object(msgspec.Struct):
+    """Any JSON object; its content is skipped, not decoded."""
+
+
+class _PlainFields(msgspec.Struct):
+    """The fields `plainly_valid` reads, in the only types a plain message has."""
+
+    type: str
+    userId: str | None = None
+    anonymousId: str | None = None
+    previousId: str | None = None
+    groupId: str | None = None
+    messageId: str | None = None
+    event: str | None = None
+    timestamp: str | None = None
+    sentAt: str | None = None
+    originalTimestamp: str | None = None
+    name: str | None = None
+    category: str | None = None
+    properties: _Object | None = None
+    traits: _Object | None = None
+    context: _Object | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class _PlainBatch(msgspec.Struct):
+    batch: list[msgspec.Raw]
+    writeKey: str | None = None
+    # Present (even empty) means the items may need them merged: not a plain batch.
+    context: msgspec.Raw = msgspec.Raw(b"")
+    integrations: msgspec.Raw = msgspec.Raw(b"")
+
+
+_BATCH_DECODER = msgspec.json.Decoder(_PlainBatch)
+_FIELDS_DECODER = msgspec.json.Decoder(_PlainFields)
+# Compact JSON is never more than 4.5 times shorter than what it was written from (`1E15`
+# becomes `1000000000000000.0`), so a message this short is within the 32 KB limit however
+# its numbers are written; a longer one is measured the usual way, encoded.
+_PLAIN_MAX_BYTES = int(MAX_MESSAGE_BYTES / 4.5)
+# A message with fewer brackets than this cannot nest deeper than the JSON encoder goes.
+_PLAIN_MAX_BRACKETS = 255
+
+
+@dataclass(slots=True)
+class PlainMessage:
+    """A valid message kept as the bytes it arrived as, with what routing and storing need."""
+
+    raw: bytes
+    message_id: str
+    ordering_key: str
+    integrations: dict[str, Any] | None
+
+
+def plain_batch(body: bytes) -> tuple[str | None, list[PlainMessage | Any]] | None:
+    """A `/v1/batch` body as (writeKey, items): each item a `PlainMessage`, or the decoded
+    message for the full checks. None when the body must be read the usual way (it is not
+    a plain batch, or not valid JSON, or not what `relay.codec.decode` would read alike)."""
+    if not body.isascii():
+        try:
+            body.decode("utf-8")  # msgspec does not check the strings it skips
+        except UnicodeDecodeError:
+            return None
+    try:
+        parsed = _BATCH_DECODER.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if parsed.context or parsed.integrations or len(parsed.batch) > MAX_BATCH_MESSAGES:
+        return None
+    items: list[PlainMessage | Any] = []
+    for raw in parsed.batch:
+        data = bytes(raw)
+        plain = _plain_message(data)
+        if plain is None:
+            try:
+                items.append(decode(data))
+            except ValueError:
+                return None
+        else:
+            items.append(plain)
+    return parsed.writeKey, items
+
+
+def _plain_message(data: bytes) -> PlainMessage | None:
+    if len(data) > _PLAIN_MAX_BYTES or data.count(b"{") + data.count(b"[") >= _PLAIN_MAX_BRACKETS:
+        return None
+    try:
+        m = _FIELDS_DECODER.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    mtype = m.type
+    message_id = m.messageId
+    if (
+        mtype not in _TYPE_SET
+        or not message_id
+        or len(message_id) >= MAX_MESSAGE_ID
+        or m.userId == ""
+        or m.anonymousId == ""
+        or m.previousId == ""
+        or m.groupId == ""
+    ):
+        return None
+    if m.userId is not None:
+        key = f"u:{m.userId}"
+    elif m.anonymousId is not None:
+        key = f"a:{m.anonymousId}"
+    else:
+        return None
+    if (
+        (mtype == "track" and not m.event)
+        or (mtype == "group" and m.groupId is None)
+        or (mtype == "alias" and (m.previousId is None or m.userId is None))
+    ):
+        return None
+    return PlainMessage(data, message_id, key, m.integrations)
