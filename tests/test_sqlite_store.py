@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from relay.store import sqlite as sqlite_store
 from relay.store.base import NewDelivery, NewEvent
-from relay.store.sqlite import _DEDUP_SCHEMA, SqliteStore, _purge_slices
+from relay.store.sqlite import _DEDUP_SCHEMA, SqliteStore, _purge_slices, dedup_key
 
 
 def event(dedup_id: str, *, until: float | None = None, rejected: str | None = None) -> NewEvent:
@@ -147,3 +152,77 @@ def test_a_purge_forgets_expired_ids_in_its_slices_only() -> None:
     assert left == [0x01, 0x08, 0xF8, 0xFF]
     _purge_slices(conn, 248, 8, now=20.0)  # the last slices, up to 0xFF included
     assert sorted(row[0][0] for row in conn.execute("SELECT key FROM dedup")) == [0x01, 0x08]
+
+
+async def test_only_ids_the_filter_may_hold_are_looked_up_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[bytes] = []
+    real_seen = sqlite_store._seen
+
+    def seen(conn: sqlite3.Connection, keys: list[bytes], now: float) -> set[bytes]:
+        looked_up.extend(keys)
+        return real_seen(conn, keys, now)
+
+    monkeypatch.setattr(sqlite_store, "_seen", seen)
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        await store.enqueue([event(f"id-{i}") for i in range(50)])
+        await store.flush_ids()
+        assert looked_up == []  # new ids, none of them in the filter
+        outcomes = await store.enqueue([event(f"id-{i}") for i in range(50, 150)])
+        assert outcomes == ["queued"] * 100
+        assert len(looked_up) < 10  # a false positive now and then, at 1%
+        assert await store.enqueue([event("id-7")]) == ["duplicate"]
+        assert looked_up[-1] == dedup_key("segment", "web", "id-7")
+    finally:
+        await store.close()
+
+
+async def test_the_filter_is_built_from_disk_at_start_and_again_when_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_FILTER_MIN_IDS", 20)
+    store = store_at(tmp_path)
+    await store.open()
+    past = time.time() - 1
+    await store.enqueue([event(f"old-{i}", until=past) for i in range(10)])
+    await store.enqueue([event(f"on-disk-{i}") for i in range(10)])
+    await store.close()
+
+    again = store_at(tmp_path)
+    await again.open()  # only the 10 live ids go into the filter, sized for at least 20
+    try:
+        assert (again._filter.count, again._filter.capacity) == (10, 20)
+        assert await again.enqueue([event("on-disk-3")]) == ["duplicate"]
+        await again.enqueue([event(f"flushed-{i}") for i in range(10)])
+        await again.flush_ids()
+        await again.enqueue([event(f"recent-{i}") for i in range(5)])
+        assert again._filter.full
+        # Built again while ids are on disk, in memory, and arriving: the scan of the disk
+        # waits until the arriving ids are committed.
+        committed = threading.Event()
+        real_filter_of = sqlite_store._filter_of
+
+        def filter_of(conn: sqlite3.Connection, now: float) -> Any:
+            assert committed.wait(10)
+            return real_filter_of(conn, now)
+
+        monkeypatch.setattr(sqlite_store, "_filter_of", filter_of)
+        rebuilt = asyncio.create_task(again.rebuild_filter())
+        while again._rebuild_log is None:
+            await asyncio.sleep(0.001)
+        arriving = await again.enqueue([event(f"arriving-{i}") for i in range(5)])
+        committed.set()
+        await rebuilt
+        assert arriving == ["queued"] * 5
+        assert not again._filter.full
+        assert again._filter.capacity == 2 * 20  # twice the live ids found on disk
+        names = [f"{k}-{i}" for k in ("on-disk", "flushed") for i in range(10)]
+        names += [f"{k}-{i}" for k in ("recent", "arriving") for i in range(5)]
+        assert await again.enqueue([event(n) for n in names]) == ["duplicate"] * len(names)
+        await again.flush_ids()  # only the filter and the disk are left
+        assert await again.enqueue([event(n) for n in names]) == ["duplicate"] * len(names)
+    finally:
+        await again.close()

@@ -14,6 +14,12 @@ database file (`<path>.dedup`) about once a second, where each index page is the
 once for many ids. A crash can lose the last second of ids, which can only let a repeat
 through (at least once), never lose an event.
 
+A Bloom filter of the ids in the dedup database stands in front of it: an id the filter has
+never seen is new without a lookup, so only about one new id in a hundred is looked up at
+all (a lookup at a random place of a large index is the costliest read of ingestion). The
+filter is built from the database when the store opens, and built again, in the background,
+when it holds more ids than it was sized for (the expired ones are left out then).
+
 The same second writer also checkpoints the main database's write-ahead log, so that copying
 it into the database file does not hold up the commits that requests wait for.
 """
@@ -30,6 +36,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+import rbloom
 
 from relay.codec import decode
 from relay.errors import StoreUnavailable
@@ -104,6 +112,10 @@ CREATE TABLE IF NOT EXISTS dedup (
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS dedup_expiry;
 """
+# The filter in front of the dedup database: sized for at least this many ids, or twice the
+# live ids when it is built (12 bits an id at this rate of false positives).
+_FILTER_MIN_IDS = 1_000_000
+_FILTER_FALSE_POSITIVES = 0.01
 # Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
 # of the dedup ids are looked over every 16 minutes.
 _PURGE_SLICES = 8
@@ -133,6 +145,35 @@ def _marks(n: int) -> str:
 
 class StoreFull(StoreUnavailable):
     pass
+
+
+class _IdFilter:
+    """The dedup ids that the dedup database may hold; "no" is certain, "yes" is probably."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self._bloom = rbloom.Bloom(capacity, _FILTER_FALSE_POSITIVES)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._bloom
+
+    def add(self, keys: Iterable[bytes], count: int) -> None:
+        self._bloom.update(keys)
+        self.count += count
+
+    @property
+    def full(self) -> bool:
+        return self.count > self.capacity
+
+
+def _filter_of(conn: sqlite3.Connection, now: float) -> _IdFilter:
+    """A filter of the ids in the dedup database that have not expired."""
+    (live,) = conn.execute("SELECT count(*) FROM dedup WHERE expires_at > ?", (now,)).fetchone()
+    found = _IdFilter(max(_FILTER_MIN_IDS, 2 * live))
+    rows = conn.execute("SELECT key FROM dedup WHERE expires_at > ?", (now,))
+    found.add((row[0] for row in rows), live)
+    return found
 
 
 class _Writer:
@@ -393,6 +434,10 @@ class SqliteStore:
         self._recent: dict[bytes, float] = {}
         self._flushing: dict[bytes, float] = {}
         self._dedup_reader: sqlite3.Connection | None = None
+        # Every id in the dedup database is in `_filter` (main writer's thread only). While a
+        # new filter is built, the ids committed meanwhile are also kept in `_rebuild_log`.
+        self._filter = _IdFilter(_FILTER_MIN_IDS)
+        self._rebuild_log: list[bytes] | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._purge_from = 0
         self._flusher: asyncio.Task[None] | None = None
@@ -413,6 +458,8 @@ class SqliteStore:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         await self._dedup.open()  # creates the dedup database before the reader opens it
+        now = time.time()
+        self._filter = await self._dedup.submit(lambda conn: _filter_of(conn, now))
         await self._main.open()
         self._flusher = asyncio.create_task(self._background_work(), name="relay-store-background")
 
@@ -467,9 +514,38 @@ class SqliteStore:
     # ------------------------------------------------------------------ dedup ids
 
     def _commit_ids(self) -> None:
-        if self._staged:
-            self._recent.update(self._staged)
-            self._staged.clear()
+        staged = self._staged
+        if staged:
+            self._recent.update(staged)
+            self._filter.add(staged, len(staged))
+            if self._rebuild_log is not None:
+                self._rebuild_log.extend(staged)
+            staged.clear()
+
+    async def rebuild_filter(self) -> None:
+        """Build the id filter again from the dedup database, leaving out expired ids."""
+
+        def start(_conn: sqlite3.Connection) -> set[bytes]:
+            # From here on, committed ids are also logged; those committed before are in
+            # the database, or on their way there (recent, flushing), by the time the scan
+            # below runs, since flushes and the scan take turns on the dedup writer.
+            self._rebuild_log = []
+            return set(self._recent) | set(self._flushing)
+
+        def finish(_conn: sqlite3.Connection, built: _IdFilter, pending: set[bytes]) -> None:
+            assert self._rebuild_log is not None
+            built.add(pending, len(pending))
+            built.add(self._rebuild_log, len(self._rebuild_log))
+            self._filter, self._rebuild_log = built, None
+
+        pending = await self._main.submit(start)
+        now = time.time()
+        try:
+            built = await self._dedup.submit(lambda conn: _filter_of(conn, now))
+        except BaseException:
+            await self._main.submit(lambda _conn: setattr(self, "_rebuild_log", None))
+            raise
+        await self._main.submit(lambda conn: finish(conn, built, pending))
 
     def _take_recent(self) -> dict[bytes, float]:
         # Runs in the main writer's thread, between two operations.
@@ -498,6 +574,11 @@ class SqliteStore:
             await asyncio.sleep(self.dedup_flush_interval)
             with contextlib.suppress(StoreUnavailable):
                 await self.flush_ids()
+            if self._filter.full:
+                try:
+                    await self.rebuild_filter()
+                except Exception as exc:  # the full filter still answers, less often "no"
+                    log.warning("the dedup id filter could not be built again: %s", exc)
             try:
                 await self._dedup.submit(lambda _conn: self._checkpoint())
             except Exception as exc:  # the writer checkpoints by itself as a fallback
@@ -515,12 +596,14 @@ class SqliteStore:
         seen: set[bytes] = set()
         unknown: list[bytes] = []
         staged, recent, flushing = self._staged, self._recent, self._flushing
+        recorded = self._filter
         for key in keys:
             if key is None:
                 continue
             expires = staged.get(key) or recent.get(key) or flushing.get(key)
             if expires is None:
-                unknown.append(key)
+                if key in recorded:
+                    unknown.append(key)
             elif expires > now:
                 seen.add(key)
         if unknown and self._dedup_reader is not None:
