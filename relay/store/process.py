@@ -28,7 +28,7 @@ from typing import Any
 from relay.codec import decode
 from relay.errors import ClientError, StoreUnavailable
 from relay.runtime import tune_garbage_collector
-from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewDelivery, NewEvent, Retry
+from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewEvent, Retry, event_tuple
 from relay.store.sqlite import SqliteStore, StoreFull
 
 log = logging.getLogger("relay.store")
@@ -43,41 +43,6 @@ _ERRORS: dict[str, type[ClientError]] = {
 _OPEN_TIMEOUT = 120.0
 _CLOSE_TIMEOUT = 30.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
-
-# A NewEvent as it crosses the socket: plain tuples pickle several times faster than
-# dataclasses, and enqueue is the call made for every request.
-_EventTuple = tuple[
-    str, str, bytes, float, str, tuple[tuple[str, bytes | None], ...], str | None, float, str | None
-]
-
-
-def _event_tuple(e: NewEvent) -> _EventTuple:
-    return (
-        e.source,
-        e.kind,
-        e.message_json,
-        e.received_at,
-        e.ordering_key,
-        tuple([(d.destination, d.message_json) for d in e.deliveries]),
-        e.dedup_id,
-        e.dedup_until,
-        e.rejected_reason,
-    )
-
-
-def _event(t: _EventTuple) -> NewEvent:
-    source, kind, message, received_at, key, deliveries, dedup_id, until, rejected = t
-    return NewEvent(
-        source,
-        kind,
-        message,
-        received_at,
-        key,
-        tuple(NewDelivery(dest, body) for dest, body in deliveries),
-        dedup_id,
-        until,
-        rejected,
-    )
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
@@ -230,7 +195,7 @@ class ProcessStore:
 
     async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
         outcomes: list[EnqueueOutcome] = await self._call(
-            "enqueue", [_event_tuple(e) for e in events]
+            "enqueue", [event_tuple(e) for e in events]
         )
         return outcomes
 
@@ -340,7 +305,7 @@ class _Server:
             await store.open()
             return None
         if method == "enqueue":
-            return await store.enqueue([_event(t) for t in args[0]])
+            return await store.enqueue_tuples(args[0])
         if method == "lease_rows":
             return await store.lease_rows(*args)
         if method in _PLAIN_CALLS:

@@ -1,9 +1,10 @@
 """The embedded durable store: SQLite in WAL mode, one writer thread doing group commits.
 
 Every operation is a function run on the one connection, in the one writer thread. The
-writer takes all the operations that are waiting, runs each inside its own savepoint (so
-one failing request cannot undo another's work) and commits them together with a single
-`synchronous=FULL` sync. Concurrent requests therefore share the cost of a sync instead of
+writer takes all the operations that are waiting, runs them in one transaction and commits
+them together with a single `synchronous=FULL` sync; when one of them fails, the group runs
+again with each operation in its own savepoint, so one failing request cannot undo another's
+work. Concurrent requests therefore share the cost of a sync instead of
 paying one each, and a request is answered only after the commit that holds it returned.
 
 Dedup ids are checked by the same operation that stores the deliveries, so two requests
@@ -45,8 +46,10 @@ from relay.store.base import (
     DeadLetter,
     Delivery,
     EnqueueOutcome,
+    EventTuple,
     NewEvent,
     Retry,
+    event_tuple,
 )
 
 log = logging.getLogger("relay.store")
@@ -275,10 +278,9 @@ class _Writer:
                     fut.set_exception(value)
 
     def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-        if len(fns) > 1:
-            at_once = self._try_at_once(fns)
-            if at_once is not None:
-                return at_once
+        at_once = self._try_at_once(fns)
+        if at_once is not None:
+            return at_once
         results: list[tuple[bool, Any] | None] = [None] * len(fns)
         todo = list(range(len(fns)))
         while todo:
@@ -297,10 +299,11 @@ class _Writer:
     def _try_at_once(
         self, fns: list[Callable[[sqlite3.Connection], Any]]
     ) -> list[tuple[bool, Any]] | None:
-        """Run the whole group in one transaction without savepoints, the common case where
-        nothing fails. Each statement hands the GIL over and back, so two statements fewer per
-        operation matter. On any failure it rolls back and returns None: the group then runs
-        again with a savepoint per operation, so that one failing operation fails alone."""
+        """Run the whole group (of one or more) in one transaction without savepoints, the
+        common case where nothing fails. Each statement hands the GIL over and back, so two
+        statements fewer per operation matter. On any failure it rolls back and returns None:
+        the group then runs again with a savepoint per operation, so that one failing
+        operation fails alone."""
         conn = self.conn
         assert conn is not None
         try:
@@ -616,22 +619,24 @@ class SqliteStore:
     # ------------------------------------------------------------------ operations
 
     async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
+        return await self.enqueue_tuples([event_tuple(e) for e in events])
+
+    async def enqueue_tuples(self, events: list[EventTuple]) -> list[EnqueueOutcome]:
+        """`enqueue` for events in their tuple form (as they reach the store's process)."""
         # A rejected message with an id is de-duplicated too: a sender's retries of one bad
         # webhook are stored once.
-        keys = [
-            None if e.dedup_id is None else dedup_key(e.kind, e.source, e.dedup_id) for e in events
-        ]
+        keys = [None if e[6] is None else dedup_key(e[1], e[0], e[6]) for e in events]
         now = time.time()
         return await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
 
     def _enqueue(
         self,
         conn: sqlite3.Connection,
-        events: list[NewEvent],
+        events: list[EventTuple],
         keys: list[bytes | None],
         now: float,
     ) -> list[EnqueueOutcome]:
-        new_deliveries = sum(len(e.deliveries) for e in events if not e.rejected_reason)
+        new_deliveries = sum(len(e[5]) for e in events if not e[8])
         if self._pending + new_deliveries > self.max_pending:
             raise StoreFull(
                 f"the queue holds {self._pending} deliveries, its limit"
@@ -645,29 +650,28 @@ class SqliteStore:
         dl_rows: list[tuple[Any, ...]] = []
         delivery_id = self._next_delivery_id
         for key, e in zip(keys, events, strict=True):
+            source, kind, message, received_at, ordering_key, deliveries, _, until, reason = e
             if key is not None:
                 if key in seen:
                     outcomes.append("duplicate")
                     continue
                 seen.add(key)
-                recorded.append((key, e.dedup_until))
-            if e.rejected_reason:
-                rejected.append(
-                    (e.source, e.kind, e.received_at, e.rejected_reason, e.message_json)
-                )
+                recorded.append((key, until))
+            if reason:
+                rejected.append((source, kind, received_at, reason, message))
                 outcomes.append("rejected")
                 continue
-            for d in e.deliveries:
+            for destination, routed in deliveries:
                 dl_rows.append(
                     (
                         delivery_id,
-                        d.destination,
-                        e.ordering_key,
-                        e.received_at,
-                        e.received_at,
-                        e.source,
-                        e.kind,
-                        e.message_json if d.message_json is None else d.message_json,
+                        destination,
+                        ordering_key,
+                        received_at,
+                        received_at,
+                        source,
+                        kind,
+                        message if routed is None else routed,
                     )
                 )
                 delivery_id += 1
