@@ -192,7 +192,7 @@ def test_the_usual_batch_of_a_library_is_plain() -> None:
         {"type": "track", "userId": "u", "messageId": "m"},  # invalid: no event
         {"type": "track", "userId": "u", "event": "e", "messageId": "m", "properties": [1]},
         {"type": "track", "userId": "u", "event": "e", "messageId": "m", "p": "x" * 8000},
-        {"type": "track", "userId": "u", "event": "e", "messageId": "m", "p": [[[]]] * 130},
+        {"type": "track", "userId": "u", "event": "e", "messageId": "m", "p": [[[]]] * 260},
         "not an object",
     ],
 )
@@ -225,6 +225,16 @@ def test_what_is_not_plain_is_read_the_usual_way_beside_plain_messages(item: Any
 )
 def test_bodies_that_need_the_usual_reading_are_not_plain(raw: bytes) -> None:
     assert seg.plain_batch(raw) is None
+
+
+@pytest.mark.parametrize("depth", [250, 600, *range(960, 1030), 1100])
+def test_deeply_nested_messages_are_read_alike(depth: int) -> None:
+    # Near the recursion limit, the usual way refuses what msgspec could still read.
+    item = '{"type":"identify","userId":"u","messageId":"m","p":' + "[" * depth + "]" * depth
+    raw = ('{"batch":[' + item + "}]}").encode()
+    both = _both_ways(raw)
+    if both is not None:
+        assert both[0] == both[1]
 
 
 def test_routes_that_read_or_reshape_messages_need_them_decoded() -> None:

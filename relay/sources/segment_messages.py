@@ -7,7 +7,7 @@ event on the ingestion hot path; it returns reasons as values instead of raising
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -196,15 +196,19 @@ class _Object(msgspec.Struct):
     """Any JSON object; its content is skipped, not decoded."""
 
 
-class _PlainFields(msgspec.Struct):
-    """The fields `plainly_valid` reads, in the only types a plain message has."""
+_Id = Annotated[str, msgspec.Meta(min_length=1)]
 
-    type: str
-    userId: str | None = None
-    anonymousId: str | None = None
-    previousId: str | None = None
-    groupId: str | None = None
-    messageId: str | None = None
+
+class _Plain(msgspec.Struct, tag_field="type", kw_only=True):
+    """The fields `plainly_valid` reads, in the only types a plain message has. A subclass
+    for each call type (`type` picks it) makes the fields that type needs required, so
+    that msgspec checks all of it."""
+
+    userId: _Id | None = None
+    anonymousId: _Id | None = None
+    previousId: _Id | None = None
+    groupId: _Id | None = None
+    messageId: Annotated[str, msgspec.Meta(max_length=MAX_MESSAGE_ID - 1)] | None = None
     event: str | None = None
     timestamp: str | None = None
     sentAt: str | None = None
@@ -217,6 +221,46 @@ class _PlainFields(msgspec.Struct):
     integrations: dict[str, Any] | None = None
 
 
+class _PlainIdentify(_Plain, tag="identify"):
+    pass
+
+
+class _PlainTrack(_Plain, tag="track"):
+    event: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _PlainPage(_Plain, tag="page"):
+    pass
+
+
+class _PlainScreen(_Plain, tag="screen"):
+    pass
+
+
+class _PlainGroup(_Plain, tag="group"):
+    groupId: _Id
+
+
+class _PlainAlias(_Plain, tag="alias"):
+    previousId: _Id
+    userId: _Id
+
+
+class _PlainDelete(_Plain, tag="delete"):
+    pass
+
+
+_PlainCall = (
+    _PlainIdentify
+    | _PlainTrack
+    | _PlainPage
+    | _PlainScreen
+    | _PlainGroup
+    | _PlainAlias
+    | _PlainDelete
+)
+
+
 class _PlainBatch(msgspec.Struct):
     batch: list[msgspec.Raw]
     writeKey: str | None = None
@@ -225,14 +269,21 @@ class _PlainBatch(msgspec.Struct):
     integrations: msgspec.Raw = msgspec.Raw(b"")
 
 
+class _PlainHeads(msgspec.Struct):
+    batch: list[_PlainCall]
+
+
 _BATCH_DECODER = msgspec.json.Decoder(_PlainBatch)
-_FIELDS_DECODER = msgspec.json.Decoder(_PlainFields)
+_HEADS_DECODER = msgspec.json.Decoder(_PlainHeads)
+_CALL_DECODER = msgspec.json.Decoder(_PlainCall)
 # Compact JSON is never more than 4.5 times shorter than what it was written from (`1E15`
 # becomes `1000000000000000.0`), so a message this short is within the 32 KB limit however
 # its numbers are written; a longer one is measured the usual way, encoded.
 _PLAIN_MAX_BYTES = int(MAX_MESSAGE_BYTES / 4.5)
-# A message with fewer brackets than this cannot nest deeper than the JSON encoder goes.
-_PLAIN_MAX_BRACKETS = 255
+# Nested deeper than this, a message goes the usual way: near Python's recursion limit
+# (about 1,000 levels) the usual way refuses what msgspec still reads. A message shorter
+# than twice this cannot have that many brackets, and is not counted.
+_PLAIN_MAX_DEPTH = 500
 
 
 @dataclass(slots=True)
@@ -260,10 +311,16 @@ def plain_batch(body: bytes) -> tuple[str | None, list[PlainMessage | Any]] | No
         return None
     if parsed.context or parsed.integrations or len(parsed.batch) > MAX_BATCH_MESSAGES:
         return None
+    raws = [bytes(raw) for raw in parsed.batch]
+    calls: list[_Plain | None]
+    try:
+        # The checked fields of every message at once: the usual case, all of them plain.
+        calls = list(_HEADS_DECODER.decode(body).batch)
+    except (msgspec.DecodeError, RecursionError):
+        calls = [_plain_call(data) for data in raws]
     items: list[PlainMessage | Any] = []
-    for raw in parsed.batch:
-        data = bytes(raw)
-        plain = _plain_message(data)
+    for data, call in zip(raws, calls, strict=True):
+        plain = None if call is None else _plain_message(data, call)
         if plain is None:
             try:
                 items.append(decode(data))
@@ -274,35 +331,29 @@ def plain_batch(body: bytes) -> tuple[str | None, list[PlainMessage | Any]] | No
     return parsed.writeKey, items
 
 
-def _plain_message(data: bytes) -> PlainMessage | None:
-    if len(data) > _PLAIN_MAX_BYTES or data.count(b"{") + data.count(b"[") >= _PLAIN_MAX_BRACKETS:
-        return None
+def _plain_call(data: bytes) -> _Plain | None:
     try:
-        m = _FIELDS_DECODER.decode(data)
+        call: _Plain = _CALL_DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError):
         return None
-    mtype = m.type
-    message_id = m.messageId
+    return call
+
+
+def _plain_message(data: bytes, call: _Plain) -> PlainMessage | None:
+    message_id = call.messageId
     if (
-        mtype not in _TYPE_SET
-        or not message_id
-        or len(message_id) >= MAX_MESSAGE_ID
-        or m.userId == ""
-        or m.anonymousId == ""
-        or m.previousId == ""
-        or m.groupId == ""
+        not message_id
+        or len(data) > _PLAIN_MAX_BYTES
+        or (
+            len(data) >= 2 * _PLAIN_MAX_DEPTH
+            and data.count(b"{") + data.count(b"[") >= _PLAIN_MAX_DEPTH
+        )
     ):
         return None
-    if m.userId is not None:
-        key = f"u:{m.userId}"
-    elif m.anonymousId is not None:
-        key = f"a:{m.anonymousId}"
+    if call.userId is not None:
+        key = "u:" + call.userId
+    elif call.anonymousId is not None:
+        key = "a:" + call.anonymousId
     else:
         return None
-    if (
-        (mtype == "track" and not m.event)
-        or (mtype == "group" and m.groupId is None)
-        or (mtype == "alias" and (m.previousId is None or m.userId is None))
-    ):
-        return None
-    return PlainMessage(data, message_id, key, m.integrations)
+    return PlainMessage(data, message_id, key, call.integrations)
