@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.codec import encode
 from relay.metrics import Metrics
-from relay.routing import Routes
+from relay.routing import Routes, RoutingResult
 from relay.sources import segment_messages as seg
 from relay.store.base import EnqueueOutcome, NewDelivery, NewEvent, Store
 
@@ -72,26 +72,44 @@ class Intake:
 
     def build(self, kind: str, source: str, item: Incoming, received_at: float) -> NewEvent:
         """The stored form of one message, with a delivery per destination it is routed to."""
-        deliveries: list[NewDelivery] = []
+        deliveries: tuple[NewDelivery, ...] = ()
         if item.rejected_reason is None:  # a rejected message is stored, never routed
-            deliverable = item.deliverable if item.deliverable is not None else item.message
-            for destination, route in self.routes.route(kind, source, item.message).deliveries:
-                edited = route.edit(deliverable)
-                if edited is item.message:
-                    deliveries.append(NewDelivery(destination))
+            result = self.routes.route(kind, source, item.message)
+            # `memo`: the deliveries of a result whose routes reshape nothing, the same for
+            # every message routed to it; False when its routes reshape messages.
+            memo = result.memo
+            if memo is None:
+                if any(route.has_edits for _, route in result.deliveries):
+                    memo = result.memo = False
                 else:
-                    deliveries.append(NewDelivery(destination, encode(edited)))
+                    memo = result.memo = tuple(NewDelivery(d) for d, _ in result.deliveries)
+            if memo is not False and item.deliverable is None:
+                deliveries = memo
+            else:
+                deliveries = self._edited(result, item)
         return NewEvent(  # positional: this runs for every event
             source,
             kind,
             item.encoded if item.encoded is not None else _stored_json(item),
             received_at,
             item.ordering_key,
-            tuple(deliveries),
+            deliveries,
             item.dedup_id,
             received_at + self.dedup_windows.get(kind, 86400.0),
             item.rejected_reason,
         )
+
+    def _edited(self, result: RoutingResult, item: Incoming) -> tuple[NewDelivery, ...]:
+        """Each destination's message: the event's own one where its route changes nothing."""
+        deliveries = []
+        deliverable = item.deliverable if item.deliverable is not None else item.message
+        for destination, route in result.deliveries:
+            edited = route.edit(deliverable)
+            if edited is item.message:
+                deliveries.append(NewDelivery(destination))
+            else:
+                deliveries.append(NewDelivery(destination, encode(edited)))
+        return tuple(deliveries)
 
     async def accept(self, kind: str, source: str, items: list[Incoming]) -> list[EnqueueOutcome]:
         """Route and durably store; returns once every item is committed (or refused)."""

@@ -387,6 +387,9 @@ class RoutingResult:
     matched: list[Route]
     deliveries: list[tuple[str, Route]]
     suppressed: list[tuple[str, Route]]
+    # For the caller: what it derived from this result alone, kept with a result that is
+    # shared between messages so that it is derived once.
+    memo: Any = None
 
     @property
     def destinations(self) -> list[str]:
@@ -476,10 +479,14 @@ class Routes:
 
 def _customerio_turned_off(message: Any) -> bool:
     """Segment's `integrations` rule for Customer.io, as Segment itself applies it."""
-    if not isinstance(message, Mapping):
+    # `type(...) is dict` first: it answers for nearly every message, and costs a tenth of
+    # an isinstance check against an abstract class.
+    if type(message) is not dict and not isinstance(message, Mapping):
         return False
     integrations = message.get("integrations")
-    if integrations is None or not isinstance(integrations, Mapping):
+    if integrations is None or (
+        type(integrations) is not dict and not isinstance(integrations, Mapping)
+    ):
         return False
     own = integrations.get(_CUSTOMERIO_INTEGRATION, _MISSING)
     if own is False:

@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 EnqueueOutcome = Literal["queued", "duplicate", "rejected"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class NewDelivery:
     destination: str
     # The message as routed for this destination (JSON), when a route reshaped it; None
@@ -40,18 +40,31 @@ EventTuple = tuple[
 ]
 
 
-def event_tuple(e: NewEvent) -> EventTuple:
-    return (
-        e.source,
-        e.kind,
-        e.message_json,
-        e.received_at,
-        e.ordering_key,
-        tuple([(d.destination, d.message_json) for d in e.deliveries]),
-        e.dedup_id,
-        e.dedup_until,
-        e.rejected_reason,
-    )
+def event_tuples(events: list[NewEvent]) -> list[EventTuple]:
+    """The tuple forms of `events`. Events that share their deliveries (routed alike, as
+    most are) share their tuple form too, which pickles once for all of them."""
+    shared: dict[int, tuple[tuple[str, bytes | None], ...]] = {}
+    out: list[EventTuple] = []
+    for e in events:
+        deliveries = shared.get(id(e.deliveries))  # the events keep each id in use
+        if deliveries is None:
+            deliveries = shared[id(e.deliveries)] = tuple(
+                [(d.destination, d.message_json) for d in e.deliveries]
+            )
+        out.append(
+            (
+                e.source,
+                e.kind,
+                e.message_json,
+                e.received_at,
+                e.ordering_key,
+                deliveries,
+                e.dedup_id,
+                e.dedup_until,
+                e.rejected_reason,
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)

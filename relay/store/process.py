@@ -28,7 +28,7 @@ from typing import Any
 from relay.codec import decode
 from relay.errors import ClientError, StoreUnavailable
 from relay.runtime import tune_garbage_collector
-from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewEvent, Retry, event_tuple
+from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewEvent, Retry, event_tuples
 from relay.store.sqlite import SqliteStore, StoreFull
 
 log = logging.getLogger("relay.store")
@@ -194,9 +194,7 @@ class ProcessStore:
     # ------------------------------------------------------------------ Store
 
     async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
-        outcomes: list[EnqueueOutcome] = await self._call(
-            "enqueue", [event_tuple(e) for e in events]
-        )
+        outcomes: list[EnqueueOutcome] = await self._call("enqueue", event_tuples(events))
         return outcomes
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:

@@ -49,7 +49,7 @@ from relay.store.base import (
     EventTuple,
     NewEvent,
     Retry,
-    event_tuple,
+    event_tuples,
 )
 
 log = logging.getLogger("relay.store")
@@ -619,7 +619,7 @@ class SqliteStore:
     # ------------------------------------------------------------------ operations
 
     async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
-        return await self.enqueue_tuples([event_tuple(e) for e in events])
+        return await self.enqueue_tuples(event_tuples(events))
 
     async def enqueue_tuples(self, events: list[EventTuple]) -> list[EnqueueOutcome]:
         """`enqueue` for events in their tuple form (as they reach the store's process)."""
