@@ -156,13 +156,11 @@ class _IdFilter:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.count = 0
-        self._bloom = rbloom.Bloom(capacity, _FILTER_FALSE_POSITIVES)
-
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._bloom
+        # Asked directly (`key in f.bloom`) on the hot path: a method call costs more.
+        self.bloom = rbloom.Bloom(capacity, _FILTER_FALSE_POSITIVES)
 
     def add(self, keys: Iterable[bytes], count: int) -> None:
-        self._bloom.update(keys)
+        self.bloom.update(keys)
         self.count += count
 
     @property
@@ -599,14 +597,20 @@ class SqliteStore:
         seen: set[bytes] = set()
         unknown: list[bytes] = []
         staged, recent, flushing = self._staged, self._recent, self._flushing
-        recorded = self._filter
+        # Every committed id is in the filter (recent and flushing ones too), so an id it
+        # has not seen can only be in this transaction's own ids.
+        recorded = self._filter.bloom
         for key in keys:
             if key is None:
                 continue
+            if key not in recorded:
+                expires = staged.get(key)
+                if expires is not None and expires > now:
+                    seen.add(key)
+                continue
             expires = staged.get(key) or recent.get(key) or flushing.get(key)
             if expires is None:
-                if key in recorded:
-                    unknown.append(key)
+                unknown.append(key)
             elif expires > now:
                 seen.add(key)
         if unknown and self._dedup_reader is not None:
@@ -647,7 +651,7 @@ class SqliteStore:
         recorded: list[tuple[bytes, float]] = []
         outcomes: list[EnqueueOutcome] = []
         rejected: list[tuple[Any, ...]] = []
-        dl_rows: list[tuple[Any, ...]] = []
+        values: list[Any] = []  # the deliveries' columns, row after row
         delivery_id = self._next_delivery_id
         for key, e in zip(keys, events, strict=True):
             source, kind, message, received_at, ordering_key, deliveries, _, until, reason = e
@@ -662,28 +666,26 @@ class SqliteStore:
                 outcomes.append("rejected")
                 continue
             for destination, routed in deliveries:
-                dl_rows.append(
-                    (
-                        delivery_id,
-                        destination,
-                        ordering_key,
-                        received_at,
-                        received_at,
-                        source,
-                        kind,
-                        message if routed is None else routed,
-                    )
+                values += (
+                    delivery_id,
+                    destination,
+                    ordering_key,
+                    received_at,
+                    received_at,
+                    source,
+                    kind,
+                    message if routed is None else routed,
                 )
                 delivery_id += 1
             outcomes.append("queued")
         # Multi-row INSERTs: SQLite does the row work inside one step, which runs without
         # the GIL, so the event loop keeps parsing requests meanwhile.
-        _insert_rows(
+        _insert_values(
             conn,
             "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source,"
             " kind, message, state) VALUES ",
             "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            dl_rows,
+            values,
         )
         if rejected:
             conn.executemany(
@@ -691,8 +693,8 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 rejected,
             )
+        self._pending += delivery_id - self._next_delivery_id
         self._next_delivery_id = delivery_id
-        self._pending += len(dl_rows)
         # Last, so that an operation that failed above leaves no ids behind.
         self._staged.update(recorded)
         return outcomes
@@ -886,16 +888,21 @@ def _purge_slices(conn: sqlite3.Connection, first: int, count: int, now: float) 
 
 
 def _record(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:
-    # Sorted, so that the index pages are visited in order.
-    _insert_rows(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", sorted(ids.items()))
+    # Sorted (the keys alone: comparing pairs costs more), so that the index pages are
+    # visited in order.
+    values: list[Any] = []
+    for key in sorted(ids):
+        values += (key, ids[key])
+    _insert_values(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", values)
 
 
-def _insert_rows(
-    conn: sqlite3.Connection, head: str, row: str, rows: Sequence[tuple[Any, ...]]
-) -> None:
-    per_statement = max(1, 2000 // max(1, row.count("?")))
-    for chunk in _chunks(rows, per_statement):
-        conn.execute(head + ",".join([row] * len(chunk)), [v for r in chunk for v in r])
+def _insert_values(conn: sqlite3.Connection, head: str, row: str, values: list[Any]) -> None:
+    """Multi-row INSERTs of `values`, the columns of one row after another's."""
+    width = row.count("?")
+    per_statement = max(1, 2000 // width) * width
+    for i in range(0, len(values), per_statement):
+        chunk = values[i : i + per_statement] if len(values) > per_statement else values
+        conn.execute(head + ",".join([row] * (len(chunk) // width)), chunk)
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
