@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from relay.codec import decode
 from relay.store import sqlite as sqlite_store
 from relay.store.base import NewDelivery, NewEvent
 from relay.store.sqlite import _DEDUP_SCHEMA, SqliteStore, _purge_slices, dedup_key
@@ -226,3 +227,68 @@ async def test_the_filter_is_built_from_disk_at_start_and_again_when_full(
         assert await again.enqueue([event(n) for n in names]) == ["duplicate"] * len(names)
     finally:
         await again.close()
+
+
+def _routed(i: int, deliveries: tuple[NewDelivery, ...], at: float) -> NewEvent:
+    return NewEvent(
+        source="web",
+        kind="segment",
+        message_json=f'{{"type":"track","userId":"u{i}","event":"E{i}"}}'.encode(),
+        received_at=at,
+        ordering_key=f"u:u{i}",
+        deliveries=deliveries,
+        dedup_id=f"m{i}",
+        dedup_until=at + 3600,
+    )
+
+
+async def _leased(store: SqliteStore, destination: str) -> list[tuple[int, str, str, float]]:
+    return [
+        (d.id, d.ordering_key, d.message["event"], d.created_at)
+        for d in await store.lease(destination, 1000, 1e12)
+    ]
+
+
+async def test_events_routed_alike_are_stored_with_what_they_share_bound_once(
+    tmp_path: Path,
+) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        at = time.time()
+        both = (
+            NewDelivery("customerio.main"),
+            NewDelivery("segment.analytics", b'{"type":"track","userId":"x","event":"Renamed"}'),
+        )
+        # 150 rows each: statements of 64, 64, 16, 4 and 2 events.
+        assert await store.enqueue([_routed(i, both, at) for i in range(150)]) == ["queued"] * 150
+        main = await _leased(store, "customerio.main")
+        assert main == [(1 + 2 * i, f"u:u{i}", f"E{i}", at) for i in range(150)]
+        other = await _leased(store, "segment.analytics")
+        assert other == [(2 + 2 * i, f"u:u{i}", "Renamed", at) for i in range(150)]
+    finally:
+        await store.close()
+
+
+async def test_events_routed_differently_in_one_request_are_all_stored(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        at = time.time()
+        main = (NewDelivery("customerio.main"),)
+        other = (NewDelivery("segment.analytics"),)
+        events = [_routed(i, main if i % 3 else other, at + (i % 2)) for i in range(70)]
+        events[5] = NewEvent("web", "segment", b"{}", at, "u:bad", (), "bad", at + 60, "no event")
+        events[6] = _routed(6, (), at)  # routed nowhere
+        outcomes = await store.enqueue(events)
+        assert outcomes == ["queued"] * 5 + ["rejected"] + ["queued"] * 64
+        stored = [e for e in events if e.deliveries and not e.rejected_reason]
+        expected: dict[str, list[tuple[int, str, str, float]]] = {}
+        for n, e in enumerate(stored, start=1):
+            expected.setdefault(e.deliveries[0].destination, []).append(
+                (n, e.ordering_key, decode(e.message_json)["event"], e.received_at)
+            )
+        assert await _leased(store, "customerio.main") == expected["customerio.main"]
+        assert await _leased(store, "segment.analytics") == expected["segment.analytics"]
+    finally:
+        await store.close()

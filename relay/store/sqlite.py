@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -651,42 +652,21 @@ class SqliteStore:
         recorded: list[tuple[bytes, float]] = []
         outcomes: list[EnqueueOutcome] = []
         rejected: list[tuple[Any, ...]] = []
-        values: list[Any] = []  # the deliveries' columns, row after row
-        delivery_id = self._next_delivery_id
+        stored: list[EventTuple] = []
         for key, e in zip(keys, events, strict=True):
-            source, kind, message, received_at, ordering_key, deliveries, _, until, reason = e
             if key is not None:
                 if key in seen:
                     outcomes.append("duplicate")
                     continue
                 seen.add(key)
-                recorded.append((key, until))
-            if reason:
-                rejected.append((source, kind, received_at, reason, message))
+                recorded.append((key, e[7]))
+            if e[8]:
+                rejected.append((e[0], e[1], e[3], e[8], e[2]))
                 outcomes.append("rejected")
                 continue
-            for destination, routed in deliveries:
-                values += (
-                    delivery_id,
-                    destination,
-                    ordering_key,
-                    received_at,
-                    received_at,
-                    source,
-                    kind,
-                    message if routed is None else routed,
-                )
-                delivery_id += 1
+            stored.append(e)
             outcomes.append("queued")
-        # Multi-row INSERTs: SQLite does the row work inside one step, which runs without
-        # the GIL, so the event loop keeps parsing requests meanwhile.
-        _insert_values(
-            conn,
-            "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source,"
-            " kind, message, state) VALUES ",
-            "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            values,
-        )
+        delivery_id = _insert_deliveries(conn, stored, self._next_delivery_id)
         if rejected:
             conn.executemany(
                 "INSERT INTO rejected (source, kind, received_at, reason, message)"
@@ -887,22 +867,106 @@ def _purge_slices(conn: sqlite3.Connection, first: int, count: int, now: float) 
         )
 
 
+# Multi-row INSERTs: SQLite does the row work inside one step, which runs without the GIL
+# (the event loop of relay's process, or of the store's, goes on meanwhile). Statements
+# hold a fixed number of rows (64, then 32, 16 ... 1 for the rest), so that the few
+# different texts stay prepared in the connection's cache: preparing a statement of 100
+# rows costs more than running it.
+_ROWS_PER_STATEMENT = 64
+_INSERT_DELIVERIES = (
+    "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source, kind,"
+    " message, state) VALUES "
+)
+
+
+def _fixed_chunks(items: Sequence[T], largest: int = _ROWS_PER_STATEMENT) -> Iterable[Sequence[T]]:
+    """`items` in chunks of `largest` (a power of two), the rest in chunks of half as many,
+    a quarter as many ... and 1."""
+    start, size = 0, largest
+    while start < len(items):
+        while start + size > len(items):
+            size //= 2
+        yield items[start : start + size]
+        start += size
+
+
+@functools.cache
+def _shared_insert(events: int, destinations: int) -> str:
+    """An INSERT of `events` events routed alike: ?1 source, ?2 kind, ?3 received at,
+    ?4... the destinations, then id, ordering key and message for each row."""
+    rows = []
+    first = 4 + destinations
+    for row in range(events * destinations):
+        n = first + 3 * row
+        dest = 4 + row % destinations
+        rows.append(f"(?{n}, ?{dest}, ?{n + 1}, ?3, ?3, ?1, ?2, ?{n + 2}, 'pending')")
+    return _INSERT_DELIVERIES + ",".join(rows)
+
+
+@functools.cache
+def _rows_insert(head: str, row: str, rows: int) -> str:
+    return head + ",".join([row] * rows)
+
+
+def _insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_id: int) -> int:
+    """Insert a delivery row for each destination of each event; returns the next id."""
+    if not events:
+        return next_id
+    source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
+    if deliveries and all(
+        e[5] is deliveries and e[3] == received_at and e[0] == source and e[1] == kind
+        for e in events
+    ):
+        # The usual request: every event from one source at one time, routed alike. What
+        # the rows share is bound once, not once a row.
+        destinations = [d for d, _ in deliveries]
+        routed = [r for _, r in deliveries]
+        for chunk in _fixed_chunks(events):
+            values: list[Any] = [source, kind, received_at, *destinations]
+            for e in chunk:
+                for message in routed:
+                    values += (next_id, e[4], e[2] if message is None else message)
+                    next_id += 1
+            conn.execute(_shared_insert(len(chunk), len(destinations)), values)
+        return next_id
+    rows = []
+    for e in events:
+        for destination, message in e[5]:
+            rows.append(
+                (
+                    next_id,
+                    destination,
+                    e[4],
+                    e[3],
+                    e[3],
+                    e[0],
+                    e[1],
+                    e[2] if message is None else message,
+                )
+            )
+            next_id += 1
+    _insert_values(conn, _INSERT_DELIVERIES, "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')", rows)
+    return next_id
+
+
 def _record(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:
     # Sorted (the keys alone: comparing pairs costs more), so that the index pages are
     # visited in order.
-    values: list[Any] = []
-    for key in sorted(ids):
-        values += (key, ids[key])
-    _insert_values(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", values)
+    keys = sorted(ids)
+    for chunk in _fixed_chunks(keys, 1024):
+        values: list[Any] = []
+        for key in chunk:
+            values += (key, ids[key])
+        conn.execute(
+            _rows_insert("INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", len(chunk)), values
+        )
 
 
-def _insert_values(conn: sqlite3.Connection, head: str, row: str, values: list[Any]) -> None:
-    """Multi-row INSERTs of `values`, the columns of one row after another's."""
-    width = row.count("?")
-    per_statement = max(1, 2000 // width) * width
-    for i in range(0, len(values), per_statement):
-        chunk = values[i : i + per_statement] if len(values) > per_statement else values
-        conn.execute(head + ",".join([row] * (len(chunk) // width)), chunk)
+def _insert_values(
+    conn: sqlite3.Connection, head: str, row: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    for chunk in _fixed_chunks(rows):
+        conn.execute(_rows_insert(head, row, len(chunk)), [v for r in chunk for v in r])
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
