@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -950,13 +951,13 @@ def _insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_
 
 
 def _record(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:
-    # Sorted (the keys alone: comparing pairs costs more), so that the index pages are
-    # visited in order.
+    # Sorted, so that the index pages are visited in order. This runs beside the main
+    # writer, in the same process: the less of it holds the GIL, the better, so the keys
+    # alone are sorted (comparing pairs costs more) and C code lays out the values.
     keys = sorted(ids)
     for chunk in _fixed_chunks(keys, 1024):
-        values: list[Any] = []
-        for key in chunk:
-            values += (key, ids[key])
+        pairs = zip(chunk, map(ids.__getitem__, chunk), strict=True)
+        values = list(itertools.chain.from_iterable(pairs))
         conn.execute(
             _rows_insert("INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", len(chunk)), values
         )
