@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS dedup (
 DROP INDEX IF EXISTS dedup_expiry;
 """
 # The filter in front of the dedup database: sized for at least this many ids, or twice the
-# live ids when it is built (12 bits an id at this rate of false positives).
+# live ids when it is built (10 bits for each id it is sized for, at this rate of false
+# positives).
 _FILTER_MIN_IDS = 1_000_000
 _FILTER_FALSE_POSITIVES = 0.01
 # Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
