@@ -292,3 +292,19 @@ async def test_events_routed_differently_in_one_request_are_all_stored(tmp_path:
         assert await _leased(store, "segment.analytics") == expected["segment.analytics"]
     finally:
         await store.close()
+
+
+async def test_events_routed_to_many_destinations_are_split_within_the_parameter_limit(
+    tmp_path: Path,
+) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        at = time.time()
+        many = tuple(NewDelivery(f"customerio.w{n}") for n in range(30))
+        assert await store.enqueue([_routed(i, many, at) for i in range(40)]) == ["queued"] * 40
+        for n in (0, 29):
+            leased = await _leased(store, f"customerio.w{n}")
+            assert leased == [(1 + n + 30 * i, f"u:u{i}", f"E{i}", at) for i in range(40)]
+    finally:
+        await store.close()

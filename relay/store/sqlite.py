@@ -875,6 +875,9 @@ def _purge_slices(conn: sqlite3.Connection, first: int, count: int, now: float) 
 # different texts stay prepared in the connection's cache: preparing a statement of 100
 # rows costs more than running it.
 _ROWS_PER_STATEMENT = 64
+# Bound parameters in one statement, at most: well under SQLite's limit (32,766 since
+# SQLite 3.32; builds of Python 3.11 and later are linked with newer ones).
+_MAX_PARAMETERS = 2000
 _INSERT_DELIVERIES = (
     "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source, kind,"
     " message, state) VALUES "
@@ -923,7 +926,10 @@ def _insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_
         # the rows share is bound once, not once a row.
         destinations = [d for d, _ in deliveries]
         routed = [r for _, r in deliveries]
-        for chunk in _fixed_chunks(events):
+        largest = _ROWS_PER_STATEMENT
+        while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
+            largest //= 2
+        for chunk in _fixed_chunks(events, largest):
             values: list[Any] = [source, kind, received_at, *destinations]
             for e in chunk:
                 for message in routed:
@@ -956,7 +962,7 @@ def _record(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:
     # writer, in the same process: the less of it holds the GIL, the better, so the keys
     # alone are sorted (comparing pairs costs more) and C code lays out the values.
     keys = sorted(ids)
-    for chunk in _fixed_chunks(keys, 1024):
+    for chunk in _fixed_chunks(keys, 512):  # 1,024 parameters: see _MAX_PARAMETERS
         pairs = zip(chunk, map(ids.__getitem__, chunk), strict=True)
         values = list(itertools.chain.from_iterable(pairs))
         conn.execute(
