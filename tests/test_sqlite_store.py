@@ -308,3 +308,33 @@ async def test_events_routed_to_many_destinations_are_split_within_the_parameter
             assert leased == [(1 + n + 30 * i, f"u:u{i}", f"E{i}", at) for i in range(40)]
     finally:
         await store.close()
+
+
+async def test_counting_the_queue_does_not_hold_up_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = threading.Event()
+    committed = threading.Event()
+    real_count = sqlite_store._count_deliveries
+
+    def count(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+        counting.set()
+        assert committed.wait(10), "a commit waited for the count"
+        return real_count(conn)
+
+    monkeypatch.setattr(sqlite_store, "_count_deliveries", count)
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        await store.enqueue([event("before")])
+        counted = asyncio.create_task(store.counts())
+        while not counting.is_set():
+            await asyncio.sleep(0.001)
+        # The count is running (and waits for this commit): the writer is free.
+        assert await asyncio.wait_for(store.enqueue([event("during")]), 5) == ["queued"]
+        committed.set()
+        assert (await counted)["customerio.main"]["pending"] in (1, 2)
+        assert (await store.counts())["customerio.main"] == {"pending": 2}
+    finally:
+        committed.set()
+        await store.close()

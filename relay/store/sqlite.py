@@ -443,6 +443,10 @@ class SqliteStore:
         self._filter = _IdFilter(_FILTER_MIN_IDS)
         self._rebuild_log: list[bytes] | None = None
         self._checkpointer: sqlite3.Connection | None = None
+        # `counts` reads on a connection and a thread of its own (WAL lets it read while
+        # the writer writes).
+        self._counter: sqlite3.Connection | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
         self._purge_from = 0
         self._flusher: asyncio.Task[None] | None = None
         self._next_delivery_id = 1
@@ -465,6 +469,7 @@ class SqliteStore:
         now = time.time()
         self._filter = await self._dedup.submit(lambda conn: _filter_of(conn, now))
         await self._main.open()
+        self._read_executor = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-read")
         self._flusher = asyncio.create_task(self._background_work(), name="relay-store-background")
 
     def _open_main(self) -> sqlite3.Connection:
@@ -512,6 +517,11 @@ class SqliteStore:
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             await self._dedup.submit(lambda _conn: checkpointer.close())
+        executor, self._read_executor = self._read_executor, None
+        if executor is not None:
+            # In the reading thread, after any count still running there.
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_counter)
+            executor.shutdown(wait=True)
         await self._main.close()
         await self._dedup.close()
 
@@ -819,16 +829,27 @@ class SqliteStore:
 
         return await self._submit(run)
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
-            out: dict[str, dict[str, int]] = {}
-            for dest, state, n in conn.execute(
-                "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
-            ):
-                out.setdefault(dest, {})[state] = n
-            return out
+    def _close_counter(self) -> None:
+        counter, self._counter = self._counter, None
+        if counter is not None:
+            counter.close()
 
-        return await self._submit(run)
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Deliveries by destination and state, read beside the writer: counting a queue of
+        millions takes a while, and the commits that requests wait for go on meanwhile."""
+
+        def run() -> dict[str, dict[str, int]]:
+            if self._counter is None:
+                self._counter = sqlite3.connect(self.path, isolation_level=None)
+                self._counter.execute("PRAGMA busy_timeout=5000")
+            return _count_deliveries(self._counter)
+
+        if self._read_executor is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._read_executor, run)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from None
 
     async def purge(self, now: float) -> None:
         first = self._purge_from
@@ -841,6 +862,15 @@ class SqliteStore:
         except StoreUnavailable:
             return False
         return self.healthy
+
+
+def _count_deliveries(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for dest, state, n in conn.execute(
+        "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
+    ):
+        out.setdefault(dest, {})[state] = n
+    return out
 
 
 def _seen(conn: sqlite3.Connection, keys: list[bytes], now: float) -> set[bytes]:
