@@ -5,7 +5,9 @@ background; a repeat is caught at every one of those stages and after a restart.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -337,4 +339,19 @@ async def test_counting_the_queue_does_not_hold_up_commits(
         assert (await store.counts())["customerio.main"] == {"pending": 2}
     finally:
         committed.set()
+        await store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities: Linux only")
+async def test_the_background_writer_runs_at_a_lower_priority(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    await store.open()
+    try:
+        nice = await store._dedup.submit(
+            lambda _conn: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        )
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert nice == min(19, mine + sqlite_store._BACKGROUND_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the process itself is untouched
+    finally:
         await store.close()
