@@ -123,8 +123,8 @@ class SegmentAPI:
 
     async def batch(self, request: web.Request) -> web.Response:
         raw = await read_body(request, seg.MAX_BATCH_BYTES, "a batch")
-        # Where no route reads or reshapes messages, plain messages are stored as they came.
-        plain = None if self.intake.routes.reads_messages("segment") else seg.plain_batch(raw)
+        # Plain messages are stored as they came (see segment_messages.plain_batch).
+        plain = seg.plain_batch(raw)
         if plain is not None:
             write_key, items = plain
             source = self._source_for(request, write_key)
@@ -153,10 +153,17 @@ class SegmentAPI:
         incoming: list[Incoming] = []
         rejected: list[dict[str, Any]] = []
         defaults = body if body is not None and seg.has_batch_defaults(body) else None
+        whole = self.intake.routes.reads_messages("segment")
         for index, item in enumerate(items):
             if type(item) is seg.PlainMessage:
-                # Routing reads nothing but `integrations` of it (see Routes.reads_messages).
-                view = {} if item.integrations is None else {"integrations": item.integrations}
+                # What routing reads of the message: all of it where a route matches on its
+                # fields or edits it; else only `integrations`, and nothing is decoded.
+                if whole:
+                    view = decode(item.raw)
+                elif item.integrations is None:
+                    view = {}
+                else:
+                    view = {"integrations": item.integrations}
                 incoming.append(
                     Incoming(view, item.ordering_key, item.message_id, encoded=item.raw)
                 )
