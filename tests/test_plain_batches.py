@@ -175,7 +175,7 @@ def _render(body: Any, style: int) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies, style=st.integers(0, 2), routes=st.sampled_from(sorted(ROUTES)))
 def test_a_plain_batch_is_read_as_the_usual_way_reads_it(
     body: dict[str, Any], style: int, routes: str

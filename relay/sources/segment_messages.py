@@ -317,6 +317,8 @@ def plain_batch(body: bytes) -> tuple[str | None, list[PlainMessage | Any]] | No
         # The checked fields of every message at once: the usual case, all of them plain.
         calls = list(_HEADS_DECODER.decode(body).batch)
     except (msgspec.DecodeError, RecursionError):
+        calls = []
+    if len(calls) != len(raws):  # one message could not be read as plain: each on its own
         calls = [_plain_call(data) for data in raws]
     items: list[PlainMessage | Any] = []
     for data, call in zip(raws, calls, strict=True):
