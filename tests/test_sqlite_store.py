@@ -5,11 +5,13 @@ background; a repeat is caught at every one of those stages and after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,15 @@ def store_at(tmp_path: Path) -> SqliteStore:
     return SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=3600)
 
 
+@contextlib.asynccontextmanager
+async def opened(store: SqliteStore) -> AsyncIterator[SqliteStore]:
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def ids_on_disk(store: SqliteStore) -> int:
     with sqlite3.connect(store.dedup_path) as conn:
         count: int = conn.execute("SELECT count(*) FROM dedup").fetchone()[0]
@@ -50,9 +61,7 @@ def ids_on_disk(store: SqliteStore) -> int:
 async def test_a_repeat_is_caught_before_after_and_while_ids_move_to_disk(
     tmp_path: Path,
 ) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         assert await store.enqueue([event("a"), event("a"), event("b")]) == [
             "queued",
             "duplicate",
@@ -67,19 +76,13 @@ async def test_a_repeat_is_caught_before_after_and_while_ids_move_to_disk(
             "duplicate",
             "queued",
         ]
-    finally:
-        await store.close()
 
 
 async def test_concurrent_requests_with_one_id_store_it_once(tmp_path: Path) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         outcomes = await asyncio.gather(*(store.enqueue([event("same")]) for _ in range(20)))
         assert sorted(o for [o] in outcomes) == ["duplicate"] * 19 + ["queued"]
         assert (await store.counts())["customerio.main"] == {"pending": 1}
-    finally:
-        await store.close()
 
 
 async def test_ids_survive_a_restart(tmp_path: Path) -> None:
@@ -96,9 +99,7 @@ async def test_ids_survive_a_restart(tmp_path: Path) -> None:
 
 
 async def test_an_expired_id_is_accepted_again_wherever_it_is_kept(tmp_path: Path) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         past = time.time() - 1
         assert await store.enqueue([event("old", until=past)]) == ["queued"]
         assert await store.enqueue([event("old")]) == ["queued"]  # expired, in memory
@@ -111,14 +112,12 @@ async def test_an_expired_id_is_accepted_again_wherever_it_is_kept(tmp_path: Pat
         assert ids_on_disk(store) == 1
         await store.flush_ids()  # "older" again, with its new expiry
         assert ids_on_disk(store) == 2
-    finally:
-        await store.close()
 
 
 async def test_a_refused_request_leaves_its_ids_free(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "relay.db"), max_pending=1, dedup_flush_interval=3600)
-    await store.open()
-    try:
+    async with opened(
+        SqliteStore(str(tmp_path / "relay.db"), max_pending=1, dedup_flush_interval=3600)
+    ) as store:
         assert await store.enqueue([event("first")]) == ["queued"]
         try:
             await store.enqueue([event("second")])
@@ -128,20 +127,14 @@ async def test_a_refused_request_leaves_its_ids_free(tmp_path: Path) -> None:
             raise AssertionError("a full queue must refuse")
         await store.complete([d.id for d in await store.lease("customerio.main", 10, 1e12)])
         assert await store.enqueue([event("second")]) == ["queued"]  # not taken as a repeat
-    finally:
-        await store.close()
 
 
 async def test_a_rejected_message_with_an_id_is_stored_once(tmp_path: Path) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         bad = event("bad", rejected="no person")
         assert await store.enqueue([bad]) == ["rejected"]
         assert await store.enqueue([bad]) == ["duplicate"]
         assert len(await store.dead_letters()) == 1
-    finally:
-        await store.close()
 
 
 def test_a_purge_forgets_expired_ids_in_its_slices_only() -> None:
@@ -168,9 +161,7 @@ async def test_only_ids_the_filter_may_hold_are_looked_up_on_disk(
         return real_seen(conn, keys, now)
 
     monkeypatch.setattr(sqlite_store, "_seen", seen)
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         await store.enqueue([event(f"id-{i}") for i in range(50)])
         await store.flush_ids()
         assert looked_up == []  # new ids, none of them in the filter
@@ -179,8 +170,6 @@ async def test_only_ids_the_filter_may_hold_are_looked_up_on_disk(
         assert len(looked_up) < 10  # a false positive now and then, at 1%
         assert await store.enqueue([event("id-7")]) == ["duplicate"]
         assert looked_up[-1] == dedup_key("segment", "web", "id-7")
-    finally:
-        await store.close()
 
 
 async def test_the_filter_is_built_from_disk_at_start_and_again_when_full(
@@ -254,9 +243,7 @@ async def _leased(store: SqliteStore, destination: str) -> list[tuple[int, str, 
 async def test_events_routed_alike_are_stored_with_what_they_share_bound_once(
     tmp_path: Path,
 ) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         at = time.time()
         both = (
             NewDelivery("customerio.main"),
@@ -268,14 +255,10 @@ async def test_events_routed_alike_are_stored_with_what_they_share_bound_once(
         assert main == [(1 + 2 * i, f"u:u{i}", f"E{i}", at) for i in range(150)]
         other = await _leased(store, "segment.analytics")
         assert other == [(2 + 2 * i, f"u:u{i}", "Renamed", at) for i in range(150)]
-    finally:
-        await store.close()
 
 
 async def test_events_routed_differently_in_one_request_are_all_stored(tmp_path: Path) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         at = time.time()
         main = (NewDelivery("customerio.main"),)
         other = (NewDelivery("segment.analytics"),)
@@ -292,24 +275,18 @@ async def test_events_routed_differently_in_one_request_are_all_stored(tmp_path:
             )
         assert await _leased(store, "customerio.main") == expected["customerio.main"]
         assert await _leased(store, "segment.analytics") == expected["segment.analytics"]
-    finally:
-        await store.close()
 
 
 async def test_events_routed_to_many_destinations_are_split_within_the_parameter_limit(
     tmp_path: Path,
 ) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         at = time.time()
         many = tuple(NewDelivery(f"customerio.w{n}") for n in range(30))
         assert await store.enqueue([_routed(i, many, at) for i in range(40)]) == ["queued"] * 40
         for n in (0, 29):
             leased = await _leased(store, f"customerio.w{n}")
             assert leased == [(1 + n + 30 * i, f"u:u{i}", f"E{i}", at) for i in range(40)]
-    finally:
-        await store.close()
 
 
 async def test_counting_the_queue_does_not_hold_up_commits(
@@ -344,14 +321,10 @@ async def test_counting_the_queue_does_not_hold_up_commits(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities: Linux only")
 async def test_the_background_writer_runs_at_a_lower_priority(tmp_path: Path) -> None:
-    store = store_at(tmp_path)
-    await store.open()
-    try:
+    async with opened(store_at(tmp_path)) as store:
         nice = await store._dedup.submit(
             lambda _conn: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         )
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         assert nice == min(19, mine + sqlite_store._BACKGROUND_NICE)
         assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the process itself is untouched
-    finally:
-        await store.close()

@@ -999,7 +999,7 @@ def _insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_
                 )
             )
             next_id += 1
-    _insert_values(conn, _INSERT_DELIVERIES, "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')", rows)
+    _insert_rows(conn, _INSERT_DELIVERIES, "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')", rows)
     return next_id
 
 
@@ -1008,19 +1008,22 @@ def _record(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:
     # writer, in the same process: the less of it holds the GIL, the better, so the keys
     # alone are sorted (comparing pairs costs more) and C code lays out the values.
     keys = sorted(ids)
-    for chunk in _fixed_chunks(keys, 512):  # 1,024 parameters: see _MAX_PARAMETERS
-        pairs = zip(chunk, map(ids.__getitem__, chunk), strict=True)
-        values = list(itertools.chain.from_iterable(pairs))
-        conn.execute(
-            _rows_insert("INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", len(chunk)), values
-        )
+    rows = list(zip(keys, map(ids.__getitem__, keys), strict=True))
+    # 512 rows, 1,024 parameters: see _MAX_PARAMETERS.
+    _insert_rows(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", rows, 512)
 
 
-def _insert_values(
-    conn: sqlite3.Connection, head: str, row: str, rows: Sequence[tuple[Any, ...]]
+def _insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    row: str,
+    rows: Sequence[tuple[Any, ...]],
+    largest: int = _ROWS_PER_STATEMENT,
 ) -> None:
-    for chunk in _fixed_chunks(rows):
-        conn.execute(_rows_insert(head, row, len(chunk)), [v for r in chunk for v in r])
+    """`rows` in multi-row INSERTs of `largest` rows, then fewer (see _fixed_chunks)."""
+    for chunk in _fixed_chunks(rows, largest):
+        values = list(itertools.chain.from_iterable(chunk))
+        conn.execute(_rows_insert(head, row, len(chunk)), values)
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
