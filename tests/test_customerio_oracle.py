@@ -7,12 +7,14 @@ and JSON body for the equivalent Segment message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import responses
 from customerio import CustomerIO  # type: ignore[import-untyped]
@@ -20,6 +22,7 @@ from customerio.constants import CIOID, EMAIL, ID  # type: ignore[import-untyped
 
 from relay.mapping import Rejection
 from relay.mapping.to_customerio import encode_v1, map_message
+from tests.conftest import API_KEY, SITE_ID, WRITE_KEY, RelayFactory, StandIn, basic
 
 RECEIVED_AT = 1_700_000_000.0
 TIMESTAMP = "2024-01-15T10:30:00Z"
@@ -219,3 +222,69 @@ def test_suppress_and_unsuppress_match_the_library(library: Any, event: str, cal
     getattr(client, call)(customer_id="ann@example.com")
     message = {"type": "track", "userId": "ann@example.com", "event": event}
     assert relay_v1(message) == [captured()]
+
+
+# ------------------------------------------------------------------ on the wire
+#
+# The checks above compare the requests relay builds. These compare what reaches a server:
+# the library and relay both send to one loopback stand-in, which records each request line
+# as it came, so that an HTTP client normalising a URL on the way (`%40` back to `@`) shows.
+
+WIRE_IDS = [
+    "ada+x@example.com",
+    "a;b&c=d:e,f$g",
+    "a/b c?d#e",
+    "100%",
+    "zoë",
+]
+
+
+def _library_on_the_wire(url: str, calls: Callable[[CustomerIO], None]) -> None:
+    client = CustomerIO(site_id=SITE_ID, api_key=API_KEY, retries=0)
+    client.base_url = f"{url}/api/v1"  # plain HTTP to the stand-in; the paths are the library's
+    calls(client)
+
+
+@pytest.mark.parametrize("user_id", WIRE_IDS)
+async def test_v1_paths_on_the_wire_are_the_librarys_byte_for_byte(
+    relay_factory: RelayFactory, customerio: StandIn, user_id: str
+) -> None:
+    def calls(client: CustomerIO) -> None:
+        client.identify(id=user_id, plan="pro")
+        client.track(customer_id=user_id, name="Signed Up", data={"plan": "pro"}, id=EVENT_ID)
+        client.delete(customer_id=user_id)
+
+    await asyncio.to_thread(_library_on_the_wire, customerio.url, calls)
+    library = [(r.method, r.path, r.body) for r in await customerio.wait_for(3)]
+    customerio.requests.clear()
+
+    url, _ = await relay_factory(cio_url=customerio.url, api="v1")
+    auth = {"Authorization": basic(WRITE_KEY)}
+    for path, message in [
+        ("identify", {"userId": user_id, "traits": {"plan": "pro"}, "messageId": "m-0"}),
+        (
+            "track",
+            {
+                "userId": user_id,
+                "event": "Signed Up",
+                "properties": {"plan": "pro"},
+                "messageId": "m-1",
+                "timestamp": TIMESTAMP,
+            },
+        ),
+        ("track", {"userId": user_id, "event": "User Deleted", "messageId": "m-2"}),
+    ]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/v1/{path}", json=message, headers=auth) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        await customerio.wait_for(len(customerio.requests) + 1)
+    relay = [(r.method, r.path, r.body) for r in customerio.requests]
+
+    # The same request lines, byte for byte; the bodies as JSON. relay also sends the event's
+    # time and `type: event`, as the tests above explain.
+    assert [(m, p) for m, p, _ in relay] == [(m, p) for m, p, _ in library]
+    assert relay[0][2] == library[0][2]
+    assert relay[1][2] == {**library[1][2], "type": "event", "timestamp": TS}
+    assert relay[2][2] == library[2][2] == {}

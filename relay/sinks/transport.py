@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
+import yarl
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class AiohttpTransport:
         try:
             async with session.request(
                 method,
-                url,
+                # As built: a URL parsed by yarl is normalised (`%40` back to `@`, `;` `&`
+                # `=` `:` `,` `$` left unencoded), and the path relay built is what it sends.
+                yarl.URL(url, encoded=True),
                 headers=dict(headers),
                 data=body,
                 timeout=aiohttp.ClientTimeout(total=timeout),
