@@ -314,12 +314,18 @@ _CORS_PREFIX = "/v1/"
 async def cors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """analytics.js posts from browsers on other origins; answer preflights and allow them."""
+    """analytics.js posts from browsers on other origins; answer preflights and allow them.
+
+    Outside the error middleware, so that refusals (401, 400, 413, 503) carry the headers
+    too: without them a browser reports a network error instead of the status, and
+    analytics.js retries an event relay refused instead of dropping it.
+    """
     if not request.path.startswith(_CORS_PREFIX):
         return await handler(request)
     origin = request.headers.get("Origin", "*")
     cors = {
         "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "Retry-After",
         "Vary": "Origin",
     }
     if request.method == "OPTIONS":
@@ -377,7 +383,7 @@ def create_app(
     # Bodies are read and decompressed by relay.sources.body, with per-endpoint caps; aiohttp's
     # own decompression is off for every runner that serves this app.
     app = web.Application(
-        middlewares=[errors_middleware, cors_middleware],
+        middlewares=[cors_middleware, errors_middleware],
         client_max_size=8 * 1024 * 1024,
         handler_args={"auto_decompress": False},
     )

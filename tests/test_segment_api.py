@@ -301,6 +301,57 @@ async def test_browser_short_path_with_text_plain_and_cors(
     assert request.body["batch"][0]["name"] == "Clicked"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status"),
+    [
+        ("/v1/t", {"event": "E", "userId": "u", "writeKey": "wrong"}, {}, 401),
+        ("/v1/t", {"userId": "u", "writeKey": WRITE_KEY}, {}, 400),
+        ("/v1/t", b"{", {}, 400),
+        ("/v1/b", {"batch": "no", "writeKey": WRITE_KEY}, {}, 400),
+        ("/v1/t", {"writeKey": WRITE_KEY, "event": "x" * 40_000, "userId": "u"}, {}, 413),
+        ("/v1/t", {"event": "E", "userId": "u", "writeKey": WRITE_KEY}, {"gzip": "1"}, 400),
+        ("/v1/nothing", {}, {}, 404),
+    ],
+)
+async def test_every_answer_to_a_browser_carries_cors_headers(
+    relay_factory: RelayFactory,
+    customerio: StandIn,
+    path: str,
+    body: Any,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    # Without them a browser reports a network error instead of the status, and analytics.js
+    # retries the event (up to 10 times) instead of dropping what relay refused.
+    url, _ = await relay_factory(cio_url=customerio.url)
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sent = {"Content-Type": "text/plain", "Origin": "https://shop.example"}
+    if headers:
+        sent["Content-Encoding"] = "gzip"  # a body that says gzip but is not
+    got, payload, answer = await post(f"{url}{path}", None, raw=raw, headers=sent)
+    assert got == status, payload
+    assert answer["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert answer["Vary"] == "Origin"
+    assert payload["code"] and payload["message"]
+
+
+async def test_a_503_to_a_browser_carries_cors_headers_and_retry_after(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url)
+    await relay_of(app).store.close()  # the store is gone: every write is refused
+    status, payload, answer = await post(
+        f"{url}/v1/t",
+        {"event": "E", "userId": "u", "writeKey": WRITE_KEY},
+        headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
+    )
+    assert (status, payload["code"]) == (503, "store_unavailable")
+    assert answer["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert answer["Retry-After"] == "5"
+    # Exposed, so that a page's script may read it.
+    assert "Retry-After" in answer["Access-Control-Expose-Headers"]
+
+
 @pytest.mark.parametrize("path", ["i", "t", "p", "s", "g", "a"])
 async def test_every_short_path_accepts_its_call(
     relay_factory: RelayFactory, customerio: StandIn, path: str
