@@ -123,6 +123,7 @@ messages = st.fixed_dictionaries(
         "traits": st.dictionaries(st.text(max_size=3), values, max_size=3),
         "context": st.dictionaries(st.text(max_size=3), values, max_size=2) | values,
         "integrations": integrations | values,
+        "writeKey": st.just("web-key") | values,
         "other": values,
     },
 )
@@ -143,6 +144,7 @@ plainish = st.fixed_dictionaries(
         "context": st.dictionaries(st.text(max_size=3), values, max_size=2),
         "integrations": integrations,
         "timestamp": st.just("2024-05-06T07:08:09.123Z"),
+        "writeKey": st.just("web-key"),
         "other": values,
     },
 ).flatmap(

@@ -710,3 +710,44 @@ async def test_a_lone_surrogate_is_stored_and_delivered_escaped(
     assert (status, body) == (200, {"success": True})
     [request] = await customerio.wait_for(1)
     assert request.body["batch"][0]["attributes"] == {"note": "\ud800"}
+
+
+async def test_the_write_key_a_message_was_sent_with_never_travels_on(
+    relay_factory: RelayFactory, customerio: StandIn, segment: StandIn
+) -> None:
+    # analytics.js puts `writeKey` into each message of a /v1/b batch and into single calls.
+    url, app = await relay_factory(
+        cio_url=customerio.url,
+        segment_url=segment.url,
+        routes="\n  - {name: forward, from: segment, to: [segment.main]}\n",
+    )
+    browser = {"Content-Type": "text/plain"}
+    single = {**track("w1", "Single", "m-w1"), "writeKey": WRITE_KEY}
+    del single["type"]
+    status, _, _ = await post(f"{url}/v1/t", single, headers=browser)
+    assert status == 200
+    batch = [
+        {**track("w2", "Batched", "m-w2"), "writeKey": WRITE_KEY},
+        {**track("w3", "Plain", "m-w3")},
+        {"type": "track", "userId": "w4", "messageId": "m-w4", "writeKey": WRITE_KEY},  # no event
+    ]
+    status, body, _ = await post(
+        f"{url}/v1/b", {"batch": batch, "writeKey": WRITE_KEY}, headers=browser
+    )
+    assert status == 200 and [r["index"] for r in body["rejected"]] == [2]
+    status, _, _ = await post(
+        f"{url}/v1/batch",
+        {"batch": [{**track("w5", "Server", "m-w5"), "writeKey": WRITE_KEY}]},
+        headers={"Authorization": basic(WRITE_KEY)},
+    )
+    assert status == 200
+    await segment.wait_for(1)
+    deadline = asyncio.get_running_loop().time() + 10
+    while len([m for r in segment.requests for m in r.body["batch"]]) < 4:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    forwarded = [m for r in segment.requests for m in r.body["batch"]]
+    assert sorted(m["event"] for m in forwarded) == ["Batched", "Plain", "Server", "Single"]
+    assert [m for m in forwarded if "writeKey" in m] == []
+    [rejected] = [d for d in await relay_of(app).store.dead_letters() if d.destination is None]
+    assert "writeKey" not in rejected.message

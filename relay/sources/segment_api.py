@@ -108,7 +108,6 @@ class SegmentAPI:
             source = self._authenticate(request, body)
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object (one Segment message)")
-            body.pop("writeKey", None)
             body["type"] = mtype  # the path decides the call type, as Segment's API does
             problem = seg.message_problem(body)
             if problem:
@@ -183,6 +182,8 @@ class SegmentAPI:
             if problem is not None:
                 reason = f"batch[{index}]: {problem}"
                 rejected.append({"index": index, "reason": reason})
+                if isinstance(item, dict):
+                    item.pop("writeKey", None)  # kept for people to look at, without the key
                 stored = item if isinstance(item, dict) else {"value": item}
                 incoming.append(
                     Incoming(

@@ -143,7 +143,10 @@ _NUMBERS = (int, float)
 
 
 def normalise(msg: dict[str, Any]) -> dict[str, Any]:
-    """Ids as strings (Segment does the same); the message is otherwise kept as sent."""
+    """Ids as strings (Segment does the same), and no `writeKey`: the key a message was sent
+    with (analytics.js puts it in every message) never travels on. The message is otherwise
+    kept as sent."""
+    msg.pop("writeKey", None)
     for name in _ID_NAMES:
         value = msg.get(name)
         if isinstance(value, _NUMBERS) and not isinstance(value, bool):
@@ -219,6 +222,8 @@ class _Plain(msgspec.Struct, tag_field="type", kw_only=True):
     traits: _Object | None = None
     context: _Object | None = None
     integrations: dict[str, Any] | None = None
+    # Present means the stored message would carry the sender's key: not plain (see normalise).
+    writeKey: msgspec.Raw = msgspec.Raw(b"")
 
 
 class _PlainIdentify(_Plain, tag="identify"):
@@ -345,6 +350,7 @@ def _plain_message(data: bytes, call: _Plain) -> PlainMessage | None:
     message_id = call.messageId
     if (
         not message_id
+        or call.writeKey
         or len(data) > _PLAIN_MAX_BYTES
         or (
             len(data) >= 2 * _PLAIN_MAX_DEPTH
