@@ -21,7 +21,7 @@ from typing import Protocol
 
 from relay.errors import StoreUnavailable
 from relay.metrics import Metrics
-from relay.sinks.outcome import Dead, Done, Hold, Outcome, Pause, Retry
+from relay.sinks.outcome import Dead, Done, Hold, Outcome, Pause, Retry, Skipped
 from relay.store.base import Delivery, Store
 from relay.store.base import Retry as StoreRetry
 
@@ -181,10 +181,12 @@ class DestinationWorker:
         dead: list[tuple[int, str]] = []
         release: list[int] = []
         pause: str | None = None
+        skipped = 0
         for d in leased:
             outcome = outcomes.get(d.id, Hold())
             if isinstance(outcome, Done):
                 done.append(d.id)
+                skipped += isinstance(outcome, Skipped)
             elif isinstance(outcome, Dead):
                 dead.append((d.id, outcome.reason))
             elif isinstance(outcome, Retry):
@@ -217,8 +219,10 @@ class DestinationWorker:
         await self.store.retry(retries)
         await self.store.complete(done)
         await self.store.release(release)
+        if skipped:
+            self.metrics.skipped.labels(self.key).inc(skipped)
         if done:
-            self.metrics.delivered.labels(self.key).inc(len(done))
+            self.metrics.delivered.labels(self.key).inc(len(done) - skipped)
             if self.paused_reason and pause is None:
                 log.info("destination %s accepts requests again", self.key)
                 self.paused_reason = None

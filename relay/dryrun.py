@@ -18,7 +18,7 @@ from typing import Any
 
 from relay.codec import encode
 from relay.config import SEGMENT_WEBHOOK_SOURCE, Config, CustomerIODestination, Destination
-from relay.mapping import Rejection
+from relay.mapping import Rejection, Skip
 from relay.mapping.to_segment import map_webhook
 from relay.outgoing import OutgoingRequest
 from relay.routing import CUSTOMERIO, SEGMENT, Routes
@@ -181,6 +181,10 @@ def _delivery(
         requests = customerio.requests_for([message], dest, now)
         if isinstance(requests, Rejection):
             item["rejected"] = requests.reason
+            return item
+        if isinstance(requests, Skip):
+            item["skipped"] = requests.reason
+            item["requests"] = []
             return item
     else:
         _groups, too_large = segment.plan_batches([message], dest.batch_size)

@@ -26,6 +26,12 @@ class Metrics:
         self.delivered = Counter(
             "relay_delivered_events_total", "Deliveries completed", ["destination"], registry=r
         )
+        self.skipped = Counter(
+            "relay_skipped_events_total",
+            "Deliveries done without a request: nothing to send (an alias of a person to itself)",
+            ["destination"],
+            registry=r,
+        )
         self.retried = Counter(
             "relay_retried_events_total",
             "Deliveries scheduled for a retry",

@@ -490,3 +490,39 @@ async def test_an_op_over_a_limit_is_dead_lettered_unsent_while_a_good_one_is_de
         "100 bytes"
     )
     assert len(customerio.requests) == 1  # the long name never reached Customer.io
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_an_alias_of_a_person_to_itself_is_counted_and_never_dead_lettered(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    # What analytics.js sends after identify: userId == previousId.
+    url, app = await relay_factory(cio_url=customerio.url, api=api)
+    relay = relay_of(app)
+    auth = {"Authorization": basic(WRITE_KEY)}
+    batch = [
+        {"type": "identify", "userId": "u9", "messageId": "m-i", "traits": {"plan": "pro"}},
+        {"type": "alias", "userId": "u9", "previousId": "u9", "messageId": "m-a"},
+        {"type": "track", "userId": "u9", "event": "After", "messageId": "m-t"},
+    ]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": batch}, headers=auth)
+    assert status == 200
+    await customerio.wait_for(1 if api == "v2" else 2)
+    deadline = time.monotonic() + 10
+    while relay.metrics.delivered.labels("customerio.main")._value.get() < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert relay.metrics.skipped.labels("customerio.main")._value.get() == 1
+    assert await relay.store.dead_letters() == []
+    assert (await relay.store.counts()).get("customerio.main", {}).get("pending", 0) == 0
+    sent = [r.path for r in customerio.requests]
+    assert sent == (
+        ["/api/v2/batch"]
+        if api == "v2"
+        else ["/api/v1/customers/u9", "/api/v1/customers/u9/events"]
+    )
+    if api == "v2":
+        assert [op["action"] for op in customerio.requests[0].body["batch"]] == [
+            "identify",
+            "event",
+        ]

@@ -210,6 +210,18 @@ def test_customerio_v1_shows_the_classic_requests() -> None:
     ]
 
 
+def test_an_alias_of_a_person_to_itself_shows_nothing_sent_and_why() -> None:
+    out = run_in_process([{"type": "alias", "userId": "u1", "previousId": "u1", "messageId": "m"}])
+    assert out[0]["deliveries"] == [
+        {
+            "destination": "customerio.classic",
+            "route": "all",
+            "skipped": "alias userId and previousId name the same person: nothing to merge",
+            "requests": [],
+        }
+    ]
+
+
 def test_a_message_without_message_id_gets_a_stable_stand_in() -> None:
     out = run_in_process([{"type": "track", "userId": "u1", "event": "E"}] * 2)
     ids = [e["deliveries"][0]["requests"][0]["body"]["id"] for e in out]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from relay.mapping import Rejection
+from relay.mapping import Rejection, Skip
 from relay.mapping.dates import iso_to_seconds
 from relay.mapping.to_customerio import (
     MAX_OPERATION_BYTES,
@@ -1320,9 +1320,16 @@ def test_alias_without_both_ids_is_rejected(message: dict[str, Any]) -> None:
     assert rejected(message) == "alias needs both userId and previousId"
 
 
-def test_alias_of_a_person_to_itself_is_rejected() -> None:
-    message = {"type": "alias", "userId": "u1", "previousId": "u1"}
-    assert rejected(message) == "alias userId and previousId name the same person; nothing to merge"
+@pytest.mark.parametrize(
+    ("user_id", "previous_id"),
+    [("u1", "u1"), ("42", 42), ("ann@example.com", "ann@example.com"), ("cio_ab", "cio_ab")],
+)
+def test_alias_of_a_person_to_itself_needs_nothing_sent(user_id: str, previous_id: Any) -> None:
+    # analytics.js sends one after each identify: merging a person into itself is a no-op.
+    message = {"type": "alias", "userId": user_id, "previousId": previous_id}
+    assert map_message(message, received_at=RECEIVED_AT) == Skip(
+        "alias userId and previousId name the same person: nothing to merge"
+    )
 
 
 # --- event id ---------------------------------------------------------------------------------

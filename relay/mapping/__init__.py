@@ -14,6 +14,14 @@ class Rejection:
     reason: str
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A message that needs nothing sent: it is done as it is (a person merged into itself).
+    Counted, never dead-lettered."""
+
+    reason: str
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a value's type, for reasons such as "traits must be an object"."""
     if value is None:

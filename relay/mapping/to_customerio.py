@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-from relay.mapping import Rejection, json_type
+from relay.mapping import Rejection, Skip, json_type
 from relay.mapping.dates import convert_dates, iso_to_millis, iso_to_seconds
 from relay.mapping.ulid import deterministic_ulid
 from relay.outgoing import OutgoingRequest
@@ -112,7 +112,7 @@ class Operation:
         return "anonymous_id" in self.identifiers
 
 
-Mapped = list[Operation] | Rejection
+Mapped = list[Operation] | Rejection | Skip
 
 # Loose on purpose: one `@`, something either side, a dot in the domain, no spaces. Stricter
 # checks reject real addresses; this only decides whether a userId *is* an address.
@@ -581,7 +581,8 @@ def map_alias(message: Mapping[str, Any], *, received_at: float) -> Mapped:
         return Rejection("alias needs both userId and previousId")
     primary, secondary = person_identifiers(user_id), person_identifiers(previous_id)
     if primary == secondary:
-        return Rejection("alias userId and previousId name the same person; nothing to merge")
+        # analytics.js sends this after an identify, with userId == previousId: a no-op.
+        return Skip("alias userId and previousId name the same person: nothing to merge")
     return [Operation("person", "merge", primary=primary, secondary=secondary)]
 
 
@@ -606,7 +607,7 @@ _MAPPERS: Mapping[str, Callable[..., Mapped]] = {
 }
 
 
-def map_message(message: Mapping[str, Any], *, received_at: float) -> list[Operation] | Rejection:
+def map_message(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     """The Customer.io operations a Segment message stands for, or why there are none.
 
     `received_at` (unix seconds) stands in for the message time in event ids when the message
@@ -860,13 +861,11 @@ def check_limits(op: Operation, api: str = "v2") -> str | None:
     return None
 
 
-def map_and_check(
-    message: Mapping[str, Any], *, received_at: float, api: str = "v2"
-) -> list[Operation] | Rejection:
+def map_and_check(message: Mapping[str, Any], *, received_at: float, api: str = "v2") -> Mapped:
     """`map_message`, then a Rejection naming the first op that breaks a Customer.io limit
     as `api` ("v1" or "v2") would send it."""
     operations = map_message(message, received_at=received_at)
-    if isinstance(operations, Rejection):
+    if isinstance(operations, Rejection | Skip):
         return operations
     for index, op in enumerate(operations):
         problem = check_limits(op, api)

@@ -16,13 +16,13 @@ from typing import Any
 
 from relay.codec import encode
 from relay.config import CustomerIODestination
-from relay.mapping import Rejection
+from relay.mapping import Rejection, Skip
 from relay.mapping.to_customerio import encode_v1, encode_v2, map_and_check
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.sinks.batching import pack
 from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry
+from relay.sinks.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry, Skipped
 from relay.sinks.sender import Sender, json_headers
 from relay.sinks.transport import Response, Transport
 from relay.store.base import Delivery
@@ -41,6 +41,7 @@ class Planned:
     sizes: list[int] = field(default_factory=list)
     requests: list[OutgoingRequest] = field(default_factory=list)
     rejection: str | None = None
+    skipped: str | None = None  # nothing to send, and why
 
 
 def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
@@ -51,6 +52,9 @@ def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
         mapped = map_and_check(d.message, received_at=d.created_at, api=api)
         if isinstance(mapped, Rejection):
             out.append(Planned(d, rejection=mapped.reason))
+            continue
+        if isinstance(mapped, Skip):
+            out.append(Planned(d, skipped=mapped.reason))
             continue
         if api == "v1":
             out.append(Planned(d, requests=[r for op in mapped for r in encode_v1(op)]))
@@ -124,7 +128,7 @@ def batch_outcomes(
 
 def requests_for(
     messages: Sequence[dict[str, Any]], dest: CustomerIODestination, now: float
-) -> list[OutgoingRequest] | Rejection:
+) -> list[OutgoingRequest] | Rejection | Skip:
     """The exact requests relay would send for these messages (used by `relay routes test`)."""
     deliveries = [
         Delivery(i, dest.key, "", 0, now, "", "segment", m) for i, m in enumerate(messages)
@@ -133,6 +137,8 @@ def requests_for(
     for p in planned:
         if p.rejection:
             return Rejection(p.rejection)
+        if p.skipped and len(planned) == 1:
+            return Skip(p.skipped)
     if dest.api == "v1":
         return [r for p in planned for r in p.requests]
     return [batch_request(g) for g in pack_v2(planned, dest.batch_size)]
@@ -160,6 +166,8 @@ class CustomerIOSink:
         for p in planned:
             if p.rejection is not None:
                 outcomes[p.delivery.id] = Dead(p.rejection)
+            elif p.skipped is not None:
+                outcomes[p.delivery.id] = Skipped(p.skipped)
             elif not p.ops and not p.requests:
                 outcomes[p.delivery.id] = DONE  # nothing to send for it
             else:

@@ -18,6 +18,13 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Skipped(Done):
+    """Done without sending anything: the message needs nothing sent (see mapping.Skip)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Retry:
     error: str
     after: float | None = None  # at least this many seconds (Retry-After)
