@@ -127,6 +127,12 @@ def _read_messages(path: str) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _print_json_line(line: str) -> None:
+    # JSON text may hold a lone surrogate (from a `\ud800` escape), which stdout cannot
+    # write; written back as that escape, the line is still the same JSON.
+    print(line.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
 def cmd_routes_test(args: argparse.Namespace) -> int:
     from relay.dryrun import choose_sources, dry_run
 
@@ -148,7 +154,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
         return 1
     now = time.time() if args.now is None else args.now
     out = dry_run(result.config, result.routes, messages, now, source=args.source)
-    print(json.dumps(out, indent=2, ensure_ascii=False))
+    _print_json_line(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -158,7 +164,7 @@ async def _dlq(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.dlq_command == "list":
             for item in await store.dead_letters(args.limit, args.destination):
-                print(
+                _print_json_line(
                     json.dumps(
                         {
                             "id": item.id,

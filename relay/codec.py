@@ -57,6 +57,26 @@ def decode(raw: bytes | str) -> Any:
         ) from None
 
 
+def holds_lone_surrogate(text: str) -> bool:
+    """Whether `text` is not Unicode: a lone surrogate, which a JSON `\\ud800` escape (or the
+    bytes ED A0 80, read by the standard parser) can carry into a Python string. JSON
+    stores and sends such text as its escape; SQLite cannot hold it as text, so it must
+    never become a key (a person, a dedup id)."""
+    if text.isascii():  # constant time in CPython: the usual case costs nothing
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+NOT_UNICODE = (
+    "is not valid Unicode: it holds a lone surrogate (a \\ud800-\\udfff escape without its"
+    " pair), which cannot be stored as an id; send it as UTF-8 text"
+)
+
+
 def nested_deeper_than(value: Any, limit: int) -> bool:
     """Whether arrays and objects in `value` nest more than `limit` levels.
 

@@ -399,3 +399,20 @@ async def test_an_unrouted_message_is_accepted_and_counted_as_routes_test_says(
     )
     await asyncio.sleep(0.3)
     assert customerio.requests == []
+
+
+def test_text_that_is_not_unicode_is_printed_as_its_escape(tmp_path: Path) -> None:
+    # JSON allows a lone surrogate as an escape; relay sends it on as that escape, and shows it.
+    messages = tmp_path / "odd.json"
+    messages.write_text(
+        '{"type":"track","userId":"u1","event":"E","messageId":"m","properties":{"x":"\\ud800"}}'
+    )
+    result = run_relay(
+        ["routes", "test", "--config", str(GOLDEN / "config.yaml"), str(messages), "--now", NOW],
+        tmp_path,
+        {},
+    )
+    assert result.returncode == 0, result.stderr
+    [entry] = json.loads(result.stdout)
+    [request] = entry["deliveries"][0]["requests"]
+    assert request["body"]["batch"][0]["attributes"] == {"x": "\ud800"}

@@ -10,6 +10,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from relay import __version__
+from relay.codec import NOT_UNICODE, holds_lone_surrogate
 from relay.mapping import Rejection, json_type
 
 __all__ = [
@@ -155,6 +156,9 @@ def map_webhook(
             "webhook names no person: no data.identifiers.id, data.customer_id, "
             "data.identifiers.email, data.email_address or email recipient"
         )
+    for value in identity:
+        if value is not None and holds_lone_surrogate(value):
+            return Rejection(f"the webhook's {_person_field(data, value)} {NOT_UNICODE}")
 
     if profile == "raw":
         properties: dict[str, Any] = dict(data)
@@ -258,6 +262,19 @@ def _identity(data: Mapping[str, Any], object_type: str) -> tuple[str | None, st
     if email is None and object_type.lower() == "email":
         email = _text(data.get("recipient"))
     return user_id, email
+
+
+def _person_field(data: Mapping[str, Any], value: str) -> str:
+    """The field of `data` that `_identity` took `value` from."""
+    identifiers = data.get("identifiers")
+    if isinstance(identifiers, Mapping):
+        for name in ("id", "email"):
+            if identifiers.get(name) is value:
+                return f"data.identifiers.{name}"
+    for name in ("customer_id", "email_address", "recipient"):
+        if data.get(name) is value:
+            return f"data.{name}"
+    return "person"
 
 
 def _traits(data: Mapping[str, Any], object_type: str, email: str | None) -> dict[str, Any]:

@@ -33,7 +33,8 @@ class WriteKeys:
     def source_for(self, candidate: str | None) -> str | None:
         if candidate is None:
             return None
-        given = candidate.encode()
+        # surrogatepass: a key that is not Unicode (from a `\\ud800` escape) matches none.
+        given = candidate.encode("utf-8", "surrogatepass")
         found = None
         for name, key in self._keys:  # no early exit: timing must not depend on the match
             if hmac.compare_digest(given, key) and found is None:

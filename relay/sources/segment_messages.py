@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from relay.codec import decode
+from relay.codec import NOT_UNICODE, decode, holds_lone_surrogate
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -81,7 +81,7 @@ def plainly_valid(msg: dict[str, Any]) -> bool:
                 return False
         elif name in _ID_FIELDS:
             if type(value) is str:
-                if not value:
+                if not value or not value.isascii():
                     return False
             elif type(value) is not int and type(value) is not float:
                 return False
@@ -112,6 +112,11 @@ def first_problem(msg: Any) -> str | None:
         value = msg.get(name)
         if value is not None and not _id_like(value):
             return f"field '{name}' must be a non-empty string"
+    for name in _ID_NAMES:
+        value = msg.get(name)
+        if isinstance(value, str) and holds_lone_surrogate(value):
+            # An id names a person or a group, kept as text: it must be Unicode.
+            return f"field '{name}' {NOT_UNICODE}"
     if msg.get("userId") is None and msg.get("anonymousId") is None:
         return "one of 'userId' or 'anonymousId' is required"
     for name in _STRING_FIELDS:
