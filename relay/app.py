@@ -38,10 +38,17 @@ from relay.store.process import ProcessStore
 log = logging.getLogger("relay")
 
 
-def build_store(config: Config) -> Store:
-    # The SQLite store runs in a process of its own (relay.store.process explains why).
+def build_store(config: Config, *, lock_wait: float = 30.0) -> Store:
+    """The SQLite store, in a process of its own (relay.store.process explains why).
+
+    `lock_wait`: how long to wait for another relay process that holds the store (one
+    killed a moment ago finishes its last writes first)."""
     return ProcessStore(
-        config.sqlite_path, max_pending=config.max_pending, max_size_mb=config.max_size_mb
+        config.sqlite_path,
+        max_pending=config.max_pending,
+        max_size_mb=config.max_size_mb,
+        min_free_mb=config.min_free_mb,
+        lock_wait=lock_wait,
     )
 
 
@@ -153,6 +160,7 @@ class Relay:
             ("storage.sqlite.path", old.sqlite_path, new.sqlite_path),
             ("storage.sqlite.max_pending", old.max_pending, new.max_pending),
             ("storage.sqlite.max_size_mb", old.max_size_mb, new.max_size_mb),
+            ("storage.sqlite.min_free_mb", old.min_free_mb, new.min_free_mb),
             ("storage.redis", old.redis_url, new.redis_url),
         ):
             if before != after:
@@ -164,6 +172,7 @@ class Relay:
             sqlite_path=old.sqlite_path,
             max_pending=old.max_pending,
             max_size_mb=old.max_size_mb,
+            min_free_mb=old.min_free_mb,
             redis_url=old.redis_url,
         )
         changes.extend(_route_changes(old, new, self.routes, routes))
@@ -349,15 +358,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 while new events are taken; 503, with the reason, whenever they would be refused."""
     relay = request.app[RELAY]
-    writable = relay.accepting and await relay.store.writable()
+    problem = await relay.store.write_problem() if relay.accepting else "shutting down"
     destinations = {key: w.state for key, w in relay.workers.items()}
-    body = {
-        "status": "ready" if writable else "unavailable",
-        "store": "writable" if writable else "unavailable",
+    body: dict[str, Any] = {
+        "status": "ready" if problem is None else "unavailable",
+        "store": "writable" if problem is None else "unavailable",
         "destinations": destinations,
     }
-    return web.json_response(body, status=200 if writable else 503)
+    if problem is not None:
+        body["reason"] = problem
+    return web.json_response(body, status=200 if problem is None else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

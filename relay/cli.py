@@ -21,6 +21,7 @@ from relay.errors import ConfigError, ConfigProblem, RelayError
 from relay.reload import Reloader
 from relay.runtime import tune_garbage_collector
 from relay.sources import segment_messages as seg
+from relay.store.sqlite import StoreCannotOpen, StoreInUse, read_dead_letters
 
 log = logging.getLogger("relay")
 
@@ -95,6 +96,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = result.config
     try:
         asyncio.run(_serve(config))
+    except StoreInUse as exc:
+        log.error(
+            "not starting: %s; stop it first, or give each relay a storage.sqlite.path of its own",
+            exc.message,
+        )
+        return 1
+    except StoreCannotOpen as exc:  # a read-only or full disk, a folder that cannot be made
+        log.error("not starting: %s", exc.message)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1
@@ -158,35 +168,40 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _dlq(config: Config, args: argparse.Namespace) -> int:
-    store = build_store(config)
+def _dlq_list(config: Config, args: argparse.Namespace) -> int:
+    # Read only: safe while a relay serves from the same store.
+    for item in read_dead_letters(config.sqlite_path, args.limit, args.destination):
+        _print_json_line(
+            json.dumps(
+                {
+                    "id": item.id,
+                    "destination": item.destination,
+                    "source": item.source,
+                    "kind": item.kind,
+                    "reason": item.reason,
+                    "attempts": item.attempts,
+                    "message": item.message,
+                },
+                ensure_ascii=False,
+            )
+        )
+    return 0
+
+
+async def _dlq_replay(config: Config, args: argparse.Namespace) -> int:
+    ids = None if args.all else [int(i) for i in args.ids]
+    if not args.all and not ids:
+        print("relay dlq replay: give delivery ids, or --all", file=sys.stderr)
+        return 2
+    # Refused (StoreInUse) while a relay serves from the store: opening it takes back what
+    # that relay has in flight.
+    store = build_store(config, lock_wait=0)
     await store.open()
     try:
-        if args.dlq_command == "list":
-            for item in await store.dead_letters(args.limit, args.destination):
-                _print_json_line(
-                    json.dumps(
-                        {
-                            "id": item.id,
-                            "destination": item.destination,
-                            "source": item.source,
-                            "kind": item.kind,
-                            "reason": item.reason,
-                            "attempts": item.attempts,
-                            "message": item.message,
-                        },
-                        ensure_ascii=False,
-                    )
-                )
-        else:
-            ids = None if args.all else [int(i) for i in args.ids]
-            if not args.all and not ids:
-                print("relay dlq replay: give delivery ids, or --all", file=sys.stderr)
-                return 2
-            count = await store.replay(ids, time.time())
-            print(f"{count} deliveries put back in the queue")
+        count = await store.replay(ids, time.time())
     finally:
         await store.close()
+    print(f"{count} deliveries put back in the queue")
     return 0
 
 
@@ -197,7 +212,20 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    return asyncio.run(_dlq(config, args))
+    try:
+        if args.dlq_command == "list":
+            return _dlq_list(config, args)
+        return asyncio.run(_dlq_replay(config, args))
+    except StoreInUse as exc:
+        print(
+            f"relay dlq {args.dlq_command}: {exc.message}; stop it, replay, and start it"
+            " again (replaying beside it would send what it has in flight a second time)",
+            file=sys.stderr,
+        )
+        return 1
+    except StoreCannotOpen as exc:
+        print(f"relay dlq {args.dlq_command}: {exc.message}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

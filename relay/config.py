@@ -95,6 +95,7 @@ class Config:
     sqlite_path: str
     max_pending: int
     max_size_mb: int | None
+    min_free_mb: float
     redis_url: str | None
     segment_write_keys: dict[str, str]
     segment_webhook_secret: str | None
@@ -189,6 +190,7 @@ class SqliteSchema(_Strict):
     path = fields.String(load_default="var/relay.db")
     max_pending = fields.Integer(load_default=5_000_000, validate=validate.Range(min=1))
     max_size_mb = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    min_free_mb = fields.Float(load_default=100.0, validate=validate.Range(min=0))
 
 
 class RedisSchema(_Strict):
@@ -1107,6 +1109,7 @@ class _Reading:
             sqlite_path=storage["sqlite"]["path"],
             max_pending=storage["sqlite"]["max_pending"],
             max_size_mb=storage["sqlite"]["max_size_mb"],
+            min_free_mb=storage["sqlite"]["min_free_mb"],
             redis_url=storage["redis"]["url"] if storage.get("redis") else None,
             segment_write_keys={k: v for k, v in sources["segment"]["write_keys"].items() if v},
             segment_webhook_secret=sources["segment"]["webhook_secret"] or None,

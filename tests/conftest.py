@@ -51,6 +51,8 @@ class StandIn:
     answer: Callable[[Recorded], tuple[int, Any, dict[str, str]]] | None = None
     url: str = ""
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # Requests scripted with `hold()` wait for this, then get the default answer.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def respond(
         self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1
@@ -63,6 +65,10 @@ class StandIn:
 
     def hang(self, times: int = 1) -> None:
         self.script.extend(["hang"] * times)
+
+    def hold(self, times: int = 1) -> None:
+        """The next requests wait (as a slow Customer.io would) until `released` is set."""
+        self.script.extend(["hold"] * times)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -86,6 +92,9 @@ class StandIn:
         if action == "hang":
             await asyncio.sleep(30)
             return web.Response(status=200)
+        if action == "hold":
+            await self.released.wait()
+            action = self.default
         status, payload, headers = action  # type: ignore[misc]
         if isinstance(payload, bytes):  # a body that is not JSON, sent as it is
             return web.Response(status=status, body=payload, headers=headers)
@@ -136,6 +145,7 @@ def config_yaml(
     *,
     api: str = "v2",
     rate_limit: float = 100,
+    cio_timeout: float = 2,
     extra_cio: str = "",
     routes: str | None = None,
     sources_extra: str = "",
@@ -170,7 +180,7 @@ destinations:
       base_url: "{cio_url}"
       api: {api}
       rate_limit: {rate_limit}
-      timeout: 2
+      timeout: {cio_timeout}
 {extra_cio}
   segment:
     main:

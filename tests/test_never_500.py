@@ -198,4 +198,4 @@ def test_what_was_queued_before_the_junk_is_delivered(relay_thread: RelayInThrea
     relay_thread.call(relay_thread.cio.wait_for(1))
     names = [op.get("name") for r in relay_thread.cio.requests for op in r.body["batch"]]
     assert "Kept" in names
-    assert relay_thread.call(relay_of(relay_thread.app).store.writable())
+    assert relay_thread.call(relay_of(relay_thread.app).store.write_problem()) is None

@@ -29,7 +29,13 @@ from relay.codec import decode
 from relay.errors import ClientError, StoreUnavailable
 from relay.runtime import tune_garbage_collector
 from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewEvent, Retry, event_tuples
-from relay.store.sqlite import SqliteStore, StoreFull
+from relay.store.sqlite import (
+    DEFAULT_MIN_FREE_MB,
+    SqliteStore,
+    StoreCannotOpen,
+    StoreFull,
+    StoreInUse,
+)
 
 log = logging.getLogger("relay.store")
 
@@ -38,6 +44,8 @@ _HEADER = struct.Struct("!I")
 _ERRORS: dict[str, type[ClientError]] = {
     "StoreFull": StoreFull,
     "StoreUnavailable": StoreUnavailable,
+    "StoreCannotOpen": StoreCannotOpen,
+    "StoreInUse": StoreInUse,
 }
 # How long the child may take to open the database (a large queue is scanned at start-up).
 _OPEN_TIMEOUT = 120.0
@@ -59,17 +67,26 @@ class ProcessStore:
     """A `SqliteStore` in a child process; safe against `kill -9` of either process."""
 
     def __init__(
-        self, path: str, *, max_pending: int = 5_000_000, max_size_mb: int | None = None
+        self,
+        path: str,
+        *,
+        max_pending: int = 5_000_000,
+        max_size_mb: int | None = None,
+        min_free_mb: float = DEFAULT_MIN_FREE_MB,
+        lock_wait: float = 30.0,
     ) -> None:
         self.path = path
         self.max_pending = max_pending
         self.max_size_mb = max_size_mb
+        self.min_free_mb = min_free_mb
+        self.lock_wait = lock_wait
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._opened = False  # open() succeeded and close() was not called since
+        self._ready = False  # the current child has opened the store
         self._restarting: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -89,6 +106,7 @@ class ProcessStore:
         args += ["--path", self.path, "--max-pending", str(self.max_pending)]
         if self.max_size_mb:
             args += ["--max-size-mb", str(self.max_size_mb)]
+        args += ["--min-free-mb", str(self.min_free_mb), "--lock-wait", str(self.lock_wait)]
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL
@@ -98,10 +116,11 @@ class ProcessStore:
         reader, self._writer = await asyncio.open_connection(sock=ours)
         self._reader_task = asyncio.create_task(self._read_answers(reader), name="relay-store")
         try:
-            await asyncio.wait_for(self._call("open"), _OPEN_TIMEOUT)
+            await asyncio.wait_for(self._call("open"), _OPEN_TIMEOUT + self.lock_wait)
         except BaseException:
             await self._stop()
             raise
+        self._ready = True
 
     async def close(self) -> None:
         self._opened = False
@@ -130,6 +149,7 @@ class ProcessStore:
                 await asyncio.sleep(1)
 
     async def _stop(self) -> None:
+        self._ready = False
         if self._writer is not None:
             # The child finishes the calls it has and records the last dedup ids first.
             with contextlib.suppress(StoreUnavailable, ConnectionError, TimeoutError):
@@ -182,7 +202,12 @@ class ProcessStore:
 
     async def _call(self, method: str, *args: Any) -> Any:
         writer = self._writer
-        if writer is None or self._reader_task is None or self._reader_task.done():
+        if (
+            writer is None
+            or self._reader_task is None
+            or self._reader_task.done()
+            or not (self._ready or method in ("open", "close"))
+        ):
             raise StoreUnavailable("the event store is not open (starting); retry in a few seconds")
         call_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -241,12 +266,12 @@ class ProcessStore:
         count: int = await self._call("flush_ids")
         return count
 
-    async def writable(self) -> bool:
+    async def write_problem(self) -> str | None:
         try:
-            ok: bool = await self._call("writable")
-        except StoreUnavailable:
-            return False
-        return ok
+            problem: str | None = await self._call("write_problem")
+        except StoreUnavailable as exc:
+            return exc.message
+        return problem
 
 
 # ---------------------------------------------------------------------- the child
@@ -326,7 +351,7 @@ _PLAIN_CALLS = frozenset(
         "counts",
         "purge",
         "flush_ids",
-        "writable",
+        "write_problem",
     }
 )
 
@@ -346,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", required=True)
     parser.add_argument("--max-pending", type=int, required=True)
     parser.add_argument("--max-size-mb", type=int, default=None)
+    parser.add_argument("--min-free-mb", type=float, default=DEFAULT_MIN_FREE_MB)
+    parser.add_argument("--lock-wait", type=float, default=30.0)
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group; the relay's process decides when this one
     # stops (by closing the socket), after its deliveries in flight are settled.
@@ -355,7 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     store = SqliteStore(
-        args.path, max_pending=args.max_pending, max_size_mb=args.max_size_mb, inline_writer=True
+        args.path,
+        max_pending=args.max_pending,
+        max_size_mb=args.max_size_mb,
+        min_free_mb=args.min_free_mb,
+        lock_wait=args.lock_wait,
+        inline_writer=True,
     )
     tune_garbage_collector()
     asyncio.run(_serve(args.fd, store))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import hashlib
 import itertools
@@ -38,6 +39,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -86,6 +88,11 @@ CREATE TABLE IF NOT EXISTS holds (
     delivery_id  INTEGER NOT NULL,
     PRIMARY KEY (destination, ordering_key, delivery_id)
 ) WITHOUT ROWID;
+-- Small facts about the store itself; `probe` is written to find out whether writes work.
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rejected (
     id          INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -126,6 +133,17 @@ _FILTER_MIN_IDS = 1_000_000
 _FILTER_FALSE_POSITIVES = 0.01
 # How much nicer than the rest the second writer's thread is (see SqliteStore._open_dedup).
 _BACKGROUND_NICE = 10
+# New events are refused while less than this is left on the disk (counting space inside
+# the database that finished deliveries freed), so that what is queued can still be
+# delivered: leasing and settling write too, and a checkpoint copies the log into the file.
+DEFAULT_MIN_FREE_MB = 100.0
+# The write-ahead log's file is cut back to this once a checkpoint lets it start over.
+_WAL_KEPT_BYTES = 16 * 1024 * 1024
+_WAL_FRAME_HEADER = 24
+# Pages of log after which a commit checkpoints it: the background writer's fallback, and
+# what it is close to full (see SqliteStore._set_tight).
+_AUTOCHECKPOINT = 20_000
+_TIGHT_AUTOCHECKPOINT = 64
 # Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
 # of the dedup ids are looked over every 16 minutes.
 _PURGE_SLICES = 8
@@ -154,7 +172,90 @@ def _marks(n: int) -> str:
 
 
 class StoreFull(StoreUnavailable):
-    pass
+    """The queue or the disk is full: new events are refused, what is queued is delivered."""
+
+
+class StoreCannotOpen(StoreUnavailable):
+    """The store's files cannot be opened or written; the message says which and why."""
+
+
+class StoreInUse(StoreCannotOpen):
+    """Another relay process holds the store (its lock file)."""
+
+
+# SQLite's primary result codes for trouble with the files themselves (not with a statement).
+_STORAGE_TROUBLE = {
+    3: "permission denied",  # SQLITE_PERM
+    5: "another process holds the database",  # SQLITE_BUSY
+    8: "it cannot be written (a read-only file or filesystem)",  # SQLITE_READONLY
+    10: "an I/O error (the disk may be failing, or was remounted read-only)",  # SQLITE_IOERR
+    11: "the database file is damaged",  # SQLITE_CORRUPT
+    13: "the disk is full",  # SQLITE_FULL
+    14: "a file of the database cannot be opened",  # SQLITE_CANTOPEN
+    26: "the file is not a database",  # SQLITE_NOTADB
+}
+
+
+def storage_trouble(exc: BaseException) -> str | None:
+    """In plain words, what is wrong with the store's files, for an error that says so;
+    None for any other error (a statement's own mistake is a bug, not the disk)."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    words = _STORAGE_TROUBLE.get(code & 0xFF) if isinstance(code, int) else None
+    if words is None and type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        words = "it cannot be used"
+    return None if words is None else f"{words} ({exc})"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`[Errno 30] Read-only file system: 'x'` as `Read-only file system`."""
+    return exc.strerror or str(exc)
+
+
+def _lock_holder(lock_path: str) -> str:
+    try:
+        with open(lock_path, encoding="ascii", errors="replace") as fh:
+            pid = fh.read().strip()
+    except OSError:
+        pid = ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def take_lock(path: str, wait: float) -> int:
+    """Hold `<path>.lock` for as long as the returned file stays open: one relay process at
+    a time may write the store, and recover what the last one left leased. Waits up to
+    `wait` seconds for another holder (a relay killed a moment ago may still be finishing)."""
+    lock_path = f"{path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreCannotOpen(
+            f"cannot write {lock_path}: {describe_os_error(exc)}", retry_after=5
+        ) from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = _lock_holder(lock_path)
+                os.close(fd)
+                raise StoreInUse(
+                    f"another relay process{holder} is using the event store {path}",
+                    retry_after=5,
+                ) from None
+            time.sleep(0.1)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreCannotOpen(
+                f"cannot lock {lock_path}: {describe_os_error(exc)}", retry_after=5
+            ) from None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 class _IdFilter:
@@ -218,7 +319,16 @@ class _Writer:
         ] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
-        self.healthy = True
+        # Why the last write failed, in plain words, until a write succeeds again.
+        self.problem: str | None = None
+
+    def _set_problem(self, problem: str | None) -> None:
+        # Logged when it starts and when it ends, not at every refused request.
+        if problem is not None and self.problem is None:
+            log.error("the event store cannot take writes: %s", problem)
+        elif problem is None and self.problem is not None:
+            log.warning("the event store takes writes again")
+        self.problem = problem
 
     async def open(self) -> None:
         if self.inline:
@@ -315,6 +425,7 @@ class _Writer:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:
             return None
+        changes = conn.total_changes
         try:
             values = [fn(conn) for fn in fns]
             conn.execute("COMMIT")
@@ -326,7 +437,8 @@ class _Writer:
             self._on_rollback(conn)
             return None
         self.commits += 1
-        self.healthy = True
+        if conn.total_changes != changes:  # a commit that wrote: the store takes writes
+            self._set_problem(None)
         self._on_commit()
         return [(True, value) for value in values]
 
@@ -345,18 +457,22 @@ class _Writer:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self.healthy = False
+            self._set_problem(storage_trouble(exc) or self.problem)
             for i in todo:
                 out[i] = (False, _unavailable(exc))
             return None
         self._on_abort()  # whatever an earlier try of this group left behind
+        changes = conn.total_changes
+        trouble: str | None = None  # an operation failed because of the files themselves
         for i in todo:
             conn.execute("SAVEPOINT op")
             try:
                 value = fns[i](conn)
             except Exception as exc:  # each operation fails alone
                 error = _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+                trouble = storage_trouble(exc) or trouble
                 if not conn.in_transaction:
+                    self._set_problem(trouble or self.problem)
                     out[i] = (False, error)
                     self._on_abort()
                     return i
@@ -370,9 +486,12 @@ class _Writer:
         try:
             conn.execute("COMMIT")
             self.commits += 1
-            self.healthy = True
+            if trouble is not None:
+                self._set_problem(trouble)
+            elif conn.total_changes != changes:
+                self._set_problem(None)
         except sqlite3.Error as exc:
-            self.healthy = False
+            self._set_problem(storage_trouble(exc) or self.problem)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._on_abort()
@@ -411,15 +530,25 @@ class SqliteStore:
         *,
         max_pending: int = 5_000_000,
         max_size_mb: int | None = None,
+        min_free_mb: float = DEFAULT_MIN_FREE_MB,
         max_group: int = 256,
         dedup_flush_interval: float = 1.0,
         inline_writer: bool = False,
+        lock_wait: float = 30.0,
     ) -> None:
         self.path = path
         self.dedup_path = f"{path}.dedup"
         self.max_pending = max_pending
         self.max_size_mb = max_size_mb
+        self.min_free = int(min_free_mb * 1024 * 1024)
         self.dedup_flush_interval = dedup_flush_interval
+        self.lock_wait = lock_wait
+        self._directory = os.path.dirname(os.path.abspath(path))
+        self._wal_path = f"{path}-wal"
+        self._cap = max_size_mb * 1024 * 1024 if max_size_mb else 0
+        self._tight = False
+        self._lock: int | None = None
+        self._page_size = 4096
         self._main = _Writer(
             "sqlite",
             self._open_main,
@@ -453,6 +582,8 @@ class SqliteStore:
         self._read_executor: ThreadPoolExecutor | None = None
         self._purge_from = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._ids_failing = False
+        self._checkpoint_failing = False
         self._next_delivery_id = 1
         self._pending = 0
 
@@ -461,14 +592,35 @@ class SqliteStore:
         return self._main.commits
 
     @property
-    def healthy(self) -> bool:
-        return self._main.healthy
+    def problem(self) -> str | None:
+        """Why the last write failed, until one succeeds again."""
+        return self._main.problem
 
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        """Open (creating it if need be) and take the store's lock; StoreCannotOpen says in
+        one line which file could not be written and why."""
+        try:
+            await self._open()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await self.close()
+            if isinstance(exc, StoreUnavailable):
+                raise
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise _cannot_open(self.path, exc) from None
+            raise
+
+    async def _open(self) -> None:
+        directory = self._directory
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise StoreCannotOpen(
+                f"cannot create the folder {directory}: {describe_os_error(exc)}"
+            ) from None
+        self._lock = await asyncio.to_thread(take_lock, self.path, self.lock_wait)
         await self._dedup.open()  # creates the dedup database before the reader opens it
         now = time.time()
         self._filter = await self._dedup.submit(lambda conn: _filter_of(conn, now))
@@ -492,13 +644,16 @@ class SqliteStore:
         conn = _connect(self.path, "FULL", _SCHEMA)
         # The background writer checkpoints every second; this is the fallback if it falls
         # behind (20,000 pages, 80 MB of log, instead of SQLite's default of 1,000).
-        conn.execute("PRAGMA wal_autocheckpoint=20000")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT}")
+        # Once a checkpoint lets the log start over, its file is cut back to this size, so
+        # that a burst does not keep its disk space for good.
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_KEPT_BYTES}")
+        self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         # Read in the main writer's thread, by the operation that checks ids.
         self._dedup_reader = _connect(self.dedup_path, "NORMAL", "")
         if self.max_size_mb:
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(
-                f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // page_size)}"
+                f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // self._page_size)}"
             )
         # Whatever was leased when the last process died goes back to the queue; only the
         # deliveries waiting for a retry keep holding back their person.
@@ -540,6 +695,9 @@ class SqliteStore:
             executor.shutdown(wait=True)
         await self._main.close()
         await self._dedup.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # last: nobody else may open the store before it is closed
 
     # ------------------------------------------------------------------ dedup ids
 
@@ -591,10 +749,16 @@ class SqliteStore:
         try:
             await self._dedup.submit(lambda conn: _record(conn, taken))
         except Exception as exc:
-            log.error(
-                "dedup ids could not be recorded; repeats of them may be delivered twice: %s",
-                exc,
-            )
+            if not self._ids_failing:  # once, not every second while the trouble lasts
+                log.error(
+                    "dedup ids could not be recorded; repeats of them may be delivered twice: %s",
+                    exc,
+                )
+            self._ids_failing = True
+        else:
+            if self._ids_failing:
+                log.warning("dedup ids are recorded again")
+            self._ids_failing = False
         finally:
             self._flushing = {}
         return len(taken)
@@ -609,17 +773,24 @@ class SqliteStore:
                     await self.rebuild_filter()
                 except Exception as exc:  # the full filter still answers, less often "no"
                     log.warning("the dedup id filter could not be built again: %s", exc)
+            # While writes fail (a full disk), the whole log is copied and its file emptied,
+            # which gives back its space as soon as the database file can take it.
+            mode = "TRUNCATE" if self._main.problem is not None else "PASSIVE"
             try:
-                await self._dedup.submit(lambda _conn: self._checkpoint())
+                await self._dedup.submit(functools.partial(self._checkpoint, mode=mode))
             except Exception as exc:  # the writer checkpoints by itself as a fallback
-                log.warning("checkpointing the store's write-ahead log failed: %s", exc)
+                if not self._checkpoint_failing:
+                    log.warning("checkpointing the store's write-ahead log failed: %s", exc)
+                self._checkpoint_failing = True
+            else:
+                self._checkpoint_failing = False
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, _conn: sqlite3.Connection, mode: str) -> None:
         # Runs in the second writer's thread, on a connection of its own. PASSIVE copies what
         # it can without waiting for, or blocking, the main writer.
         if self._checkpointer is None:
             self._checkpointer = _connect(self.path, "FULL", "")
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
     def _known_ids(self, keys: list[bytes | None], now: float) -> set[bytes]:
         """The ids among `keys` seen within their window: in memory, or in the database."""
@@ -658,6 +829,14 @@ class SqliteStore:
         """`enqueue` for events in their tuple form (as they reach the store's process)."""
         # A rejected message with an id is de-duplicated too: a sender's retries of one bad
         # webhook are stored once.
+        try:
+            no_room = await self._room_problem()
+        except (OSError, sqlite3.Error) as exc:
+            raise _unavailable(exc) from None
+        if no_room is not None:
+            raise StoreFull(
+                f"{no_room}; nothing acknowledged was lost, retry later", retry_after=30
+            )
         keys = [None if e[6] is None else dedup_key(e[1], e[0], e[6]) for e in events]
         now = time.time()
         return await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
@@ -706,6 +885,85 @@ class SqliteStore:
         # Last, so that an operation that failed above leaves no ids behind.
         self._staged.update(recorded)
         return outcomes
+
+    def _disk_free(self) -> int:
+        stat = os.statvfs(self._directory)
+        return stat.f_bavail * stat.f_frsize
+
+    async def _room_problem(self) -> str | None:
+        """Why new events are refused for lack of space, or None when there is room.
+
+        What is kept free must let what is queued be delivered: leasing and settling write
+        to the log, and a checkpoint copies the log into the database file, which may grow
+        by as much. With more free than the log's size on top of what is kept, that is sure
+        (a few system calls); closer to full, the log is checkpointed first and the room
+        counted exactly: free disk, plus pages that finished deliveries freed inside the
+        database, less what the log still holds. `max_size_mb` is a second limit, counted
+        the same way inside the database."""
+        cap_kept = min(self.min_free, self._cap // 10) if self._cap else 0
+        if self.min_free <= 0 and not self._cap:
+            return None
+        log_bytes = _file_size(self._wal_path)
+        roomy = self._disk_free() - log_bytes >= self.min_free and (
+            not self._cap or self._cap - _file_size(self.path) - log_bytes >= cap_kept
+        )
+        if roomy:
+            if self._tight:
+                await self._set_tight(False)
+            return None
+        if not self._tight:
+            await self._set_tight(True)
+        disk_room, cap_room = await self._dedup.submit(self._room_after_checkpoint)
+        mb = 1024 * 1024
+        if disk_room < self.min_free:
+            return (
+                f"the disk holding {self.path} is nearly full: {max(disk_room, 0) / mb:.1f} MB"
+                f" left (free on the disk, and inside the database), under the"
+                f" {self.min_free / mb:g} MB (storage.sqlite.min_free_mb) kept for delivering"
+                " what is queued"
+            )
+        if self._cap and cap_room < cap_kept:
+            return (
+                f"the event store is full: {max(cap_room, 0) / mb:.1f} MB left of its"
+                f" storage.sqlite.max_size_mb ({self.max_size_mb} MB), under the"
+                f" {cap_kept / mb:g} MB kept for delivering what is queued"
+            )
+        return None
+
+    async def _set_tight(self, tight: bool) -> None:
+        # Close to full, the writer checkpoints the log after every commit that leaves more
+        # than a few pages in it, so that the log starts over instead of growing into the
+        # space kept for deliveries; otherwise the background checkpoints suffice.
+        pages = _TIGHT_AUTOCHECKPOINT if tight else _AUTOCHECKPOINT
+        await self._main.submit(lambda conn: conn.execute(f"PRAGMA wal_autocheckpoint={pages}"))
+        self._tight = tight
+
+    def _room_after_checkpoint(self, _conn: sqlite3.Connection) -> tuple[int, int]:
+        """(room on the disk, room under max_size_mb) once the log is checkpointed as far as
+        it can be; in the second writer's thread, beside the background checkpoints."""
+        if self._checkpointer is None:
+            self._checkpointer = _connect(self.path, "FULL", "")
+        conn = self._checkpointer
+        _busy, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        backlog = max(0, log_frames - copied) * (self._page_size + _WAL_FRAME_HEADER)
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
+        used = conn.execute("PRAGMA page_count").fetchone()[0] * self._page_size - free
+        return self._disk_free() + free - backlog, self._cap - used - backlog
+
+    async def write_problem(self) -> str | None:
+        def probe(conn: sqlite3.Connection) -> None:
+            if self._main.problem is not None:
+                # A write tells whether the trouble is over (space freed, disk writable).
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (time.time(),))
+
+        try:
+            await self._submit(probe)
+            no_room = await self._room_problem()
+        except StoreUnavailable as exc:
+            return self._main.problem or exc.message
+        except (OSError, sqlite3.Error) as exc:
+            return storage_trouble(exc) or str(exc)
+        return self._main.problem or no_room
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
         rows = await self.lease_rows(destination, limit, now)
@@ -796,31 +1054,7 @@ class SqliteStore:
     async def dead_letters(
         self, limit: int = 100, destination: str | None = None
     ) -> list[DeadLetter]:
-        return await self._submit(lambda conn: self._dead_letters(conn, limit, destination))
-
-    def _dead_letters(
-        self, conn: sqlite3.Connection, limit: int, destination: str | None
-    ) -> list[DeadLetter]:
-        where = "state = 'dead'" + (" AND destination = ?" if destination else "")
-        args: tuple[Any, ...] = (destination,) if destination else ()
-        out = [
-            DeadLetter(did, dest, source, kind, reason, attempts, created_at, decode(message))
-            for did, dest, source, kind, reason, attempts, created_at, message in conn.execute(
-                "SELECT id, destination, source, kind, last_error, attempts, created_at, message"
-                f" FROM deliveries WHERE {where} ORDER BY id LIMIT ?",
-                (*args, limit),
-            )
-        ]
-        if destination is None:
-            out.extend(
-                DeadLetter(rid, None, source, kind, reason, 0, received_at, decode(message))
-                for rid, source, kind, reason, received_at, message in conn.execute(
-                    "SELECT id, source, kind, reason, received_at, message FROM rejected"
-                    " ORDER BY id LIMIT ?",
-                    (limit,),
-                )
-            )
-        return out
+        return await self._submit(lambda conn: _dead_letters(conn, limit, destination))
 
     async def replay(self, ids: list[int] | None, now: float) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -872,12 +1106,48 @@ class SqliteStore:
         self._purge_from = (first + _PURGE_SLICES) % 256
         await self._dedup.submit(lambda conn: _purge_slices(conn, first, _PURGE_SLICES, now))
 
-    async def writable(self) -> bool:
-        try:
-            await self._submit(lambda conn: conn.execute("SELECT 1").fetchone())
-        except StoreUnavailable:
-            return False
-        return self.healthy
+
+def _dead_letters(
+    conn: sqlite3.Connection, limit: int, destination: str | None
+) -> list[DeadLetter]:
+    where = "state = 'dead'" + (" AND destination = ?" if destination else "")
+    args: tuple[Any, ...] = (destination,) if destination else ()
+    out = [
+        DeadLetter(did, dest, source, kind, reason, attempts, created_at, decode(message))
+        for did, dest, source, kind, reason, attempts, created_at, message in conn.execute(
+            "SELECT id, destination, source, kind, last_error, attempts, created_at, message"
+            f" FROM deliveries WHERE {where} ORDER BY id LIMIT ?",
+            (*args, limit),
+        )
+    ]
+    if destination is None:
+        out.extend(
+            DeadLetter(rid, None, source, kind, reason, 0, received_at, decode(message))
+            for rid, source, kind, reason, received_at, message in conn.execute(
+                "SELECT id, source, kind, reason, received_at, message FROM rejected"
+                " ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        )
+    return out
+
+
+def read_dead_letters(path: str, limit: int, destination: str | None) -> list[DeadLetter]:
+    """The dead letters, read without writing anything: safe beside a running relay, whose
+    leased deliveries a normal open would take back (and send again)."""
+    if not os.path.exists(path):
+        raise StoreCannotOpen(f"there is no event store at {path} (storage.sqlite.path)")
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise _cannot_open(path, exc) from None
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        return _dead_letters(conn, limit, destination)
+    except sqlite3.Error as exc:
+        raise _cannot_open(path, exc) from None
+    finally:
+        conn.close()
 
 
 def _count_deliveries(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
@@ -1026,9 +1296,25 @@ def _insert_rows(
         conn.execute(_rows_insert(head, row, len(chunk)), values)
 
 
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _cannot_open(path: str, exc: OSError | sqlite3.Error) -> StoreCannotOpen:
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        why = describe_os_error(exc) + where
+    else:
+        why = storage_trouble(exc) or str(exc)
+    return StoreCannotOpen(f"cannot open the event store {path}: {why}")
+
+
 def _unavailable(exc: BaseException) -> StoreUnavailable:
-    # The text of a SQLite error names the condition (full, read-only, I/O) without data.
-    log.error("store write failed: %s", exc)
+    # The text of a SQLite error names the condition (full, read-only, I/O) without data;
+    # the writer logs the condition once when it starts (`_Writer._set_problem`).
     return StoreUnavailable(
         f"the event store cannot take writes right now ({exc}); nothing acknowledged was lost,"
         " retry later",
