@@ -3,10 +3,17 @@
 One worker per destination runs `concurrency` lanes. A lane leases a batch (the store
 never hands out a delivery while an earlier one for the same person is leased or waiting
 for a retry), gives it to the destination's sink, then completes, retries, dead-letters or
-releases each delivery. Retries back off exponentially with full jitter, never sooner than
-Retry-After; a delivery is dead-lettered for failing only when it is older than `max_age`
-and has failed at least three times. Refused credentials pause the destination, keeping
-its queue, and it is probed again later.
+releases each delivery. A delivery is dead-lettered for failing only when it is older than
+`max_age` and has failed at least three times.
+
+When a request fails as a whole (no answer, 408, 429, 5xx), the destination is *retrying*:
+one lane probes it with one delivery, one request at a time, waiting 1 s, then 2, 4 and at
+most 5 s between probes, and never sooner than Retry-After; the other lanes wait. The first
+probe that succeeds ends it, and every lane delivers at the full rate again, including the
+deliveries that failed meanwhile (they wait for the destination, not for a backoff of their
+own). A delivery that fails while the destination otherwise works backs off on its own,
+exponentially with full jitter. Refused credentials pause the destination, keeping its
+queue, and it is tried again later.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 PAUSE_FIRST = 30.0
 PAUSE_CAP = 300.0
-# After this many leases in a row that delivered nothing and had to retry, the destination
-# is taken to be down: lanes wait before leasing again instead of scanning the backlog.
-OUTAGE_AFTER = 3
+# Between probes of a destination that is retrying: short, so that it is found working
+# again within seconds; one request each, so that it costs a failing destination little.
+PROBE_FIRST = 1.0
+PROBE_CAP = 5.0
 # A lease that came back less than full waits this long before the next one, so that
 # deliveries accumulate into batches instead of one lease per accepted request.
 LINGER = 0.05
@@ -79,12 +87,18 @@ class DestinationWorker:
         self.paused_reason: str | None = unconfigured
         self.paused_until = float("inf") if unconfigured else 0.0
         self._pause_step = PAUSE_FIRST
-        self._failed_leases = 0
-        self.quiet_until = 0.0
+        # While the destination fails: the last error, when it began, the next probe.
+        self.failing: str | None = None
+        self.failing_since = 0.0
+        self.probe_at = 0.0
+        self._probe_step = PROBE_FIRST
+        self._probing = False  # a lane is sending the probe
+        self._lease_failing = False
         self._wake = asyncio.Event()
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
         self.metrics.paused.labels(key).set(1 if unconfigured else 0)
+        self.metrics.retrying.labels(key).set(0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -116,8 +130,16 @@ class DestinationWorker:
 
     @property
     def state(self) -> dict[str, object]:
-        if self.paused_reason and self.paused_until > self.clock():
+        now = self.clock()
+        if self.paused_reason and self.paused_until > now:
             return {"state": "paused", "reason": self.paused_reason}
+        if self.failing is not None:
+            return {
+                "state": "retrying",
+                "reason": self.failing,
+                "since_seconds": round(now - self.failing_since, 1),
+                "next_probe_in_seconds": round(max(0.0, self.probe_at - now), 1),
+            }
         return {"state": "ok"}
 
     # ------------------------------------------------------------------ lanes
@@ -128,23 +150,43 @@ class DestinationWorker:
             if self.paused_until > now:
                 await self._sleep(self.paused_until - now)
                 continue
-            if self.quiet_until > now:
-                await self._sleep(self.quiet_until - now)
+            if self.failing is None:
+                leased = await self._lease(self.lease_size, now)
+                if leased:
+                    await self._run(leased)
+                    if len(leased) < self.lease_size and not self._stopping:
+                        await asyncio.sleep(LINGER)
                 continue
+            if self._probing or self.probe_at > now:
+                # Another lane probes, or the next probe is not due: wait for either.
+                await self._sleep(self.probe_at - now if self.probe_at > now else PROBE_CAP)
+                continue
+            self._probing = True
             try:
-                leased = await self.store.lease(self.key, self.lease_size, now)
-            except Exception as exc:  # the store may be briefly unwritable; keep the lane alive
-                log.error("lease failed for %s: %s", self.key, exc)
-                await self._sleep(self.poll_interval)
-                continue
-            if not leased:
-                await self._sleep(self.poll_interval)
-                continue
-            await self._run(leased)
-            if len(leased) < self.lease_size and not self._stopping:
-                await asyncio.sleep(LINGER)
+                leased = await self._lease(1, now)
+                if leased:
+                    await self._run(leased, probe=True)
+            finally:
+                self._probing = False
 
-    async def _run(self, leased: list[Delivery]) -> None:
+    async def _lease(self, size: int, now: float) -> list[Delivery]:
+        """Up to `size` due deliveries; none (after waiting a poll) when there are none."""
+        try:
+            leased = await self.store.lease(self.key, size, now)
+        except Exception as exc:  # the store may be briefly unwritable; keep the lane alive
+            if not self._lease_failing:
+                log.error("lease failed for %s: %s", self.key, exc)
+            self._lease_failing = True
+            await self._sleep(self.poll_interval)
+            return []
+        if self._lease_failing:
+            log.warning("leasing for %s works again", self.key)
+            self._lease_failing = False
+        if not leased:
+            await self._sleep(self.poll_interval)
+        return leased
+
+    async def _run(self, leased: list[Delivery], *, probe: bool = False) -> None:
         assert self.sink is not None
         try:
             outcomes = await self.sink.deliver(leased)
@@ -157,7 +199,7 @@ class DestinationWorker:
             outcomes = {d.id: Retry("internal error while sending") for d in leased}
         while True:
             try:
-                await asyncio.shield(self._settle(leased, outcomes))
+                await asyncio.shield(self._settle(leased, outcomes, probe=probe))
                 return
             except StoreUnavailable as exc:
                 # The outcome must be recorded, or these deliveries stay leased until the
@@ -167,6 +209,36 @@ class DestinationWorker:
                     return
                 await asyncio.sleep(1.0)
 
+    def _failed(self, now: float, error: str, retry_after: float, probe: bool) -> None:
+        """A request failed as a whole: probe the destination until one succeeds."""
+        if self.failing is None:
+            self.failing_since = now
+            self._probe_step = PROBE_FIRST
+            self.metrics.retrying.labels(self.key).set(1)
+            log.warning(
+                "destination %s is failing (%s); probing it with one request at a time",
+                self.key,
+                error,
+            )
+        self.failing = error
+        if probe or self.probe_at <= now:
+            self.probe_at = now + max(retry_after, self._probe_step)
+            self._probe_step = min(PROBE_CAP, self._probe_step * 2)
+        else:  # a request sent before the failing began: it may only push the probe later
+            self.probe_at = max(self.probe_at, now + retry_after)
+
+    def _recovered(self, now: float) -> None:
+        log.info(
+            "destination %s accepts requests again, after %.1f s of failures",
+            self.key,
+            now - self.failing_since,
+        )
+        self.failing = None
+        self.probe_at = 0.0
+        self._probe_step = PROBE_FIRST
+        self.metrics.retrying.labels(self.key).set(0)
+        self._wake.set()  # every lane delivers again
+
     async def _sleep(self, seconds: float) -> None:
         if self._stopping:
             return
@@ -174,8 +246,11 @@ class DestinationWorker:
             await asyncio.wait_for(self._wake.wait(), timeout=min(seconds, self.poll_interval))
         self._wake.clear()
 
-    async def _settle(self, leased: list[Delivery], outcomes: dict[int, Outcome]) -> None:
+    async def _settle(
+        self, leased: list[Delivery], outcomes: dict[int, Outcome], *, probe: bool = False
+    ) -> None:
         now = self.clock()
+        retry_after = 0.0
         done: list[int] = []
         retries: list[StoreRetry] = []
         dead: list[tuple[int, str]] = []
@@ -201,20 +276,21 @@ class DestinationWorker:
                         )
                     )
                 else:
-                    delay = max(outcome.after or 0.0, backoff(attempts, self.rand))
+                    wait = backoff(attempts, self.rand)
+                    if probe:  # the destination failed, not this delivery: no long wait
+                        wait = min(wait, PROBE_CAP)
+                    retry_after = max(retry_after, outcome.after or 0.0)
+                    delay = max(outcome.after or 0.0, wait)
                     retries.append(StoreRetry(d.id, now + delay, outcome.error))
             elif isinstance(outcome, Pause):
                 pause = outcome.reason
                 release.append(d.id)
             else:
                 release.append(d.id)
-        if retries and not done:
-            self._failed_leases += 1
-            if self._failed_leases >= OUTAGE_AFTER:
-                self.quiet_until = min(r.next_at for r in retries)
-        elif done:
-            self._failed_leases = 0
-            self.quiet_until = 0.0
+        if retries and not done:  # the request failed as a whole: the destination fails
+            self._failed(now, retries[0].error, retry_after, probe)
+        elif done and self.failing is not None:
+            self._recovered(now)
         await self.store.dead_letter(dead, now)
         await self.store.retry(retries)
         await self.store.complete(done)
@@ -230,7 +306,9 @@ class DestinationWorker:
                 self.metrics.paused.labels(self.key).set(0)
         if retries:
             self.metrics.retried.labels(self.key).inc(len(retries))
-            log.warning(
+            # While it is retrying, its state says so once (see _failed), not every probe.
+            log.log(
+                logging.DEBUG if probe else logging.WARNING,
                 "destination %s: %d deliveries will be retried (%s)",
                 self.key,
                 len(retries),

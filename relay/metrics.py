@@ -62,9 +62,15 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.retrying = Gauge(
+            "relay_destination_retrying",
+            "1 while a destination fails and is probed with one request at a time",
+            ["destination"],
+            registry=r,
+        )
         self.rate = Gauge(
             "relay_destination_rate_limit",
-            "Current requests/s allowed to a destination (lowered after 429s)",
+            "Requests/s allowed to a destination (its rate_limit)",
             ["destination"],
             registry=r,
         )

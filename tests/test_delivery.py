@@ -261,19 +261,70 @@ def test_retry_after_is_capped_so_a_bad_header_cannot_stall_a_destination(
     assert retry_after(headers, now=1_700_000_000.0) == expected
 
 
-async def test_a_destination_that_is_down_is_left_quiet_between_retries(
+async def test_a_failing_destination_is_probed_one_request_at_a_time(
     relay_factory: RelayFactory, customerio: StandIn
 ) -> None:
     customerio.default = (503, {}, {})
-    url, app = await relay_factory(cio_url=customerio.url, extra_cio="      concurrency: 1")
+    # v1: one request per delivery, so the stand-in sees every attempt on its own.
+    url, app = await relay_factory(cio_url=customerio.url, api="v1")
     worker = relay_of(app).workers["customerio.main"]
-    for i in range(3):  # different people, so no retry holds the next one back
-        await send(url, track(f"person-{i}", "E", f"m-{i}"))
-        await customerio.wait_for(i + 1)
-    await asyncio.sleep(0.1)  # the third failure is settled
-    assert worker.quiet_until > worker.clock() + 0.5  # three failed leases in a row
+    await send(url, *[track(f"person-{i}", "E", f"m-{i}") for i in range(30)])
+    await customerio.wait_for(6, timeout=20)
+    state = worker.state
+    assert state["state"] == "retrying" and "HTTP 503" in str(state["reason"])
+    # After the requests in flight when it began (up to `concurrency`), one probe at a time,
+    # 1 s, then 2, 4 and at most 5 s apart.
+    times = [r.at for r in customerio.requests]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    probes = gaps[-2:]
+    assert all(gap >= 0.9 for gap in probes), gaps
+    assert all(gap <= 5.5 for gap in gaps), gaps
+
+
+async def test_a_destination_that_recovers_is_served_at_full_rate_within_seconds(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.default = (500, {}, {})
+    url, app = await relay_factory(cio_url=customerio.url, api="v1", rate_limit=20)
+    worker = relay_of(app).workers["customerio.main"]
+    await send(url, *[track(f"person-{i}", "E", f"m-{i}") for i in range(40)])
+    await customerio.wait_for(5, timeout=20)  # failing, and probed for a while
+    assert worker.failing is not None
+    healthy_at = asyncio.get_running_loop().time()
     customerio.default = (200, {}, {})
-    await send(url, track("person-3", "E", "m-3"))
-    await asyncio.sleep(0.3)
-    assert len(customerio.requests) == 3  # quiet: the new event waits with the retries
-    await customerio.wait_for(4, timeout=15)  # and goes once the quiet time is over
+    loop = asyncio.get_running_loop()
+
+    def delivered() -> list[float]:
+        return [r.at for r in customerio.requests if r.at >= healthy_at]
+
+    deadline = loop.time() + 20
+    while len({r.path for r in customerio.requests if r.at >= healthy_at}) < 40:
+        assert loop.time() < deadline, f"{len(delivered())} delivered since recovery"
+        await asyncio.sleep(0.05)
+    times = delivered()
+    # Found working again by the next probe (at most 5 s), then no waiting for backoffs:
+    # the 40 go out at the rate limit (20/s), about 2 s, never faster.
+    assert times[0] - healthy_at <= 5.5
+    assert times[-1] - times[0] <= 2.0 + 2.5
+    for i, start in enumerate(times):
+        assert sum(1 for t in times[i:] if t < start + 1.0) <= 21
+    assert worker.state == {"state": "ok"}
+    await settle(app)
+    assert await relay_of(app).store.counts() == {}
+
+
+async def test_a_429_storm_never_sends_before_retry_after_and_recovers_at_full_rate(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.respond(429, {}, {"Retry-After": "2"}, times=4)
+    url, app = await relay_factory(cio_url=customerio.url, api="v1", rate_limit=20)
+    await send(url, *[track(f"person-{i}", "E", f"m-{i}") for i in range(20)])
+    await customerio.wait_for(4 + 20, timeout=30)
+    times = [r.at for r in customerio.requests]
+    refused = times[:4]
+    # Each request after a 429 waits out its Retry-After (2 s), the others in flight aside.
+    first_after_each = [min(t for t in times if t > r) for r in refused[-1:]]
+    assert all(t - r >= 1.95 for t, r in zip(first_after_each, refused[-1:], strict=True))
+    after = times[4:]
+    assert after[-1] - after[0] <= 1.0 + 2.0  # then all 20 at the full 20/s
+    assert relay_of(app).workers["customerio.main"].state == {"state": "ok"}

@@ -179,19 +179,19 @@ class CustomerIOSink:
         """Send `planned` in order, one request (v2: a batch of deliveries; v1: one delivery's
         calls) at a time, and settle each delivery by the answer about it.
 
-        A retry holds back the later deliveries of that person, a pause everything left (both
-        as Hold). A batch refused as a whole goes back to the front of the queue with each of
+        A request that must be retried (no answer, 429, 5xx) or a pause holds back everything
+        left (as Hold): the destination is failing, and its worker now probes it one request
+        at a time. A batch refused as a whole goes back to the front of the queue with each of
         its deliveries marked to travel alone: they then go through this same loop, rate limit
         and settling, one request each, so that only the bad one is dead-lettered.
         """
-        blocked: set[str] = set()
         alone: set[int] = set()
         queue = planned
-        paused = False
+        stopped = False
         while queue:
             ready = []
             for p in queue:
-                if paused or p.delivery.ordering_key in blocked:
+                if stopped:
                     outcomes[p.delivery.id] = HOLD
                 else:
                     ready.append(p)
@@ -211,9 +211,7 @@ class CustomerIOSink:
                 continue
             for p, outcome in zip(group, settled, strict=True):
                 outcomes[p.delivery.id] = outcome
-                if isinstance(outcome, Retry | Pause):
-                    blocked.add(p.delivery.ordering_key)
-                paused = paused or isinstance(outcome, Pause)
+                stopped = stopped or isinstance(outcome, Retry | Pause)
 
     async def _attempt(self, group: list[Planned]) -> list[Outcome] | None:
         """Send `group` once: see `batch_outcomes` for what None means."""

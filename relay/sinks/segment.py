@@ -14,7 +14,7 @@ from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.sinks.batching import pack
 from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import Dead, Outcome, Retry
+from relay.sinks.outcome import Dead, Outcome, Pause, Retry
 from relay.sinks.sender import Sender, json_headers
 from relay.sinks.transport import Transport
 from relay.store.base import Delivery
@@ -76,17 +76,15 @@ class SegmentSink:
         messages = [d.message for d in deliveries]
         groups, too_large = plan_batches(messages, self.dest.batch_size)
         outcomes: dict[int, Outcome] = {deliveries[i].id: Dead(r) for i, r in too_large.items()}
-        blocked: set[str] = set()
         for group in groups:
-            members = [deliveries[i] for i in group if deliveries[i].ordering_key not in blocked]
-            if not members:
-                continue
+            members = [deliveries[i] for i in group]
             # Built once the limiter lets it go: `sentAt` is the moment it is really sent.
             outcome, _ = await self.sender.send(
                 functools.partial(batch_request, [d.message for d in members])
             )
             for d in members:
                 outcomes[d.id] = outcome
-                if isinstance(outcome, Retry):
-                    blocked.add(d.ordering_key)
+            if isinstance(outcome, Retry | Pause):
+                # The destination is failing: the rest wait (Hold) while its worker probes it.
+                break
         return outcomes

@@ -12,7 +12,7 @@ from relay.codec import encode
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import Done, Outcome, Retry, classify
+from relay.sinks.outcome import Outcome, Retry, classify
 from relay.sinks.transport import Response, Transport, TransportError
 
 
@@ -79,7 +79,4 @@ class Sender:
         outcome = classify(response, self.clock())
         if response.status == 429:
             self.limiter.throttled(outcome.after if isinstance(outcome, Retry) else None)
-            self.metrics.rate.labels(self.key).set(self.limiter.rate)
-        elif isinstance(outcome, Done):
-            self.limiter.succeeded()
         return outcome, response
