@@ -24,12 +24,14 @@ from relay.config import compile_config_routes as compile_config_routes  # moved
 from relay.delivery import DestinationWorker, Sink
 from relay.errors import ClientError
 from relay.intake import Intake
+from relay.logs import quiet_client_errors
 from relay.metrics import CONTENT_TYPE, Metrics
 from relay.routing import Routes
 from relay.sinks.customerio import CustomerIOSink
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.segment import SegmentSink
 from relay.sinks.transport import AiohttpTransport, Transport
+from relay.sources.body import BODY_TIMEOUT
 from relay.sources.customerio_webhooks import CustomerIOWebhooks
 from relay.sources.segment_api import SegmentAPI, WriteKeys
 from relay.store.base import Store
@@ -157,6 +159,8 @@ class Relay:
         for name, before, after in (
             ("server.host", old.host, new.host),
             ("server.port", old.port, new.port),
+            ("server.idle_timeout", old.idle_timeout, new.idle_timeout),
+            ("server.body_timeout", old.body_timeout, new.body_timeout),
             ("storage.sqlite.path", old.sqlite_path, new.sqlite_path),
             ("storage.sqlite.max_pending", old.max_pending, new.max_pending),
             ("storage.sqlite.max_size_mb", old.max_size_mb, new.max_size_mb),
@@ -169,6 +173,8 @@ class Relay:
             new,
             host=old.host,
             port=old.port,
+            idle_timeout=old.idle_timeout,
+            body_timeout=old.body_timeout,
             sqlite_path=old.sqlite_path,
             max_pending=old.max_pending,
             max_size_mb=old.max_size_mb,
@@ -281,6 +287,7 @@ def _source_changes(old: Config, new: Config) -> list[str]:
 
 
 RELAY = web.AppKey("relay", Relay)
+LINGERING = 2.0
 
 
 def _error_body(code: str, message: str) -> dict[str, Any]:
@@ -296,9 +303,12 @@ async def errors_middleware(
         return await handler(request)
     except ClientError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return web.json_response(
+        response = web.json_response(
             _error_body(exc.code, exc.message), status=exc.status, headers=headers
         )
+        if exc.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -394,12 +404,22 @@ def create_app(
     )
     # Bodies are read and decompressed by relay.sources.body, with per-endpoint caps; aiohttp's
     # own decompression is off for every runner that serves this app.
+    # keepalive_timeout bounds how long a connection may go without a complete request head,
+    # from its start or from the last answer: idle, or sending its headers slowly. After an
+    # answer given before the whole body came (a 413, a 408), the rest is read for at most
+    # LINGERING seconds, so that the client sees the answer, then the connection is closed.
     app = web.Application(
         middlewares=[cors_middleware, errors_middleware],
         client_max_size=8 * 1024 * 1024,
-        handler_args={"auto_decompress": False},
+        handler_args={
+            "auto_decompress": False,
+            "keepalive_timeout": config.idle_timeout,
+            "lingering_time": LINGERING,
+        },
     )
     app[RELAY] = relay
+    app[BODY_TIMEOUT] = config.body_timeout
+    quiet_client_errors()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await relay.start()

@@ -92,6 +92,10 @@ class Config:
     host: str
     port: int
     shutdown_timeout: float
+    # A connection without a complete request head for this long (idle, or sending its
+    # headers slowly) is closed; a body must arrive within body_timeout (408 otherwise).
+    idle_timeout: float
+    body_timeout: float
     sqlite_path: str
     max_pending: int
     max_size_mb: int | None
@@ -184,6 +188,8 @@ class ServerSchema(_Strict):
     host = fields.String(load_default="127.0.0.1")
     port = fields.Integer(load_default=8080, validate=validate.Range(0, 65535))
     shutdown_timeout = Duration(load_default=10.0)
+    idle_timeout = Duration(load_default=15.0, validate=validate.Range(min=0, min_inclusive=False))
+    body_timeout = Duration(load_default=30.0, validate=validate.Range(min=0, min_inclusive=False))
 
 
 class SqliteSchema(_Strict):
@@ -1106,6 +1112,8 @@ class _Reading:
             host=server["host"],
             port=server["port"],
             shutdown_timeout=server["shutdown_timeout"],
+            idle_timeout=server["idle_timeout"],
+            body_timeout=server["body_timeout"],
             sqlite_path=storage["sqlite"]["path"],
             max_pending=storage["sqlite"]["max_pending"],
             max_size_mb=storage["sqlite"]["max_size_mb"],

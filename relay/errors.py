@@ -47,6 +47,8 @@ class ClientError(RelayError):
 
     status = 400
     code = "invalid_request"
+    # Whether the connection is closed after the answer (it cannot be trusted to carry more).
+    close_connection = False
 
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         self.message = message
@@ -62,6 +64,14 @@ class BadRequest(ClientError):
 class Unauthorized(ClientError):
     status = 401
     code = "unauthorized"
+
+
+class RequestTimeout(ClientError):
+    """The body did not arrive in time (a client sending it very slowly)."""
+
+    status = 408
+    code = "request_timeout"
+    close_connection = True
 
 
 class PayloadTooLarge(ClientError):

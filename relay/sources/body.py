@@ -9,11 +9,15 @@ compressed body can never grow past the limit in memory.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from aiohttp import web
 
-from relay.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding
+from relay.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
+
+# How long a request's body may take to arrive, in seconds (server.body_timeout).
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 # zlib's window bits: 16 + 15 reads a gzip member, 15 a zlib stream, -15 raw deflate.
 _GZIP = 31
@@ -91,14 +95,21 @@ async def read_raw(request: web.Request, limit: int, what: str) -> bytes:
         raise _too_large(what, limit)
     chunks: list[bytes] = []
     size = 0
+    timeout = request.app.get(BODY_TIMEOUT, 30.0)
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(what, limit)
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(what, limit)
+                chunks.append(chunk)
     except PayloadTooLarge:
         raise
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {timeout:g} s ({size} bytes came);"
+            " send it at once (server.body_timeout)"
+        ) from None
     except Exception as exc:  # a body cut short, a broken chunked encoding
         raise BadRequest(f"the body could not be read: {exc}") from None
     return b"".join(chunks)
