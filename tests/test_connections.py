@@ -26,10 +26,29 @@ async def fast_relay(relay_factory: RelayFactory, customerio: StandIn, tmp_path:
     return url
 
 
-async def closed_after(reader: asyncio.StreamReader, limit: float) -> tuple[float, bytes]:
-    """Seconds until the server closed the connection, and what it said first."""
+async def trickled(
+    url: str, first: bytes, rest: bytes, pause: float, limit: float = 10
+) -> tuple[float, bytes]:
+    """Send `first`, then `rest` a byte every `pause` seconds; the seconds until relay closed
+    the connection, and all it answered."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(first)
+
+    async def trickle() -> None:
+        for byte in rest:
+            if writer.is_closing():
+                return
+            writer.write(bytes([byte]))
+            await asyncio.sleep(pause)
+
     started = time.monotonic()
-    data = await asyncio.wait_for(reader.read(), limit)  # reads until the server closes
+    sender = asyncio.create_task(trickle())
+    try:
+        data = await asyncio.wait_for(reader.read(), limit)  # reads until relay closes
+    finally:
+        sender.cancel()
+        writer.close()
     return time.monotonic() - started, data
 
 
@@ -37,23 +56,8 @@ async def test_headers_sent_one_byte_a_second_are_cut_off(
     relay_factory: RelayFactory, customerio: StandIn, tmp_path: Any
 ) -> None:
     url = await fast_relay(relay_factory, customerio, tmp_path)
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
     head = b"POST /v1/track HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
-
-    async def trickle() -> None:
-        for byte in head:
-            if writer.is_closing():
-                return
-            writer.write(bytes([byte]))
-            await asyncio.sleep(0.2)
-
-    sender = asyncio.create_task(trickle())
-    try:
-        seconds, data = await closed_after(reader, 10)
-    finally:
-        sender.cancel()
-        writer.close()
+    seconds, data = await trickled(url, b"", head, 0.2)
     assert data == b""  # closed without an answer: there was no request to answer
     assert seconds < 1 + 1.5  # idle_timeout, and the check that notices it
 
@@ -62,29 +66,12 @@ async def test_a_body_sent_one_byte_a_second_gets_a_408_and_the_connection_close
     relay_factory: RelayFactory, customerio: StandIn, tmp_path: Any
 ) -> None:
     url = await fast_relay(relay_factory, customerio, tmp_path)
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
     body = b'{"userId":"u1","event":"Slow","messageId":"m-slow"}'
-    writer.write(
+    head = (
         b"POST /v1/track HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
         + f"Authorization: {basic(WRITE_KEY)}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body[:5]
     )
-    await writer.drain()
-
-    async def trickle() -> None:
-        for byte in body[5:]:
-            if writer.is_closing():
-                return
-            writer.write(bytes([byte]))
-            await asyncio.sleep(0.5)
-
-    sender = asyncio.create_task(trickle())
-    try:
-        seconds, data = await closed_after(reader, 10)
-    finally:
-        sender.cancel()
-        writer.close()
+    seconds, data = await trickled(url, head + body[:5], body[5:], 0.5)
     assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
     assert b'"code": "request_timeout"' in data and b"server.body_timeout" in data
     assert seconds < 1 + LINGERING + 1.5  # body_timeout, then the rest is read a little longer
@@ -95,12 +82,7 @@ async def test_a_connection_that_sends_nothing_is_closed(
     relay_factory: RelayFactory, customerio: StandIn, tmp_path: Any
 ) -> None:
     url = await fast_relay(relay_factory, customerio, tmp_path)
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        seconds, data = await closed_after(reader, 10)
-    finally:
-        writer.close()
+    seconds, data = await trickled(url, b"", b"", 0)
     assert data == b"" and seconds < 1 + 1.5
 
 
