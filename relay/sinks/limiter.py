@@ -24,9 +24,13 @@ class DestinationLimiter:
         self._limiter = AsyncLimiter(1, 1.0 / rate)
 
     async def acquire(self) -> None:
-        while (wait := self.blocked_until - self.clock()) > 0:
-            await asyncio.sleep(wait)
-        await self._limiter.acquire()
+        while True:
+            while (wait := self.blocked_until - self.clock()) > 0:
+                await asyncio.sleep(wait)
+            await self._limiter.acquire()
+            # A 429 may have come while this waited its turn: then it waits for that too.
+            if self.blocked_until <= self.clock():
+                return
 
     def throttled(self, retry_after: float | None) -> None:
         """A 429: nothing goes out before its Retry-After."""
