@@ -328,3 +328,24 @@ async def test_the_background_writer_runs_at_a_lower_priority(tmp_path: Path) ->
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         assert nice == min(19, mine + sqlite_store._BACKGROUND_NICE)
         assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the process itself is untouched
+
+
+async def test_ids_that_cannot_be_recorded_are_kept_and_recorded_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(store_at(tmp_path)) as store:
+        assert await store.enqueue([event("a"), event("b")]) == ["queued", "queued"]
+        real_record = sqlite_store._record
+
+        def full(_conn: sqlite3.Connection, _ids: dict[bytes, float]) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(sqlite_store, "_record", full)
+        assert await store.flush_ids() == 0  # the dedup database refuses them
+        assert ids_on_disk(store) == 0
+        # Still known: a repeat is caught while they wait in memory ...
+        assert await store.enqueue([event("a"), event("c")]) == ["duplicate", "queued"]
+        monkeypatch.setattr(sqlite_store, "_record", real_record)
+        assert await store.flush_ids() == 3  # ... and they are recorded once it takes them
+        assert ids_on_disk(store) == 3
+        assert await store.enqueue([event("b")]) == ["duplicate"]

@@ -751,17 +751,27 @@ class SqliteStore:
         except Exception as exc:
             if not self._ids_failing:  # once, not every second while the trouble lasts
                 log.error(
-                    "dedup ids could not be recorded; repeats of them may be delivered twice: %s",
+                    "dedup ids could not be recorded (%s); they are kept in memory and"
+                    " recorded once the dedup database takes writes",
                     exc,
                 )
             self._ids_failing = True
-        else:
-            if self._ids_failing:
-                log.warning("dedup ids are recorded again")
-            self._ids_failing = False
+            # Back with the ids to record, before they leave `_flushing`: an id in neither
+            # would be looked for on disk only, where it is not.
+            with contextlib.suppress(StoreUnavailable):
+                await self._main.submit(lambda _conn: self._keep_unrecorded(taken))
+            return 0
         finally:
             self._flushing = {}
+        if self._ids_failing:
+            log.warning("dedup ids are recorded again")
+            self._ids_failing = False
         return len(taken)
+
+    def _keep_unrecorded(self, ids: dict[bytes, float]) -> None:
+        # In the main writer's thread: ids committed since keep their own (later) expiry.
+        for key, expires in ids.items():
+            self._recent.setdefault(key, expires)
 
     async def _background_work(self) -> None:
         while True:
