@@ -40,6 +40,11 @@ from tests.conftest import WRITE_KEY, StandIn, basic, config_yaml, relay_of, sta
 from tests.test_segment_api import track
 
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES", "400"))
+# The relay under test runs in a thread beside hypothesis, and its delivery workers draw
+# their backoff jitter from `random`: hypothesis takes that for its strategies' doing.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module:hypothesis.errors.HypothesisDeprecationWarning"
+)
 SIGNING_KEY = "signing-key"  # one of config_yaml's Customer.io signing keys
 
 PATHS = [
