@@ -370,7 +370,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """200 while new events are taken; 503, with the reason, whenever they would be refused."""
     relay = request.app[RELAY]
-    problem = await relay.store.write_problem() if relay.accepting else "shutting down"
+    problem = (
+        await relay.store.write_problem()
+        if relay.accepting
+        else "relay is starting or shutting down"
+    )
     destinations = {key: w.state for key, w in relay.workers.items()}
     body: dict[str, Any] = {
         "status": "ready" if problem is None else "unavailable",

@@ -10,10 +10,10 @@ When a request fails as a whole (no answer, 408, 429, 5xx), the destination is *
 one lane probes it with one delivery, one request at a time, waiting 1 s, then 2, 4 and at
 most 5 s between probes, and never sooner than Retry-After; the other lanes wait. The first
 probe that succeeds ends it, and every lane delivers at the full rate again, including the
-deliveries that failed meanwhile (they wait for the destination, not for a backoff of their
-own). A delivery that fails while the destination otherwise works backs off on its own,
-exponentially with full jitter. Refused credentials pause the destination, keeping its
-queue, and it is tried again later.
+deliveries that failed meanwhile (one that failed in a probe backs off 5 s at most: the
+destination failed, not it). A delivery that fails while the destination otherwise works
+backs off on its own, exponentially with full jitter. Refused credentials pause the
+destination, keeping its queue, and it is tried again later.
 """
 
 from __future__ import annotations
