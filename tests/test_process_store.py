@@ -55,3 +55,25 @@ async def test_a_store_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
         await store.open()
     assert "unable to open database file" in caught.value.message
     assert store._proc is None  # the child was stopped
+
+
+async def test_a_call_that_meets_the_broken_connection_is_a_503_not_a_500(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    # The child's socket breaks between the check that the store is open and the write
+    # (before the reader has seen it end): the write fails with ConnectionResetError,
+    # which must be the StoreUnavailable that clients get as a 503, not an error (a 500).
+    url, app = await relay_factory(cio_url=customerio.url)
+    store = relay_of(app).store
+    assert isinstance(store, ProcessStore) and store._writer is not None
+    first_child = store._proc.pid if store._proc is not None else None
+    store._writer.transport.abort()
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.counts()
+    assert "started again" in caught.value.message
+    # The reader saw the connection end and started a new child: the next events go in.
+    deadline = asyncio.get_running_loop().time() + 30
+    while (await post(f"{url}/v1/track", track("p2", "F", "m-2"), headers=AUTH))[0] != 200:
+        assert asyncio.get_running_loop().time() < deadline, "the store never came back"
+        await asyncio.sleep(0.2)
+    assert store._proc is not None and store._proc.pid != first_child

@@ -51,6 +51,11 @@ _ERRORS: dict[str, type[ClientError]] = {
 _OPEN_TIMEOUT = 120.0
 _CLOSE_TIMEOUT = 30.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
+# What a call is answered while the child is being started again.
+_STOPPED = (
+    "the event store's process stopped and is being started again;"
+    " nothing acknowledged was lost, retry in a few seconds"
+)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
@@ -192,12 +197,7 @@ class ProcessStore:
         finally:
             for fut in self._waiting.values():
                 if not fut.done():
-                    fut.set_exception(
-                        StoreUnavailable(
-                            "the event store's process stopped and is being started again;"
-                            " nothing acknowledged was lost, retry in a few seconds"
-                        )
-                    )
+                    fut.set_exception(StoreUnavailable(_STOPPED))
             self._waiting.clear()
 
     async def _call(self, method: str, *args: Any) -> Any:
@@ -212,8 +212,17 @@ class ProcessStore:
         call_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = fut
-        writer.write(_frame((call_id, method, args)))
-        await writer.drain()
+        try:
+            writer.write(_frame((call_id, method, args)))
+            await writer.drain()
+        except ConnectionError as exc:
+            # The child died between the check above and this write: the reader restarts it.
+            self._waiting.pop(call_id, None)
+            if fut.done():
+                fut.exception()  # the reader failed it already; it is answered here
+            else:
+                fut.cancel()
+            raise StoreUnavailable(_STOPPED) from exc
         return await fut
 
     # ------------------------------------------------------------------ Store
