@@ -112,17 +112,24 @@ async def test_a_retry_holds_back_only_that_person(
     # v1 sends one request per call, so the stand-in can fail exactly one person's event.
     customerio.respond(500)
     url, app = await relay_factory(cio_url=customerio.url, api="v1")
+    # The top of the jitter: A1 is retried 2 s after it failed, later than the first probe
+    # of the destination (1 s), which therefore takes the next delivery that is due.
+    relay_of(app).workers["customerio.main"].rand = lambda: 1.0
     await send(url, track("alice", "A1", "m-1"))
     await customerio.wait_for(1)
     await send(url, track("alice", "A2", "m-2"), track("bob", "B1", "m-3"))
     requests = await customerio.wait_for(4, timeout=15)
     order = [(r.path, r.body["name"]) for r in requests]
     # bob is not held back by alice's retry; alice's A2 waits for A1.
-    assert order.index(("/api/v1/customers/bob/events", "B1")) < order.index(
-        ("/api/v1/customers/alice/events", "A1"), 1
-    )
-    alice = [name for path, name in order if "alice" in path]
-    assert alice == ["A1", "A1", "A2"]
+    assert order == [
+        ("/api/v1/customers/alice/events", "A1"),
+        ("/api/v1/customers/bob/events", "B1"),
+        ("/api/v1/customers/alice/events", "A1"),
+        ("/api/v1/customers/alice/events", "A2"),
+    ]
+    # B1 was the probe, 1 s after A1 failed; A1 went again once its 2 s were up.
+    assert 0.8 <= requests[1].at - requests[0].at <= 1.6
+    assert 1.8 <= requests[2].at - requests[0].at <= 3.0
 
 
 async def test_order_per_person_holds_inside_and_across_batches(
