@@ -20,8 +20,8 @@ from relay.config import Config, check_config, load_config
 from relay.errors import ConfigError, ConfigProblem, RelayError
 from relay.reload import Reloader
 from relay.runtime import tune_garbage_collector
-from relay.sources import segment_messages as seg
 from relay.store.sqlite import StoreCannotOpen, StoreInUse, read_dead_letters
+from relay.vocab import segment as seg
 
 log = logging.getLogger("relay")
 

@@ -24,7 +24,7 @@ from relay.outgoing import OutgoingRequest
 from relay.routing import CUSTOMERIO, SEGMENT, Routes
 from relay.sinks import customerio, segment
 from relay.sinks.sender import json_headers
-from relay.sources import segment_messages as seg
+from relay.vocab import segment as seg
 
 UNROUTED_NOTE = (
     "matches no route: relay accepts it, counts it in relay_unrouted_events_total{kind,source}"

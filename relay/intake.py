@@ -15,8 +15,8 @@ from typing import Any
 from relay.codec import encode
 from relay.metrics import Metrics
 from relay.routing import Routes, RoutingResult
-from relay.sources import segment_messages as seg
 from relay.store.base import EnqueueOutcome, NewDelivery, NewEvent, Store
+from relay.vocab import segment as seg
 
 
 @dataclass(slots=True)

@@ -83,7 +83,7 @@ fields. ``from: customerio`` routes match the webhook as Customer.io sends it:
 ``opened``, ``clicked``, …), ``event_id``, ``timestamp`` and ``data.*``; for older
 workspaces that send only ``event_type`` (``email_opened``), ``object_type`` and ``metric``
 are derived from it for matching, so one route serves both formats. The top-level fields
-of each kind are a closed set (``_SEGMENT_FIELDS``, ``_CUSTOMERIO_FIELDS``); below them
+of each kind are a closed set (``seg.FIELDS``, ``cio.FIELDS``); below them
 (``properties.*``, ``data.*``, …) any name may be matched.
 
 Delivery
@@ -131,6 +131,9 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from typing import Any, Final
+
+from relay.vocab import customerio as cio
+from relay.vocab import segment as seg
 
 __all__ = [
     "CUSTOMERIO",
@@ -191,39 +194,6 @@ _OPERATOR_ALIASES: Final = {
     "max": "lte",
 }
 
-SEGMENT_TYPES: Final = ("identify", "track", "page", "screen", "group", "alias", "delete")
-# Field vocabularies, wrapped by hand: one name per line would bury the code below them.
-# fmt: off
-_SEGMENT_FIELDS: Final = frozenset({
-    "type", "event", "name", "category", "userId", "anonymousId", "groupId", "previousId",
-    "properties", "traits", "context", "integrations", "messageId", "timestamp",
-    "originalTimestamp", "sentAt", "receivedAt", "version", "channel", "writeKey", "projectId",
-    "_metadata",
-})
-_CUSTOMERIO_FIELDS: Final = frozenset({
-    "event_id", "object_type", "metric", "event_type", "timestamp", "data",
-})
-_CUSTOMERIO_DATA_FIELDS: Final = frozenset({
-    "customer_id", "identifiers", "email_address", "recipient", "recipients", "delivery_id",
-    "campaign_id", "action_id", "broadcast_id", "newsletter_id", "transactional_message_id",
-    "journey_id", "parent_action_id", "trigger_id", "content_id", "subject", "content",
-    "headers", "href", "link_id", "failure_message", "email_id", "campaign_name", "template_id",
-})
-# Legacy webhooks name the channel as a prefix of event_type ("in_app_opened"); these are
-# also every value of object_type.
-_CUSTOMERIO_CHANNELS: Final = (
-    "customer", "email", "push", "sms", "in_app", "slack", "webhook", "whatsapp",
-)
-# The metrics Customer.io documents. The set is open (new ones appear), so a metric outside it
-# is reported only when it is a near miss of one of these.
-_CUSTOMERIO_METRICS: Final = (
-    "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted", "bounced",
-    "dropped", "spammed", "failed", "undeliverable", "deferred", "subscribed", "unsubscribed",
-    "replied", "cio_subscription_preferences_changed",
-)
-# fmt: on
-_TRAITS_TYPES: Final = frozenset({"identify", "group"})
-_CUSTOMERIO_INTEGRATION: Final = "Customer.io"
 # Near-miss field names are reported only when this close, so that a genuinely custom
 # field is never mistaken for a typo.
 _TYPO_CUTOFF: Final = 0.8
@@ -289,7 +259,7 @@ class _Edits:
                     out = dict(message)
                     out["event"] = renamed
         if self.drop or self.rename_properties or self.set_properties:
-            target = "traits" if message.get("type") in _TRAITS_TYPES else "properties"
+            target = "traits" if message.get("type") in seg.TRAITS_TYPES else "properties"
             current = message.get(target)
             updated = self._edit_properties(current)
             if updated is not current:
@@ -359,7 +329,7 @@ class Route:
         if self._check is None:
             return True
         if self.kind == CUSTOMERIO:
-            message = _with_legacy_metric(message)
+            message = _as_mapped(message)
         return self._check(message)
 
     def edit(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -442,14 +412,14 @@ class Routes:
         steps = self._steps.get(kind)
         if steps is None:
             raise ValueError(f"unknown message kind {kind!r}: expected one of {KINDS}")
-        blocked = kind != CUSTOMERIO and _customerio_turned_off(message)
+        blocked = kind != CUSTOMERIO and seg.customerio_turned_off(message)
         if self._by_source_only[kind]:
             key = (kind, source, blocked)
             known = self._known.get(key)
             if known is None:
                 known = self._known[key] = self._route(steps, source, message, blocked)
             return known
-        view = _with_legacy_metric(message) if kind == CUSTOMERIO else message
+        view = _as_mapped(message) if kind == CUSTOMERIO else message
         return self._route(steps, source, view, blocked)
 
     @staticmethod
@@ -477,42 +447,21 @@ class Routes:
         return RoutingResult(matched, deliveries, suppressed)
 
 
-def _customerio_turned_off(message: Any) -> bool:
-    """Segment's `integrations` rule for Customer.io, as Segment itself applies it."""
-    # `type(...) is dict` first: it answers for nearly every message, and costs a tenth of
-    # an isinstance check against an abstract class.
-    if type(message) is not dict and not isinstance(message, Mapping):
-        return False
-    integrations = message.get("integrations")
-    if integrations is None or (
-        type(integrations) is not dict and not isinstance(integrations, Mapping)
-    ):
-        return False
-    own = integrations.get(_CUSTOMERIO_INTEGRATION, _MISSING)
-    if own is False:
-        return True
-    # An options object enables a destination in Segment, just like `true`.
-    if own is True or isinstance(own, Mapping):
-        return False
-    return integrations.get("All") is False
-
-
-def _with_legacy_metric(message: Any) -> Any:
-    """A view of a legacy webhook with `object_type` and `metric` derived from `event_type`."""
-    if not isinstance(message, Mapping) or "object_type" in message or "metric" in message:
+def _as_mapped(message: Any) -> Any:
+    """A webhook as routes see it: `object_type` and `metric` as the mapping reads them (from
+    a legacy `event_type` too, in any letter case)."""
+    if not isinstance(message, Mapping):
         return message
-    event_type = message.get("event_type")
-    if not isinstance(event_type, str):
+    found = cio.kind(message)
+    if isinstance(found, str):
         return message
-    for channel in _CUSTOMERIO_CHANNELS:
-        if event_type.startswith(channel) and event_type[len(channel) : len(channel) + 1] == "_":
-            metric = event_type[len(channel) + 1 :]
-            if metric:
-                view = dict(message)
-                view["object_type"] = channel
-                view["metric"] = metric
-                return view
-    return message
+    object_type, metric = found
+    if message.get("object_type") == object_type and message.get("metric") == metric:
+        return message
+    view = dict(message)
+    view["object_type"] = object_type
+    view["metric"] = metric
+    return view
 
 
 # --------------------------------------------------------------------------- compiling
@@ -979,7 +928,7 @@ class _Compiler:
 
 def _route_key_hint(key: str) -> str:
     head = key.split(".", 1)[0]
-    if key in _COMBINATORS or head in _SEGMENT_FIELDS | _CUSTOMERIO_FIELDS:
+    if key in _COMBINATORS or head in seg.FIELDS | cio.FIELDS:
         # A condition written on the route itself, as in other tools' filters.
         return f"put it under match:, e.g. match: {{{key}: …}}"
     return _suggest(key, ROUTE_KEYS, _ROUTE_KEY_ALIASES, "route keys are")
@@ -1318,7 +1267,7 @@ class _MatchCompiler:
             if key.lower() in _COMBINATORS
             else difflib.get_close_matches(key, _COMBINATORS, n=1, cutoff=_TYPO_CUTOFF)
         )
-        if close and key not in _SEGMENT_FIELDS | _CUSTOMERIO_FIELDS:
+        if close and key not in seg.FIELDS | cio.FIELDS:
             self.add(path, f'unknown condition "{key}"', f'did you mean "{close[0]}"?')
             return None
         keys = self._path(key, path)
@@ -1350,22 +1299,22 @@ class _MatchCompiler:
     def _check_field_name(self, keys: tuple[str, ...], path: Path) -> None:
         head, dotted = keys[0], ".".join(keys)
         if self.kind == SEGMENT:
-            if head in _CUSTOMERIO_FIELDS - _SEGMENT_FIELDS:
+            if head in cio.FIELDS - seg.FIELDS:
                 self.add(
                     path,
                     f'Segment messages have no "{head}" field: it belongs to Customer.io webhooks',
                     "did you mean from: customerio?",
                 )
-            elif head not in _SEGMENT_FIELDS:
+            elif head not in seg.FIELDS:
                 # The top level of a Segment message is a fixed set of fields; custom data
                 # lives under properties, traits or context.
                 self.add(
                     path,
                     f'Segment messages have no "{head}" field',
-                    _unknown_field_hint(keys, _SEGMENT_FIELDS, _SEGMENT_NESTED),
+                    _unknown_field_hint(keys, seg.FIELDS, _SEGMENT_NESTED),
                 )
         elif self.kind == CUSTOMERIO:
-            if head in _SEGMENT_FIELDS - _CUSTOMERIO_FIELDS:
+            if head in seg.FIELDS - cio.FIELDS:
                 self.add(
                     path,
                     "from: customerio routes match the Customer.io webhook, "
@@ -1373,14 +1322,14 @@ class _MatchCompiler:
                     "match on object_type, metric or data.* (e.g. {object_type: email, metric: "
                     "opened} for Email Opened); the edits act on the Segment track made from it",
                 )
-            elif head not in _CUSTOMERIO_FIELDS:
+            elif head not in cio.FIELDS:
                 self.add(
                     path,
                     f'Customer.io webhooks have no "{head}" field',
-                    _unknown_field_hint(keys, _CUSTOMERIO_FIELDS, _CUSTOMERIO_NESTED),
+                    _unknown_field_hint(keys, cio.FIELDS, _CUSTOMERIO_NESTED),
                 )
-            elif head == "data" and len(keys) > 1 and keys[1] not in _CUSTOMERIO_DATA_FIELDS:
-                self._near_miss(keys, 1, _CUSTOMERIO_DATA_FIELDS, path, "Customer.io webhook data")
+            elif head == "data" and len(keys) > 1 and keys[1] not in cio.DATA_FIELDS:
+                self._near_miss(keys, 1, cio.DATA_FIELDS, path, "Customer.io webhook data")
 
     def _near_miss(
         self, keys: tuple[str, ...], at: int, known: frozenset[str], path: Path, where: str
@@ -1396,27 +1345,25 @@ class _MatchCompiler:
 
     def _check_types(self, spec: Any, path: Path) -> None:
         for item_path, item in _listed(spec, path):
-            if isinstance(item, str) and not _is_glob(item) and item not in SEGMENT_TYPES:
+            if isinstance(item, str) and not _is_glob(item) and item not in seg.TYPES:
                 self.add(
                     item_path,
                     f'Segment messages have no type "{item}"',
-                    _suggest(item, SEGMENT_TYPES, None, "types are"),
+                    _suggest(item, seg.TYPES, None, "types are"),
                 )
 
     def _check_customerio_values(self, name: str, spec: Any, path: Path) -> None:
         for item_path, item in _listed(spec, path):
             if not isinstance(item, str) or _is_glob(item):
                 continue
-            if name == "object_type" and item not in _CUSTOMERIO_CHANNELS:
+            if name == "object_type" and item not in cio.CHANNELS:
                 self.add(
                     item_path,
                     f'Customer.io webhooks have no object_type "{item}"',
-                    _suggest(item, _CUSTOMERIO_CHANNELS, None, "object types are"),
+                    _suggest(item, cio.CHANNELS, None, "object types are"),
                 )
-            elif name == "metric" and item not in _CUSTOMERIO_METRICS:
-                close = difflib.get_close_matches(
-                    item, _CUSTOMERIO_METRICS, n=1, cutoff=_TYPO_CUTOFF
-                )
+            elif name == "metric" and item not in cio.METRICS:
+                close = difflib.get_close_matches(item, cio.METRICS, n=1, cutoff=_TYPO_CUTOFF)
                 if close:
                     self.add(
                         item_path,
@@ -1658,7 +1605,7 @@ def _unknown_field_hint(
     dotted = ".".join(keys)
     if nested == _CUSTOMERIO_NESTED:
         data_close = difflib.get_close_matches(
-            head, sorted(_CUSTOMERIO_DATA_FIELDS), n=1, cutoff=_TYPO_CUTOFF
+            head, sorted(cio.DATA_FIELDS), n=1, cutoff=_TYPO_CUTOFF
         )
         inner = ".".join((data_close[0], *rest)) if data_close else dotted
         return f'did you mean "data.{inner}"? The webhook\'s own fields are ' + ", ".join(

@@ -14,7 +14,7 @@ from relay.codec import decode
 from relay.intake import Incoming, Intake
 from relay.metrics import Metrics
 from relay.routing import Routes, compile_routes
-from relay.sources import segment_messages as seg
+from relay.sources import plain_batches as seg
 from relay.sources.segment_api import SegmentAPI
 
 

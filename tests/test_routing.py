@@ -262,7 +262,20 @@ CUSTOMERIO_MATCH_CASES = [
         {"event_type": "email_sent"},
         True,
     ),
-    ("legacy_unknown_channel_derives_nothing", {"metric": "x"}, {"event_type": "fax_x"}, False),
+    # As the mapping reads it ("Fax X"): the first word is the channel.
+    ("legacy_unknown_channel_as_mapped", {"metric": "x"}, {"event_type": "fax_x"}, True),
+    (
+        "legacy_in_another_letter_case",
+        {"object_type": "email", "metric": "opened"},
+        {"event_id": "e1", "event_type": "Email_Opened"},
+        True,
+    ),
+    (
+        "known_names_in_another_letter_case",
+        {"object_type": "in_app", "metric": "clicked"},
+        {"event_id": "e1", "object_type": "IN_APP", "metric": "Clicked"},
+        True,
+    ),
 ]
 
 

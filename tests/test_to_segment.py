@@ -13,13 +13,10 @@ from hypothesis import strategies as st
 
 from relay import __version__
 from relay.mapping import Rejection
-from relay.mapping.to_segment import (
-    PROFILES,
-    event_name,
-    map_webhook,
-    webhook_event_id,
-    webhook_person_key,
-)
+from relay.mapping.to_segment import PROFILES, map_webhook
+from relay.vocab.customerio import event_id as webhook_event_id
+from relay.vocab.customerio import event_name
+from relay.vocab.customerio import person_key as webhook_person_key
 
 RECEIVED = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
 RECEIVED_ISO = "2023-11-14T22:13:20.250Z"

@@ -12,53 +12,12 @@ from typing import Any
 from relay import __version__
 from relay.codec import NOT_UNICODE, holds_lone_surrogate
 from relay.mapping import Rejection, json_type
+from relay.vocab import customerio as cio
+from relay.vocab import segment as seg
 
-__all__ = [
-    "CHANNEL_NAMES",
-    "METRIC_NAMES",
-    "PROFILES",
-    "event_name",
-    "map_webhook",
-    "webhook_event_id",
-    "webhook_person_key",
-]
-
-CHANNEL_NAMES: Mapping[str, str] = {
-    "email": "Email",
-    "push": "Push",
-    "sms": "SMS",
-    "in_app": "In-App Message",
-    "slack": "Slack Message",
-    "webhook": "Webhook Message",
-    "whatsapp": "WhatsApp Message",
-    "customer": "Customer",
-}
-
-METRIC_NAMES: Mapping[str, str] = {
-    "drafted": "Drafted",
-    "attempted": "Attempted",
-    "sent": "Sent",
-    "delivered": "Delivered",
-    "opened": "Opened",
-    "clicked": "Link Clicked",
-    "converted": "Converted",
-    "bounced": "Bounced",
-    "dropped": "Dropped",
-    "spammed": "Marked as Spam",
-    "failed": "Failed",
-    "undeliverable": "Undeliverable",
-    "deferred": "Deferred",
-    "subscribed": "Subscribed",
-    "unsubscribed": "Unsubscribed",
-    "replied": "Replied",
-    "cio_subscription_preferences_changed": "Subscription Preferences Changed",
-}
+__all__ = ["PROFILES", "map_webhook"]
 
 PROFILES: tuple[str, ...] = ("default", "raw")
-
-# Legacy `event_type` values are "<channel>_<metric>"; the longest channel wins so that a
-# multi-word channel such as `in_app` is never split at its own underscore.
-_LEGACY_PREFIXES = sorted(CHANNEL_NAMES, key=len, reverse=True)
 
 # Segment caps messageId below 100 characters; longer would be dropped or truncated there.
 _MAX_MESSAGE_ID = 99
@@ -93,17 +52,6 @@ _PASSED_THROUGH = (
 )
 
 
-def event_name(object_type: str, metric: str) -> str:
-    """Segment event name for a channel and metric: `Email Link Clicked`, `Customer Subscribed`.
-
-    Unknown channels and metrics are written as their words in Title Case (`foo_bar` →
-    `Foo Bar`); an empty result means the input had no words.
-    """
-    channel = CHANNEL_NAMES.get(object_type.lower()) or _title_words(object_type)
-    action = METRIC_NAMES.get(metric.lower()) or _title_words(metric)
-    return f"{channel} {action}".strip()
-
-
 def map_webhook(
     payload: Mapping[str, Any], *, received_at: float, profile: str = "default"
 ) -> dict[str, Any] | Rejection:
@@ -124,7 +72,7 @@ def map_webhook(
     if not isinstance(payload, Mapping):
         return Rejection(f"webhook body is a JSON {json_type(payload)}, not an object")
 
-    event_id = webhook_event_id(payload)
+    event_id = cio.event_id(payload)
     if event_id is None:
         return Rejection("webhook has no event_id (a non-empty string)")
     message_id = _MESSAGE_ID_PREFIX + event_id
@@ -139,17 +87,17 @@ def map_webhook(
     if not isinstance(data, Mapping):
         return Rejection(f"webhook `data` is a JSON {json_type(data)}, not an object")
 
-    kind = _object_type_and_metric(payload)
-    if isinstance(kind, Rejection):
-        return kind
+    kind = cio.kind(payload)
+    if isinstance(kind, str):
+        return Rejection(kind)
     object_type, metric = kind
-    if not _title_words(object_type) or not _title_words(metric):
+    if not cio.title_words(object_type) or not cio.title_words(metric):
         return Rejection(
             f"cannot name an event from object_type {object_type!r}, metric {metric!r}"
         )
-    name = event_name(object_type, metric)
+    name = cio.event_name(object_type, metric)
 
-    identity = _identity(data, object_type)
+    identity = cio.person(data, object_type)
     user_id, email = identity
     if user_id is None and email is None:
         return Rejection(
@@ -176,96 +124,19 @@ def map_webhook(
     message["messageId"] = message_id
     context: dict[str, Any] = {
         "library": {"name": "relay", "version": __version__},
-        "integration": {"name": "Customer.io"},
+        "integration": {"name": seg.CUSTOMERIO_INTEGRATION},
     }
     traits = _traits(data, object_type, email)
     if traits:
         context["traits"] = traits
     message["context"] = context
     # Keeps Segment from sending the event straight back to Customer.io.
-    message["integrations"] = {"Customer.io": False}
+    message["integrations"] = {seg.CUSTOMERIO_INTEGRATION: False}
     return message
 
 
-def webhook_event_id(payload: object) -> str | None:
-    """The webhook's `event_id` (its de-duplication key), or None when there is none usable.
-
-    A JSON integer is accepted and written in decimal; anything else must be a non-empty string.
-    """
-    if not isinstance(payload, Mapping):
-        return None
-    return _id_string(payload.get("event_id"))
-
-
-def webhook_person_key(payload: object) -> str:
-    """A stable key naming the webhook's person, for keeping one person's events in order.
-
-    `user:<id>` or `email:<address>` as `map_webhook` picks the person, else
-    `cio:<cio_id>`, else `event:<event_id>` (nothing to order against), else `unidentified`.
-    """
-    if not isinstance(payload, Mapping):
-        return "unidentified"
-    data = payload.get("data")
-    if isinstance(data, Mapping):
-        kind = _object_type_and_metric(payload)
-        object_type = kind[0] if isinstance(kind, tuple) else ""
-        user_id, email = _identity(data, object_type)
-        if user_id is not None:
-            return f"user:{user_id}"
-        if email is not None:
-            return f"email:{email}"
-        identifiers = data.get("identifiers")
-        if isinstance(identifiers, Mapping):
-            cio_id = _id_string(identifiers.get("cio_id"))
-            if cio_id is not None:
-                return f"cio:{cio_id}"
-    event_id = webhook_event_id(payload)
-    if event_id is not None:
-        return f"event:{event_id}"
-    return "unidentified"
-
-
-def _object_type_and_metric(payload: Mapping[str, Any]) -> tuple[str, str] | Rejection:
-    object_type = payload.get("object_type")
-    metric = payload.get("metric")
-    if isinstance(object_type, str) and isinstance(metric, str):
-        return object_type, metric
-    event_type = payload.get("event_type")
-    if isinstance(event_type, str):
-        return _split_legacy(event_type)
-    if object_type is None and metric is None:
-        return Rejection("webhook has neither object_type/metric nor a legacy event_type")
-    return Rejection(
-        f"webhook object_type {object_type!r} and metric {metric!r} must both be strings"
-    )
-
-
-def _split_legacy(event_type: str) -> tuple[str, str] | Rejection:
-    lowered = event_type.lower()
-    for channel in _LEGACY_PREFIXES:
-        if lowered.startswith(channel + "_") and len(lowered) > len(channel) + 1:
-            return channel, event_type[len(channel) + 1 :]
-    # An unknown channel: its first word is the channel, the rest the metric, both kept open.
-    head, sep, tail = event_type.partition("_")
-    if sep and head and tail:
-        return head, tail
-    return Rejection(f"legacy event_type {event_type!r} is not <channel>_<metric>")
-
-
-def _identity(data: Mapping[str, Any], object_type: str) -> tuple[str | None, str | None]:
-    """(userId, email): the email is returned even with a userId, for `context.traits`."""
-    identifiers = data.get("identifiers")
-    if not isinstance(identifiers, Mapping):
-        identifiers = {}
-    user_id = _id_string(identifiers.get("id")) or _id_string(data.get("customer_id"))
-    email = _text(identifiers.get("email")) or _text(data.get("email_address"))
-    if email is None and object_type.lower() == "email":
-        email = _text(data.get("recipient"))
-    return user_id, email
-
-
 def _person_field(data: Mapping[str, Any], value: str) -> str:
-    """The field of `data` that `_identity` took `value` from."""
+    """The field of `data` that `cio.person` took `value` from."""
     identifiers = data.get("identifiers")
     if isinstance(identifiers, Mapping):
         for name in ("id", "email"):
@@ -282,12 +153,12 @@ def _traits(data: Mapping[str, Any], object_type: str, email: str | None) -> dic
     if email is not None:
         traits["email"] = email
     if object_type.lower() == "sms":
-        phone = _text(data.get("recipient"))
+        phone = cio.text(data.get("recipient"))
         if phone is not None:
             traits["phone"] = phone
     identifiers = data.get("identifiers")
     if isinstance(identifiers, Mapping):
-        cio_id = _id_string(identifiers.get("cio_id"))
+        cio_id = cio.id_string(identifiers.get("cio_id"))
         if cio_id is not None:
             traits["cio_id"] = cio_id
     return traits
@@ -361,24 +232,3 @@ def _iso_timestamp(value: Any) -> str | None:
     millis = int((seconds * 1000).to_integral_value(rounding=ROUND_FLOOR))
     moment = _EPOCH + timedelta(milliseconds=millis)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _id_string(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        # An integer too long for str() (over 4300 digits) is no identifier anyway.
-        return str(value) if abs(value) < 10**100 else None
-    return _text(value)
-
-
-def _text(value: Any) -> str | None:
-    """A non-blank string as given, else None."""
-    if isinstance(value, str) and value.strip():
-        return value
-    return None
-
-
-def _title_words(text: str) -> str:
-    # Only the first letter is raised so that acronyms and camelCase inside a word survive.
-    return " ".join(word[:1].upper() + word[1:] for word in re.split(r"[\s_]+", text) if word)

@@ -21,9 +21,10 @@ from relay.config import Config
 from relay.errors import Unauthorized
 from relay.intake import Incoming, Intake
 from relay.mapping import Rejection
-from relay.mapping.to_segment import map_webhook, webhook_event_id, webhook_person_key
+from relay.mapping.to_segment import map_webhook
 from relay.signatures import verify_customerio
 from relay.sources.body import decode_body, read_raw
+from relay.vocab import customerio as cio
 
 # The largest webhook relay maps and stores whole.
 MAX_WEBHOOK_BYTES = 1024 * 1024
@@ -117,11 +118,11 @@ class CustomerIOWebhooks:
                 {"body": payload}, "", None, rejected_reason="the webhook body is not a JSON object"
             )
         mapped = map_webhook(payload, received_at=received_at, profile=self.profile)
-        key = webhook_person_key(payload)
+        key = cio.person_key(payload)
         if isinstance(mapped, Rejection):
             # Kept with its event_id, so that Customer.io's retries of it are stored once.
-            return Incoming(payload, key, webhook_event_id(payload), rejected_reason=mapped.reason)
-        return Incoming(payload, key, webhook_event_id(payload), deliverable=mapped)
+            return Incoming(payload, key, cio.event_id(payload), rejected_reason=mapped.reason)
+        return Incoming(payload, key, cio.event_id(payload), deliverable=mapped)
 
 
 def _as_text(raw: bytes, reason: str) -> Incoming:
@@ -139,8 +140,8 @@ def oversize_incoming(raw: bytes) -> Incoming:
         payload = None
     return Incoming(
         oversize_summary(raw, payload),
-        webhook_person_key(payload),
-        webhook_event_id(payload),
+        cio.person_key(payload),
+        cio.event_id(payload),
         rejected_reason=(
             f"the webhook is larger than {MAX_WEBHOOK_BYTES // (1024 * 1024)} MB"
             f" ({len(raw)} bytes), so it was not routed; kept here are its size, its short"

@@ -14,8 +14,9 @@ from relay.config import SEGMENT_WEBHOOK_SOURCE
 from relay.errors import BadRequest, PayloadTooLarge, Unauthorized
 from relay.intake import Incoming, Intake
 from relay.signatures import verify_segment_webhook
-from relay.sources import segment_messages as seg
 from relay.sources.body import read_body
+from relay.sources.plain_batches import PlainMessage, plain_batch
+from relay.vocab import segment as seg
 
 
 def _ok(rejected: list[dict[str, Any]] | None = None) -> web.Response:
@@ -123,8 +124,8 @@ class SegmentAPI:
 
     async def batch(self, request: web.Request) -> web.Response:
         raw = await read_body(request, seg.MAX_BATCH_BYTES, "a batch")
-        # Plain messages are stored as they came (see segment_messages.plain_batch).
-        plain = seg.plain_batch(raw)
+        # Plain messages are stored as they came (see relay.sources.plain_batches).
+        plain = plain_batch(raw)
         if plain is not None:
             write_key, items = plain
             source = self._source_for(request, write_key)
@@ -155,7 +156,7 @@ class SegmentAPI:
         defaults = body if body is not None and seg.has_batch_defaults(body) else None
         whole = self.intake.routes.reads_messages("segment")
         for index, item in enumerate(items):
-            if type(item) is seg.PlainMessage:
+            if type(item) is PlainMessage:
                 # What routing reads of the message: all of it where a route matches on its
                 # fields or edits it; else only `integrations`, and nothing is decoded.
                 if whole:

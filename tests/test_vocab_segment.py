@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.sources.segment_messages import first_problem, message_problem, plainly_valid
+from relay.vocab.segment import first_problem, message_problem, plainly_valid
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
 values = st.recursive(

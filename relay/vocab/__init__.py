@@ -1,0 +1,1 @@
+"""What messages are, per family: pure vocabularies that every other part imports."""
