@@ -22,7 +22,7 @@ from relay.config import (
 )
 from relay.config import compile_config_routes as compile_config_routes  # moved; kept here too
 from relay.delivery import DestinationWorker, Sink
-from relay.errors import ClientError
+from relay.errors import ClientError, StoreUnavailable
 from relay.intake import Intake
 from relay.logs import quiet_client_errors
 from relay.metrics import CONTENT_TYPE, Metrics
@@ -309,6 +309,12 @@ async def errors_middleware(
         if exc.close_connection:
             response.force_close()
         return response
+    except StoreUnavailable as exc:
+        return web.json_response(
+            _error_body(exc.code, exc.message),
+            status=exc.status,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -17,10 +17,10 @@ from aiohttp import web
 from relay import __version__
 from relay.app import RELAY, build_store, create_app, describe_missing
 from relay.config import Config, check_config, load_config
-from relay.errors import ConfigError, ConfigProblem, RelayError
+from relay.errors import ConfigError, ConfigProblem, RelayError, StoreCannotOpen, StoreInUse
 from relay.reload import Reloader
 from relay.runtime import tune_garbage_collector
-from relay.store.sqlite import StoreCannotOpen, StoreInUse, read_dead_letters
+from relay.store.sqlite import read_dead_letters
 from relay.vocab import segment as seg
 
 log = logging.getLogger("relay")

@@ -29,7 +29,7 @@ from typing import Protocol
 from relay.errors import StoreUnavailable
 from relay.metrics import Metrics
 from relay.sinks.outcome import Dead, Done, Hold, Outcome, Pause, Retry, Skipped
-from relay.store.base import Delivery, Store
+from relay.store.base import Delivery, Settlement, Store
 from relay.store.base import Retry as StoreRetry
 
 log = logging.getLogger("relay.delivery")
@@ -192,7 +192,9 @@ class DestinationWorker:
             outcomes = await self.sink.deliver(leased)
         except asyncio.CancelledError:
             # Shutdown ran out of time: nothing was settled, give everything back.
-            await asyncio.shield(self.store.release([d.id for d in leased]))
+            await asyncio.shield(
+                self.store.settle(Settlement(release=[d.id for d in leased]), self.clock())
+            )
             raise
         except Exception:
             log.exception("unexpected failure delivering to %s; will retry", self.key)
@@ -291,10 +293,7 @@ class DestinationWorker:
             self._failed(now, retries[0].error, retry_after, probe)
         elif done and self.failing is not None:
             self._recovered(now)
-        await self.store.dead_letter(dead, now)
-        await self.store.retry(retries)
-        await self.store.complete(done)
-        await self.store.release(release)
+        await self.store.settle(Settlement(done, retries, dead, release), now)
         if skipped:
             self.metrics.skipped.labels(self.key).inc(skipped)
         if done:

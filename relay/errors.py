@@ -84,11 +84,26 @@ class UnsupportedEncoding(ClientError):
     code = "unsupported_encoding"
 
 
-class StoreUnavailable(ClientError):
-    """The durable store cannot take more right now; nothing acknowledged is affected."""
+class StoreUnavailable(RelayError):
+    """The durable store cannot take more right now; nothing acknowledged is affected.
+    Not the client's doing: the HTTP layer answers it with a 503 and `Retry-After`."""
 
     status = 503
     code = "store_unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
-        super().__init__(message, retry_after=retry_after)
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class StoreFull(StoreUnavailable):
+    """The queue or the disk is full: new events are refused, what is queued is delivered."""
+
+
+class StoreCannotOpen(StoreUnavailable):
+    """The store's files cannot be opened or written; the message says which and why."""
+
+
+class StoreInUse(StoreCannotOpen):
+    """Another relay process holds the store (its lock file)."""

@@ -19,7 +19,7 @@ import pytest
 
 from relay.codec import decode
 from relay.store import sqlite as sqlite_store
-from relay.store.base import NewDelivery, NewEvent
+from relay.store.base import NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import _DEDUP_SCHEMA, SqliteStore, _purge_slices, dedup_key
 
 
@@ -125,7 +125,9 @@ async def test_a_refused_request_leaves_its_ids_free(tmp_path: Path) -> None:
             assert "max_pending" in str(exc)
         else:
             raise AssertionError("a full queue must refuse")
-        await store.complete([d.id for d in await store.lease("customerio.main", 10, 1e12)])
+        await store.settle(
+            Settlement(done=[d.id for d in await store.lease("customerio.main", 10, 1e12)]), 0
+        )
         assert await store.enqueue([event("second")]) == ["queued"]  # not taken as a repeat
 
 

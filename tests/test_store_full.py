@@ -100,8 +100,9 @@ async def test_low_disk_refuses_new_events_keeps_delivering_and_recovers_at_once
     # The disk is played by a number: room below min_free_mb refuses new events, while what
     # is queued is still leased and settled; space freed inside the database (finished
     # deliveries) or on the disk lets events in again with the next request.
-    from relay.store.base import NewDelivery, NewEvent
-    from relay.store.sqlite import SqliteStore, StoreFull
+    from relay.errors import StoreFull
+    from relay.store.base import NewDelivery, NewEvent, Settlement
+    from relay.store.sqlite import SqliteStore
 
     disk = {"free": 50 * 1024 * 1024}
     store = SqliteStore(str(tmp_path / "low.db"), min_free_mb=10, dedup_flush_interval=3600)
@@ -142,7 +143,7 @@ async def test_low_disk_refuses_new_events_keeps_delivering_and_recovers_at_once
         # Delivery goes on: leases and settlements are not refused.
         leased = await store.lease("customerio.main", 500, 10**10)
         assert len(leased) == 500
-        await store.complete([d.id for d in leased])
+        await store.settle(Settlement(done=[d.id for d in leased]), 0)
         # 500 finished deliveries (1 MB) freed pages inside the database: room again.
         assert await store.write_problem() is None
         assert await store.enqueue(events(1, "c")) == ["queued"]

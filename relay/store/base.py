@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 EnqueueOutcome = Literal["queued", "duplicate", "rejected"]
 
@@ -89,6 +90,19 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Settlement:
+    """What became of leased deliveries, recorded in one call (one transaction)."""
+
+    done: Sequence[int] = ()
+    retries: Sequence[Retry] = ()
+    dead: Sequence[tuple[int, str]] = ()  # (delivery id, reason)
+    release: Sequence[int] = ()  # given back untouched (shutdown, pause, held back)
+
+    def __bool__(self) -> bool:
+        return bool(self.done or self.retries or self.dead or self.release)
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A delivery that was given up on, or a message rejected at the door."""
 
@@ -116,15 +130,11 @@ class Store(Protocol):
         pending or leased delivery of the same person."""
         ...
 
-    async def complete(self, ids: list[int]) -> None: ...
-
-    async def retry(self, retries: list[Retry]) -> None: ...
-
-    async def release(self, ids: list[int]) -> None:
-        """Give leased deliveries back untouched (shutdown, pause, held behind a retry)."""
+    async def settle(self, settlement: Settlement, now: float) -> None:
+        """Record what became of leased deliveries: done ones are forgotten, a retry keeps
+        holding back its person until it is due, a dead one stops holding, a released one
+        is pending again. A delivery already dead is left as it is."""
         ...
-
-    async def dead_letter(self, items: list[tuple[int, str]], now: float) -> None: ...
 
     async def dead_letters(
         self, limit: int = 100, destination: str | None = None
@@ -146,3 +156,17 @@ class Store(Protocol):
         """Why new events would be refused now (a full disk, a read-only file, the store not
         running), or None while they are taken."""
         ...
+
+
+# The Store's calls beyond open and close, in one place: the store's process serves exactly
+# these, and the contract suite checks that every backend has them.
+STORE_CALLS: Final = (
+    "enqueue",
+    "lease",
+    "settle",
+    "dead_letters",
+    "replay",
+    "counts",
+    "purge",
+    "write_problem",
+)

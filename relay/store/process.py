@@ -26,26 +26,25 @@ import sys
 from typing import Any
 
 from relay.codec import decode
-from relay.errors import ClientError, StoreUnavailable
+from relay.errors import StoreCannotOpen, StoreFull, StoreInUse, StoreUnavailable
 from relay.runtime import tune_garbage_collector
-from relay.store.base import DeadLetter, Delivery, EnqueueOutcome, NewEvent, Retry, event_tuples
-from relay.store.sqlite import (
-    DEFAULT_MIN_FREE_MB,
-    SqliteStore,
-    StoreCannotOpen,
-    StoreFull,
-    StoreInUse,
+from relay.store.base import (
+    STORE_CALLS,
+    DeadLetter,
+    Delivery,
+    EnqueueOutcome,
+    NewEvent,
+    Settlement,
+    event_tuples,
 )
+from relay.store.sqlite import DEFAULT_MIN_FREE_MB, SqliteStore
 
 log = logging.getLogger("relay.store")
 
 _HEADER = struct.Struct("!I")
 # Errors that cross the socket as (kind, message, retry_after) and are raised again as is.
-_ERRORS: dict[str, type[ClientError]] = {
-    "StoreFull": StoreFull,
-    "StoreUnavailable": StoreUnavailable,
-    "StoreCannotOpen": StoreCannotOpen,
-    "StoreInUse": StoreInUse,
+_ERRORS: dict[str, type[StoreUnavailable]] = {
+    error.__name__: error for error in (StoreUnavailable, StoreFull, StoreCannotOpen, StoreInUse)
 }
 # How long the child may take to open the database (a large queue is scanned at start-up).
 _OPEN_TIMEOUT = 120.0
@@ -232,27 +231,15 @@ class ProcessStore:
         return outcomes
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
-        rows = await self._call("lease_rows", destination, limit, now)
+        rows = await self._call("lease", destination, limit, now)
         return [
             Delivery(did, destination, okey, attempts, created_at, source, kind, decode(message))
             for did, okey, attempts, created_at, source, kind, message in rows
         ]
 
-    async def complete(self, ids: list[int]) -> None:
-        if ids:
-            await self._call("complete", ids)
-
-    async def retry(self, retries: list[Retry]) -> None:
-        if retries:
-            await self._call("retry", retries)
-
-    async def release(self, ids: list[int]) -> None:
-        if ids:
-            await self._call("release", ids)
-
-    async def dead_letter(self, items: list[tuple[int, str]], now: float) -> None:
-        if items:
-            await self._call("dead_letter", items, now)
+    async def settle(self, settlement: Settlement, now: float) -> None:
+        if settlement:
+            await self._call("settle", settlement, now)
 
     async def dead_letters(
         self, limit: int = 100, destination: str | None = None
@@ -319,7 +306,7 @@ class _Server:
     async def _handle(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
         try:
             value = await self._dispatch(method, args)
-        except ClientError as exc:
+        except StoreUnavailable as exc:
             self._answer(call_id, False, (type(exc).__name__, exc.message, exc.retry_after))
         except Exception as exc:  # a bug must not leave the relay waiting forever
             log.exception("store call %s failed", method)
@@ -332,37 +319,23 @@ class _Server:
             self._answer(call_id, True, value)
 
     async def _dispatch(self, method: str, args: tuple[Any, ...]) -> Any:
-        store = self.store
         if method == "open":
-            await store.open()
+            await self.store.open()
             return None
-        if method == "enqueue":
-            return await store.enqueue_tuples(args[0])
-        if method == "lease_rows":
-            return await store.lease_rows(*args)
-        if method in _PLAIN_CALLS:
-            return await getattr(store, method)(*args)
-        raise ValueError(f"unknown store call {method!r}")
+        served = _SERVED.get(method)
+        if served is None:
+            raise ValueError(f"unknown store call {method!r}")
+        return await getattr(self.store, served)(*args)
 
     def _answer(self, call_id: int, ok: bool, value: Any) -> None:
         if not self.writer.is_closing():
             self.writer.write(_frame((call_id, ok, value)))
 
 
-_PLAIN_CALLS = frozenset(
-    {
-        "complete",
-        "retry",
-        "release",
-        "dead_letter",
-        "dead_letters",
-        "replay",
-        "counts",
-        "purge",
-        "flush_ids",
-        "write_problem",
-    }
-)
+# The calls the child serves: the Store's own, and `flush_ids` (for tests), each by the
+# SqliteStore method that takes and gives what crosses the socket (tuples, rows).
+_WIRE_FORMS = {"enqueue": "enqueue_tuples", "lease": "lease_rows"}
+_SERVED = {name: _WIRE_FORMS.get(name, name) for name in (*STORE_CALLS, "flush_ids")}
 
 
 async def _serve(fd: int, store: SqliteStore) -> None:
@@ -396,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
         max_size_mb=args.max_size_mb,
         min_free_mb=args.min_free_mb,
         lock_wait=args.lock_wait,
-        inline_writer=True,
     )
     tune_garbage_collector()
     asyncio.run(_serve(args.fd, store))

@@ -47,14 +47,14 @@ from typing import Any, TypeVar
 import rbloom
 
 from relay.codec import decode
-from relay.errors import StoreUnavailable
+from relay.errors import StoreCannotOpen, StoreFull, StoreInUse, StoreUnavailable
 from relay.store.base import (
     DeadLetter,
     Delivery,
     EnqueueOutcome,
     EventTuple,
     NewEvent,
-    Retry,
+    Settlement,
     event_tuples,
 )
 
@@ -169,18 +169,6 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-class StoreFull(StoreUnavailable):
-    """The queue or the disk is full: new events are refused, what is queued is delivered."""
-
-
-class StoreCannotOpen(StoreUnavailable):
-    """The store's files cannot be opened or written; the message says which and why."""
-
-
-class StoreInUse(StoreCannotOpen):
-    """Another relay process holds the store (its lock file)."""
 
 
 # SQLite's primary result codes for trouble with the files themselves (not with a statement).
@@ -533,7 +521,6 @@ class SqliteStore:
         min_free_mb: float = DEFAULT_MIN_FREE_MB,
         max_group: int = 256,
         dedup_flush_interval: float = 1.0,
-        inline_writer: bool = False,
         lock_wait: float = 30.0,
     ) -> None:
         self.path = path
@@ -556,7 +543,9 @@ class SqliteStore:
             max_group,
             on_commit=self._commit_ids,
             on_abort=lambda: self._staged.clear(),
-            inline=inline_writer,
+            # The store runs in a process of its own (relay.store.process), whose event loop
+            # does nothing else: the main writer runs there, the dedup writer in a thread.
+            inline=True,
         )
         self._dedup = _Writer(
             "sqlite-dedup",
@@ -1002,11 +991,25 @@ class SqliteStore:
             )
         return rows
 
-    async def complete(self, ids: list[int]) -> None:
-        if ids:
-            await self._submit(lambda conn: self._finish(conn, ids))
+    async def settle(self, settlement: Settlement, now: float) -> None:
+        if settlement:
+            await self._submit(lambda conn: self._settle(conn, settlement, now))
 
-    def _finish(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+    def _settle(self, conn: sqlite3.Connection, settlement: Settlement, now: float) -> None:
+        if settlement.dead:
+            self._dead(conn, settlement.dead, now)
+        if settlement.retries:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
+                " next_at = ?, last_error = ? WHERE id = ? AND state != 'dead'",
+                [(r.next_at, r.error, r.id) for r in settlement.retries],
+            )
+        if settlement.done:
+            self._finish(conn, settlement.done)
+        if settlement.release:
+            self._release(conn, settlement.release)
+
+    def _finish(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         for chunk in _chunks(ids):
             marks = _marks(len(chunk))
             self._unhold(conn, chunk)
@@ -1023,21 +1026,7 @@ class SqliteStore:
             ids,
         )
 
-    async def retry(self, retries: list[Retry]) -> None:
-        if retries:
-            await self._submit(
-                lambda conn: conn.executemany(
-                    "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
-                    " next_at = ?, last_error = ? WHERE id = ?",
-                    [(r.next_at, r.error, r.id) for r in retries],
-                )
-            )
-
-    async def release(self, ids: list[int]) -> None:
-        if ids:
-            await self._submit(lambda conn: self._release(conn, ids))
-
-    def _release(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+    def _release(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         for chunk in _chunks(ids):
             self._unhold(conn, chunk)
             conn.execute(
@@ -1046,11 +1035,7 @@ class SqliteStore:
                 chunk,
             )
 
-    async def dead_letter(self, items: list[tuple[int, str]], now: float) -> None:
-        if items:
-            await self._submit(lambda conn: self._dead(conn, items, now))
-
-    def _dead(self, conn: sqlite3.Connection, items: list[tuple[int, str]], now: float) -> None:
+    def _dead(self, conn: sqlite3.Connection, items: Sequence[tuple[int, str]], now: float) -> None:
         for chunk in _chunks([did for did, _ in items]):
             self._unhold(conn, chunk)
         for did, reason in items:

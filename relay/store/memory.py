@@ -1,0 +1,238 @@
+"""A `Store` in memory: the same queue, holds, dedup windows and dead letters as the SQLite
+store, kept in dicts. Nothing survives the process: it serves `relay routes test` and tests,
+and is the smallest statement of what a backend must do (the contract suite holds every
+backend to it)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from relay.codec import decode
+from relay.errors import StoreFull, StoreUnavailable
+from relay.store.base import (
+    DeadLetter,
+    Delivery,
+    EnqueueOutcome,
+    NewEvent,
+    Settlement,
+)
+
+
+@dataclass(slots=True)
+class _Row:
+    destination: str
+    ordering_key: str
+    state: str  # pending | leased | dead
+    attempts: int
+    next_at: float
+    created_at: float
+    source: str
+    kind: str
+    message: bytes
+    last_error: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class _Rejected:
+    source: str
+    kind: str
+    received_at: float
+    reason: str
+    message: bytes
+
+
+class MemoryStore:
+    def __init__(self, *, max_pending: int = 5_000_000) -> None:
+        self.max_pending = max_pending
+        self._rows: dict[int, _Row] = {}
+        # Per (destination, person): the deliveries leased or waiting for a retry; a later
+        # delivery of that person waits behind the lowest of them.
+        self._holds: dict[tuple[str, str], set[int]] = {}
+        self._ids: dict[tuple[str, str, str], float] = {}  # (kind, source, id) → expiry
+        self._rejected: list[_Rejected] = []
+        self._next_id = 1
+        self._pending = 0  # deliveries not dead
+        self._open = False
+
+    async def open(self) -> None:
+        self._open = True
+        # As after a restart: what was leased goes back to the queue; retries keep holding.
+        for did, row in self._rows.items():
+            if row.state == "leased":
+                row.state = "pending"
+                self._unhold(did, row)
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreUnavailable("the event store is not open; retry in a few seconds")
+
+    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
+        self._check_open()
+        new = sum(len(e.deliveries) for e in events if not e.rejected_reason)
+        if self._pending + new > self.max_pending:
+            raise StoreFull(
+                f"the queue holds {self._pending} deliveries, its limit"
+                f" (storage.sqlite.max_pending) is {self.max_pending}; retry later",
+                retry_after=30,
+            )
+        outcomes: list[EnqueueOutcome] = []
+        now = time.time()  # dedup windows are wall-clock, as in every backend
+        for e in events:
+            if e.dedup_id is not None:
+                key = (e.kind, e.source, e.dedup_id)
+                expires = self._ids.get(key)
+                if expires is not None and expires > now:
+                    outcomes.append("duplicate")
+                    continue
+                self._ids[key] = e.dedup_until
+            if e.rejected_reason:
+                self._rejected.append(
+                    _Rejected(e.source, e.kind, e.received_at, e.rejected_reason, e.message_json)
+                )
+                outcomes.append("rejected")
+                continue
+            for d in e.deliveries:
+                self._rows[self._next_id] = _Row(
+                    d.destination,
+                    e.ordering_key,
+                    "pending",
+                    0,
+                    e.received_at,
+                    e.received_at,
+                    e.source,
+                    e.kind,
+                    e.message_json if d.message_json is None else d.message_json,
+                )
+                self._next_id += 1
+                self._pending += 1
+            outcomes.append("queued")
+        return outcomes
+
+    def _held_before(self, did: int, row: _Row) -> bool:
+        held = self._holds.get((row.destination, row.ordering_key))
+        return held is not None and min(held) < did
+
+    def _unhold(self, did: int, row: _Row) -> None:
+        key = (row.destination, row.ordering_key)
+        held = self._holds.get(key)
+        if held is not None:
+            held.discard(did)
+            if not held:
+                del self._holds[key]
+
+    async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
+        self._check_open()
+        out: list[Delivery] = []
+        # Held by what was leased or retried before: one lease may carry several deliveries
+        # of a person, in order (a batch keeps them in order).
+        for did, row in self._rows.items():  # in id order: ids only grow
+            if len(out) >= limit:
+                break
+            if (
+                row.destination != destination
+                or row.state != "pending"
+                or row.next_at > now
+                or self._held_before(did, row)
+            ):
+                continue
+            row.state = "leased"
+            out.append(
+                Delivery(
+                    did,
+                    destination,
+                    row.ordering_key,
+                    row.attempts,
+                    row.created_at,
+                    row.source,
+                    row.kind,
+                    decode(row.message),
+                )
+            )
+        for d in out:
+            self._holds.setdefault((destination, d.ordering_key), set()).add(d.id)
+        return out
+
+    async def settle(self, settlement: Settlement, now: float) -> None:
+        self._check_open()
+        for did, reason in settlement.dead:
+            row = self._rows.get(did)
+            if row is None or row.state == "dead":
+                continue
+            self._unhold(did, row)
+            row.state, row.last_error, row.next_at = "dead", reason, now
+            row.attempts += 1
+            self._pending -= 1
+        for retry in settlement.retries:
+            row = self._rows.get(retry.id)
+            if row is None or row.state == "dead":
+                continue
+            row.state, row.next_at, row.last_error = "pending", retry.next_at, retry.error
+            row.attempts += 1  # the hold stays: the person waits for this retry
+        for did in settlement.done:
+            row = self._rows.get(did)
+            if row is None or row.state == "dead":
+                continue
+            self._unhold(did, row)
+            del self._rows[did]
+            self._pending -= 1
+        for did in settlement.release:
+            row = self._rows.get(did)
+            if row is None or row.state != "leased":
+                continue
+            self._unhold(did, row)
+            row.state = "pending"
+
+    async def dead_letters(
+        self, limit: int = 100, destination: str | None = None
+    ) -> list[DeadLetter]:
+        self._check_open()
+        out = [
+            DeadLetter(
+                did,
+                row.destination,
+                row.source,
+                row.kind,
+                row.last_error or "",
+                row.attempts,
+                row.created_at,
+                decode(row.message),
+            )
+            for did, row in self._rows.items()
+            if row.state == "dead" and destination in (None, row.destination)
+        ][:limit]
+        if destination is None:
+            out.extend(
+                DeadLetter(i, None, r.source, r.kind, r.reason, 0, r.received_at, decode(r.message))
+                for i, r in enumerate(self._rejected[:limit], start=1)
+            )
+        return out
+
+    async def replay(self, ids: list[int] | None, now: float) -> int:
+        self._check_open()
+        wanted = None if ids is None else set(ids)
+        count = 0
+        for did, row in self._rows.items():
+            if row.state == "dead" and (wanted is None or did in wanted):
+                row.state, row.attempts, row.next_at, row.created_at = "pending", 0, now, now
+                count += 1
+        self._pending += count
+        return count
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        self._check_open()
+        out: dict[str, dict[str, int]] = {}
+        for row in self._rows.values():
+            states = out.setdefault(row.destination, {})
+            states[row.state] = states.get(row.state, 0) + 1
+        return out
+
+    async def purge(self, now: float) -> None:
+        self._check_open()
+        self._ids = {key: until for key, until in self._ids.items() if until > now}
+
+    async def write_problem(self) -> str | None:
+        return None if self._open else "the event store is not open"
