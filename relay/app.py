@@ -69,6 +69,9 @@ class Relay:
     routes: Routes
     clock: Callable[[], float] = time.time
     workers: dict[str, DestinationWorker] = field(default_factory=dict)
+    # Kept across reloads while a destination's rate_limit stays: a Retry-After it was told
+    # still holds for the worker that replaces it.
+    limiters: dict[str, DestinationLimiter] = field(default_factory=dict)
     accepting: bool = False
     segment_api: SegmentAPI | None = None
     customerio_webhooks: CustomerIOWebhooks | None = None
@@ -93,7 +96,9 @@ class Relay:
     def make_sink(self, dest: CustomerIODestination | SegmentDestination) -> Sink | None:
         if dest.missing:
             return None
-        limiter = DestinationLimiter(dest.rate_limit)
+        limiter = self.limiters.get(dest.key)
+        if limiter is None or limiter.rate != dest.rate_limit:
+            limiter = self.limiters[dest.key] = DestinationLimiter(dest.rate_limit)
         self.metrics.rate.labels(dest.key).set(dest.rate_limit)
         if isinstance(dest, CustomerIODestination):
             return CustomerIOSink(dest, self.transport, limiter, self.metrics, self.clock)
@@ -206,10 +211,10 @@ class Relay:
         stopping = [w for k in (*removed, *changed) if (w := self.workers.pop(k, None))]
         await asyncio.gather(*(w.stop(effective.shutdown_timeout) for w in stopping))
         for key in removed:
-            with contextlib.suppress(KeyError):
-                self.metrics.paused.remove(key)
-            with contextlib.suppress(KeyError):
-                self.metrics.rate.remove(key)
+            self.limiters.pop(key, None)
+            for gauge in (self.metrics.paused, self.metrics.rate, self.metrics.retrying):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(key)
         for key in (*changed, *added):
             if not self.accepting:
                 break  # shutting down: stop() settles what is left

@@ -432,3 +432,33 @@ async def test_a_file_relay_check_refuses_is_refused_with_the_same_problem(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2 and errors[0].startswith(f"{path}{problem}"), errors
     assert errors[1].startswith("config reload (SIGHUP) rejected: 1 problem")
+
+
+async def test_a_changed_destination_keeps_the_retry_after_it_was_told(
+    tmp_path: Path, customerio: StandIn
+) -> None:
+    # Customer.io asks for 4 s; a reload changes only the destination's timeout meanwhile.
+    customerio.respond(429, {}, {"Retry-After": "4"})
+    path = tmp_path / "relay.yaml"
+    path.write_text(config_yaml(tmp_path / "relay.db", customerio.url, routes=EVERYTHING_TO_CIO))
+    app = create_app(load_config(str(path), {}))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url, relay = str(server.make_url("")).rstrip("/"), app[RELAY]
+        assert await send(url, "Throttled") == 200
+        [refused] = await customerio.wait_for(1)
+        path.write_text(path.read_text().replace("timeout: 2\n", "timeout: 3\n", 1))
+        assert await Reloader(relay, str(path), env={}).reload("test") is True
+        assert relay.config.destinations["customerio.main"].timeout == 3
+        # Someone else's event, not held by the retry of the first: it waits all the same.
+        status, _, _ = await post(
+            f"{url}/v1/track",
+            track("u2", "Other", "m-other"),
+            headers={"Authorization": basic(WRITE_KEY)},
+        )
+        assert status == 200
+        requests = await customerio.wait_for(2, timeout=15)
+        assert requests[1].at - refused.at >= 3.9  # not sooner than Retry-After
+    finally:
+        await server.close()
