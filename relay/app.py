@@ -18,9 +18,9 @@ from relay.config import (
     CustomerIODestination,
     Destination,
     SegmentDestination,
+    compile_config_routes,
     is_secret_path,
 )
-from relay.config import compile_config_routes as compile_config_routes  # moved; kept here too
 from relay.delivery import DestinationWorker, Sink
 from relay.errors import ClientError, StoreUnavailable
 from relay.intake import Intake

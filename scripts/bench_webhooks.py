@@ -63,7 +63,7 @@ routes:
     to: [segment.main]
 """
 
-# A realistic email `clicked` webhook (PROTOCOLS §3), about 500 bytes.
+# A realistic email `clicked` webhook, about 500 bytes.
 TEMPLATE = (
     '{{"event_id":"{event_id}","object_type":"email","metric":"clicked",'
     '"timestamp":{timestamp},"data":{{"customer_id":"{person}",'

@@ -46,8 +46,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import WRITE_KEY, Recorded, StandIn, basic, config_yaml
-from tests.test_customerio_webhooks import sign, webhook
-from tests.test_segment_api import track
+from tests.helpers import sign, track, webhook
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("RELAY_FAULT_SCALE") or 1)

@@ -8,10 +8,7 @@ with `RELAY_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_check.py` and review the
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +21,9 @@ from relay.config import (
     parse_config,
 )
 from relay.errors import ConfigError
+from tests.helpers import ROOT, UPDATE, run_relay
 
-ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "check"
-UPDATE = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"
 
 # Values no output may ever contain.
 SECRET = "secret-value-of-odd-length"
@@ -37,19 +33,6 @@ GOLDEN_ENV = {
     "GOLDEN_SIGNING_KEY_OLD": SECRET,
     "GOLDEN_EMPTY": "",
 }
-
-
-def run_relay(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "SYSTEMROOT") if k in os.environ}
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        cwd=cwd,
-        env={**base, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def golden_cases() -> list[str]:

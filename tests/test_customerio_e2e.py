@@ -31,7 +31,7 @@ from tests.conftest import (
     basic,
     relay_of,
 )
-from tests.test_segment_api import post, track
+from tests.helpers import post, track
 
 AT = "2024-01-02T03:04:"
 

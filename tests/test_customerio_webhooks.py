@@ -1,14 +1,12 @@
 """Customer.io reporting webhooks through relay to Segment, end to end on loopback.
 
 Signed webhooks are posted to `/webhooks/customerio[/{source}]` and the exact `/v1/batch`
-requests are read at the Segment stand-in (PROTOCOLS §3, §4).
+requests are read at the Segment stand-in.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import re
 import time
@@ -16,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -29,14 +26,15 @@ from tests.conftest import (
     config_yaml,
     relay_of,
 )
+from tests.helpers import HOOK, post_raw, post_webhook, sign, webhook
 
-HOOK = "/webhooks/customerio"
 # base64("wk-out-0123456789:"), the Segment destination's write key as Basic user.
 SEGMENT_AUTH = "Basic d2stb3V0LTAxMjM0NTY3ODk6"
 SENT_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 UNAUTHORIZED = "X-CIO-Signature is missing or does not match any signing key"
 
-# PROTOCOLS §3's example payload, byte for byte as Customer.io would post it.
+# The example payload of Customer.io's reporting webhooks docs, byte for byte as Customer.io
+# would post it.
 CLICKED = (
     b'{"event_id":"01E4C4CT6YDC7Y5M7FE1GWWPQJ","object_type":"email","metric":"clicked",'
     b'"timestamp":1585250199,'
@@ -72,61 +70,6 @@ CLICKED_TRACK: dict[str, Any] = {
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sign(key: str, timestamp: str, raw: bytes) -> str:
-    message = b"v0:" + timestamp.encode() + b":" + raw
-    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
-
-
-def webhook(
-    event_id: str,
-    user: str = "u1",
-    metric: str = "opened",
-    object_type: str = "email",
-    **data: Any,
-) -> bytes:
-    body = {
-        "event_id": event_id,
-        "object_type": object_type,
-        "metric": metric,
-        "timestamp": 1704164645,
-        "data": {"customer_id": user, "delivery_id": f"d-{event_id}", **data},
-    }
-    return json.dumps(body).encode()
-
-
-async def post_raw(
-    url: str, raw: bytes, headers: dict[str, str]
-) -> tuple[int, Any, dict[str, str]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=raw, headers=headers) as resp,
-    ):
-        text = await resp.text()
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            payload = text
-        return resp.status, payload, dict(resp.headers)
-
-
-async def post_webhook(
-    base: str,
-    raw: bytes,
-    *,
-    key: str = "signing-key",
-    path: str = HOOK,
-    timestamp: str | None = None,
-) -> tuple[int, Any]:
-    ts = timestamp or str(int(time.time()))
-    headers = {
-        "Content-Type": "application/json",
-        "X-CIO-Timestamp": ts,
-        "X-CIO-Signature": sign(key, ts, raw),
-    }
-    status, body, _ = await post_raw(base + path, raw, headers)
-    return status, body
 
 
 def sent_messages(segment: StandIn, first: int = 0) -> list[dict[str, Any]]:

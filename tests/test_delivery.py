@@ -10,7 +10,7 @@ import pytest
 
 from relay.delivery import backoff
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
-from tests.test_segment_api import post, sent_ops, track
+from tests.helpers import post, sent_ops, track
 
 AUTH = {"Authorization": basic(WRITE_KEY)}
 

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, relay_of
-from tests.test_check import run_relay
-from tests.test_segment_api import post, track
+from tests.helpers import post, run_relay, track
 
 AUTH = {"Authorization": basic(WRITE_KEY)}
 

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from relay.app import create_app
 from relay.config import parse_config
 from tests.conftest import WRITE_KEY, StandIn, basic, config_yaml, relay_of, start_stand_in
-from tests.test_segment_api import track
+from tests.helpers import track
 
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES", "400"))
 # The relay under test runs in a thread beside hypothesis, and its delivery workers draw

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from relay.codec import holds_lone_surrogate
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
-from tests.test_customerio_webhooks import post_webhook
-from tests.test_segment_api import post, sent_ops
+from tests.helpers import post, post_webhook, sent_ops
 
 AUTH = {"Authorization": basic(WRITE_KEY), "Content-Type": "application/json"}
 ESCAPE = b"\\ud800"  # as JSON text: a backslash, then ud800
@@ -136,7 +135,7 @@ async def test_a_write_key_that_is_not_unicode_is_just_a_wrong_key(
 async def test_the_dead_letter_list_prints_a_kept_surrogate_as_its_escape(
     relay_factory: RelayFactory, customerio: StandIn, tmp_path: Any
 ) -> None:
-    from tests.test_check import run_relay
+    from tests.helpers import run_relay
 
     url, app = await relay_factory(cio_url=customerio.url)
     raw = b'{"batch":[{"type":"track","userId":"' + ESCAPE + b'","event":"E","messageId":"m"}]}'

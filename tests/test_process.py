@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, free_port
-from tests.test_segment_api import sent_ops, track
+from tests.helpers import sent_ops, track, wait_ready
 
 
 def start_relay(config: Path) -> subprocess.Popen[bytes]:
@@ -31,23 +31,6 @@ def write_config(tmp_path: Path, db: Path, cio_url: str, port: int) -> Path:
     path = tmp_path / f"relay-{port}.yaml"
     path.write_text(text)
     return path
-
-
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                raise AssertionError(f"relay exited with {proc.returncode}:\n{out}")
-            try:
-                async with session.get(f"{url}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("relay did not become ready")
 
 
 async def test_sigkill_after_acknowledging_loses_nothing(

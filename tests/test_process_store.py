@@ -13,7 +13,7 @@ import pytest
 from relay.errors import StoreUnavailable
 from relay.store.process import ProcessStore
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
-from tests.test_segment_api import post, sent_ops, track
+from tests.helpers import post, sent_ops, track
 
 AUTH = {"Authorization": basic(WRITE_KEY)}
 

@@ -39,7 +39,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.mapping.ulid import deterministic_ulid
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, config_yaml, relay_of
-from tests.test_segment_api import post, sent_ops, track
+from tests.helpers import post, sent_ops, track
 
 CLIENTS = Path(__file__).parent / "clients"
 NODE_MODULES = CLIENTS / "node_modules"

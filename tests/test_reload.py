@@ -28,8 +28,7 @@ from relay.config import load_config
 from relay.reload import Reloader
 from relay.signatures import customerio_signature, segment_signature
 from tests.conftest import API_KEY, BACKEND_KEY, WRITE_KEY, StandIn, basic, config_yaml, free_port
-from tests.test_process import wait_ready
-from tests.test_segment_api import post, sent_ops, track
+from tests.helpers import post, sent_ops, track, wait_ready
 
 TRACKS_TO_SEGMENT = """
   - name: tracks-to-segment

@@ -27,8 +27,7 @@ from relay.sinks.customerio import CustomerIOSink
 from relay.sinks.limiter import DestinationLimiter
 from relay.sinks.segment import SegmentSink
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic
-from tests.test_check import ROOT, UPDATE, run_relay
-from tests.test_segment_api import post, track
+from tests.helpers import ROOT, UPDATE, post, run_relay, track
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "routes_test"
 NOW = "1714560000"  # 2024-05-01T10:40:00Z

@@ -23,6 +23,7 @@ from tests.conftest import (
     basic,
     relay_of,
 )
+from tests.helpers import post, sent_ops, track
 
 CIO_AUTH = basic(SITE_ID, API_KEY)
 
@@ -35,35 +36,6 @@ def identify(user: str = "u1", **extra: Any) -> dict[str, Any]:
         "timestamp": "2024-01-02T03:04:05Z",
         **extra,
     }
-
-
-def track(user: str, event: str, message_id: str, **props: Any) -> dict[str, Any]:
-    return {
-        "type": "track",
-        "userId": user,
-        "event": event,
-        "properties": props,
-        "messageId": message_id,
-        "timestamp": "2024-01-02T03:04:05Z",
-    }
-
-
-async def post(
-    url: str, body: Any, *, headers: dict[str, str] | None = None, raw: bytes | None = None
-) -> tuple[int, Any, dict[str, str]]:
-    async with aiohttp.ClientSession() as session:
-        data = raw if raw is not None else json.dumps(body).encode()
-        async with session.post(url, data=data, headers=headers or {}) as resp:
-            text = await resp.text()
-            try:
-                payload = json.loads(text)
-            except ValueError:
-                payload = text
-            return resp.status, payload, dict(resp.headers)
-
-
-def sent_ops(cio: StandIn) -> list[dict[str, Any]]:
-    return [op for r in cio.requests for op in r.body["batch"]]
 
 
 async def test_identify_with_basic_auth_reaches_customerio_as_exact_batch(

@@ -1,5 +1,5 @@
 """The Segment sink: how messages are cut into /v1/batch requests, how an HTTP answer from
-Segment decides what happens to a delivery (PROTOCOLS §4, DESIGN), and, against a loopback
+Segment decides what happens to a delivery, and, against a loopback
 stand-in, that `sentAt` is the moment a request really goes out."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, relay_of
-from tests.test_segment_api import post, sent_ops, track
+from tests.helpers import post, sent_ops, track
 
 AUTH = {"Authorization": basic(WRITE_KEY)}
 

@@ -1,4 +1,4 @@
-"""Segment → Customer.io mapping rules (PROTOCOLS §2.2), pinned on exact v2 ops and v1 requests."""
+"""Segment → Customer.io mapping rules, pinned on exact v2 ops and v1 requests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Strict ISO-8601 dates to unix time, the only form Customer.io takes dates in (PROTOCOLS §2.2)."""
+"""Strict ISO-8601 dates to unix time, the only form Customer.io takes dates in."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Segment message → neutral Customer.io operations, written as v2 batch ops or classic v1
-requests, with Customer.io's limits checked before sending (PROTOCOLS §2)."""
+requests, with Customer.io's limits checked before sending."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ __all__ = [
     "person_identifiers",
 ]
 
-# Customer.io's limits (PROTOCOLS §2.1). "32 KB" is read as 32 × 1024 bytes, as Segment's own
-# libraries read their identical per-message limit.
+# Customer.io's limits, as its Track API documents them. "32 KB" is read as 32 × 1024 bytes,
+# as Segment's own libraries read their identical per-message limit.
 MAX_OPERATION_BYTES = 32 * 1024
 MAX_IDENTIFIER_BYTES = 150
 MAX_EVENT_NAME_BYTES = 100
@@ -216,7 +216,7 @@ def _hint(mapping: Mapping[str, Any] | None, *path: str) -> Any:
 
 
 def person_identifiers(user_id: str) -> dict[str, str]:
-    """How Customer.io should address a person known by `user_id` (PROTOCOLS §2.2)."""
+    """How Customer.io should address a person known by `user_id`."""
     if user_id.startswith("cio_") and len(user_id) > 4:
         return {"cio_id": user_id[4:]}
     if _EMAIL.fullmatch(user_id):

@@ -1,4 +1,4 @@
-"""Customer.io reporting webhook → Segment `track` message (PROTOCOLS §4.1), as pure code."""
+"""Customer.io reporting webhook → Segment `track` message, as pure code."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deterministic ULIDs, so that Customer.io de-duplicates a re-sent event (PROTOCOLS §2.2)."""
+"""Deterministic ULIDs, so that Customer.io de-duplicates a re-sent event."""
 
 from __future__ import annotations
 

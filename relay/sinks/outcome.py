@@ -1,4 +1,4 @@
-"""What happened to one delivery, and how an HTTP answer decides it (PROTOCOLS §2.3, §4)."""
+"""What happened to one delivery, and how an HTTP answer decides it."""
 
 from __future__ import annotations
 
