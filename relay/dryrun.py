@@ -1,30 +1,40 @@
-"""`relay routes test`: what each message would become, with no network and no store.
+"""`relay routes test`: what each message would become, with no network and no disk.
 
-Each message goes through the same steps as at the door and in the delivery workers:
-validation, routing (with the source it would come from), the route's edits, and the
-mapping to the destination's requests. Send-time values (`sentAt`, the received time that
-stands in for a missing timestamp) use `now`, so a given `now` gives the same output.
+Each message runs through relay's own pipeline, not a copy of it: the source's checks (as an
+item of a batch, or a webhook), the intake (routing and the route's edits) into an in-memory
+store, then each destination's sink, leasing from that store and sending through a transport
+that records the requests instead of sending them. What is shown is therefore what relay
+sends. Send-time values (`sentAt`, the received time that stands in for a missing
+timestamp) use `now`, and a message without a `messageId` gets one made from its index, so
+a given `now` gives the same output.
 
 Each request is shown whole, headers included, except that the credentials in its
-Authorization header are replaced by a description of them: the output never holds a secret.
+Authorization header are replaced by a description of them: the sinks are built with blank
+credentials, so the output never holds a secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from relay.codec import encode
+from relay.codec import decode, encode
 from relay.config import SEGMENT_WEBHOOK_SOURCE, Config, CustomerIODestination, Destination
-from relay.mapping import Rejection, Skip
-from relay.mapping.to_segment import map_webhook
-from relay.outgoing import OutgoingRequest
+from relay.intake import Incoming, Intake
+from relay.metrics import Metrics
 from relay.routing import CUSTOMERIO, SEGMENT, Routes
-from relay.sinks import customerio, segment
-from relay.sinks.sender import json_headers
-from relay.vocab import segment as seg
+from relay.sinks.customerio import CustomerIOSink
+from relay.sinks.limiter import DestinationLimiter
+from relay.sinks.outcome import Dead, Skipped
+from relay.sinks.segment import SegmentSink
+from relay.sinks.transport import RecordingTransport, Sent
+from relay.sources.customerio_webhooks import CustomerIOWebhooks
+from relay.sources.segment_api import SegmentAPI
+from relay.store.memory import MemoryStore
 
 UNROUTED_NOTE = (
     "matches no route: relay accepts it, counts it in relay_unrouted_events_total{kind,source}"
@@ -47,7 +57,8 @@ _WEBHOOK_DATA_FIELDS = (
     "transactional_message_id",
     "journey_id",
 )
-_ACCEPT_JSON = {"Accept": "application/json"}
+# No throttling: nothing is sent.
+_UNLIMITED = 1e9
 
 
 def looks_like_customerio(message: Any) -> bool:
@@ -108,15 +119,46 @@ def dry_run(
     source: str | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per message: its routes and, per destination, the exact requests."""
+    return asyncio.run(dry_run_async(config, routes, messages, now, source=source))
+
+
+async def dry_run_async(
+    config: Config,
+    routes: Routes,
+    messages: Sequence[Any],
+    now: float,
+    *,
+    source: str | None = None,
+) -> list[dict[str, Any]]:
+    """`dry_run`, on the running event loop."""
     sources = choose_sources(config, source)
+    transport = RecordingTransport()
+    metrics = Metrics()
+    sinks = {key: _sink(dest, transport, metrics, now) for key, dest in config.destinations.items()}
     return [
-        _one(config, routes, index, message, now, sources) for index, message in enumerate(messages)
+        await _one(config, routes, sinks, transport, metrics, index, message, now, sources)
+        for index, message in enumerate(messages)
     ]
 
 
-def _one(
+def _sink(
+    dest: Destination, transport: RecordingTransport, metrics: Metrics, now: float
+) -> CustomerIOSink | SegmentSink:
+    limiter = DestinationLimiter(_UNLIMITED)
+    if isinstance(dest, CustomerIODestination):
+        blank = dataclasses.replace(dest, site_id="", api_key="")
+        return CustomerIOSink(blank, transport, limiter, metrics, lambda: now)
+    return SegmentSink(
+        dataclasses.replace(dest, write_key=""), transport, limiter, metrics, lambda: now
+    )
+
+
+async def _one(
     config: Config,
     routes: Routes,
+    sinks: dict[str, CustomerIOSink | SegmentSink],
+    transport: RecordingTransport,
+    metrics: Metrics,
     index: int,
     message: Any,
     now: float,
@@ -131,31 +173,35 @@ def _one(
             " (sources.customerio.signing_keys)"
         )
         return entry
+    # A store of its own for each message: each is shown as if it came alone.
+    store = MemoryStore()
+    await store.open()
+    intake = Intake(
+        store,
+        routes,
+        metrics,
+        dedup_windows={},
+        clock=lambda: now,
+        # relay gives such a message a random id at the door; this stands in for it.
+        new_message_id=lambda: f"relay-{uuid.UUID(int=index)}",
+    )
     if kind == CUSTOMERIO:
-        mapped = map_webhook(message, received_at=now, profile=config.customerio_profile)
-        if isinstance(mapped, Rejection):
-            entry["rejected"] = mapped.reason
-            return entry
-        deliverable: dict[str, Any] = mapped
+        taken: Incoming | str = CustomerIOWebhooks(intake, config).incoming(encode(message), now)
     else:
-        problem = seg.message_problem(message)
-        if problem is None:
-            message = seg.normalise(copy.deepcopy(message))
-            if not isinstance(message.get("messageId"), str) or not message["messageId"]:
-                # relay gives such a message a random id at the door; this stands in for it.
-                message["messageId"] = f"relay-{uuid.UUID(int=index)}"
-            size = len(encode(message))
-            if size > seg.MAX_MESSAGE_BYTES:
-                problem = f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
-        if problem is not None:
-            entry["rejected"] = problem
-            return entry
-        deliverable = message
+        api = SegmentAPI(intake, config.segment_write_keys, config.segment_webhook_secret)
+        taken = api.item_incoming(copy.deepcopy(message))
+    if isinstance(taken, str):
+        entry["rejected"] = taken
+        return entry
+    if taken.rejected_reason is not None:
+        entry["rejected"] = taken.rejected_reason
+        return entry
+    await intake.accept(kind, source, [taken])
 
-    result = routes.route(kind, source, message)
+    result = routes.route(kind, source, taken.message)
     entry["routes"] = [r.name for r in result.matched]
     entry["deliveries"] = [
-        _delivery(config, destination, route.name, route.edit(deliverable), now)
+        await _delivery(config, store, sinks[destination], transport, destination, route.name, now)
         for destination, route in result.deliveries
     ]
     if result.suppressed:
@@ -172,48 +218,44 @@ def _one(
     return entry
 
 
-def _delivery(
-    config: Config, destination: str, route: str, message: dict[str, Any], now: float
+async def _delivery(
+    config: Config,
+    store: MemoryStore,
+    sink: CustomerIOSink | SegmentSink,
+    transport: RecordingTransport,
+    destination: str,
+    route: str,
+    now: float,
 ) -> dict[str, Any]:
     dest = config.destinations[destination]
     item: dict[str, Any] = {"destination": destination, "route": route}
-    if isinstance(dest, CustomerIODestination):
-        requests = customerio.requests_for([message], dest, now)
-        if isinstance(requests, Rejection):
-            item["rejected"] = requests.reason
-            return item
-        if isinstance(requests, Skip):
-            item["skipped"] = requests.reason
-            item["requests"] = []
-            return item
-    else:
-        _groups, too_large = segment.plan_batches([message], dest.batch_size)
-        if too_large:
-            item["rejected"] = too_large[0]
-            return item
-        requests = [segment.batch_request([message], now)]
-    headers = request_headers(dest)
-    item["requests"] = [_request(dest.base_url, headers, r) for r in requests]
+    [delivery] = await store.lease(destination, 1, now)
+    outcome = (await sink.deliver([delivery]))[delivery.id]
+    sent = transport.take()
+    if isinstance(outcome, Dead):
+        item["rejected"] = outcome.reason
+        return item
+    if isinstance(outcome, Skipped):
+        item["skipped"] = outcome.reason
+    item["requests"] = [_shown(dest, request) for request in sent]
     return item
 
 
-def request_headers(dest: Destination) -> dict[str, str]:
-    """The headers the destination's sink sends, with the credentials described, not shown."""
-    # The sinks' own header builder, given no credentials: only Authorization differs.
+def credentials_shown(dest: Destination) -> str:
+    """What the Authorization header shows instead of the destination's credentials."""
     if isinstance(dest, CustomerIODestination):
-        headers = {**json_headers("", ""), **_ACCEPT_JSON}
-        headers["Authorization"] = f"Basic <site_id:api_key of {dest.key}>"
-    else:
-        headers = json_headers("")
-        headers["Authorization"] = f"Basic <write_key of {dest.key}>"
-    return headers
+        return f"Basic <site_id:api_key of {dest.key}>"
+    return f"Basic <write_key of {dest.key}>"
 
 
-def _request(base_url: str, headers: dict[str, str], request: OutgoingRequest) -> dict[str, Any]:
+def _shown(dest: Destination, request: Sent) -> dict[str, Any]:
+    headers = dict(request.headers)
+    if "Authorization" in headers:
+        headers["Authorization"] = credentials_shown(dest)
     return {
         "method": request.method,
-        "url": base_url + request.path,
-        "path": request.path,
-        "headers": dict(headers),
-        "body": request.body,
+        "url": request.url,
+        "path": request.url.removeprefix(dest.base_url),
+        "headers": headers,
+        "body": None if request.body is None else decode(request.body),
     }

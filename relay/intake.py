@@ -54,6 +54,7 @@ class Intake:
         dedup_windows: dict[str, float],
         notify: Callable[[set[str]], None] = lambda _d: None,
         clock: Callable[[], float] = time.time,
+        new_message_id: Callable[[], str] = lambda: f"relay-{uuid.uuid4()}",
     ) -> None:
         self.store = store
         self.routes = routes
@@ -61,12 +62,13 @@ class Intake:
         self.dedup_windows = dedup_windows
         self.notify = notify
         self.clock = clock
+        self.new_message_id = new_message_id
 
     def segment_incoming(self, msg: dict[str, Any], encoded: bytes | None = None) -> Incoming:
         message_id = msg.get("messageId")
         if not isinstance(message_id, str) or not message_id:
             # A stored id keeps the derived Customer.io event id stable across retries.
-            msg["messageId"] = f"relay-{uuid.uuid4()}"
+            msg["messageId"] = self.new_message_id()
             return Incoming(msg, seg.ordering_key(msg), None)
         return Incoming(msg, seg.ordering_key(msg), message_id, encoded=encoded)
 

@@ -38,6 +38,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     at: float
+    raw_path: str = ""  # the path and query as the bytes on the wire had them
 
 
 @dataclass
@@ -77,7 +78,12 @@ class StandIn:
         except ValueError:
             body = raw.decode(errors="replace")
         recorded = Recorded(
-            request.method, request.path_qs, dict(request.headers), body, time.monotonic()
+            request.method,
+            request.path_qs,
+            dict(request.headers),
+            body,
+            time.monotonic(),
+            request.raw_path,
         )
         self.requests.append(recorded)
         self.arrived.set()

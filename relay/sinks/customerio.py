@@ -126,24 +126,6 @@ def batch_outcomes(
     return outcomes
 
 
-def requests_for(
-    messages: Sequence[dict[str, Any]], dest: CustomerIODestination, now: float
-) -> list[OutgoingRequest] | Rejection | Skip:
-    """The exact requests relay would send for these messages (used by `relay routes test`)."""
-    deliveries = [
-        Delivery(i, dest.key, "", 0, now, "", "segment", m) for i, m in enumerate(messages)
-    ]
-    planned = plan(deliveries, dest.api)
-    for p in planned:
-        if p.rejection:
-            return Rejection(p.rejection)
-        if p.skipped and len(planned) == 1:
-            return Skip(p.skipped)
-    if dest.api == "v1":
-        return [r for p in planned for r in p.requests]
-    return [batch_request(g) for g in pack_v2(planned, dest.batch_size)]
-
-
 class CustomerIOSink:
     def __init__(
         self,

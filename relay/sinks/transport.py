@@ -82,3 +82,43 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request a sink made, as it went to the transport."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None
+
+
+class RecordingTransport:
+    """A transport that sends nothing: it keeps each request and answers `answer` (200 with
+    an empty JSON object by default). What `relay routes test` shows, and what sink tests
+    read, is therefore exactly what the sinks would have sent."""
+
+    def __init__(self, answer: Response | None = None) -> None:
+        self.answer = answer or Response(200, {"Content-Type": "application/json"}, b"{}")
+        self.sent: list[Sent] = []
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+    ) -> Response:
+        self.sent.append(Sent(method, url, dict(headers), body))
+        return self.answer
+
+    def take(self) -> list[Sent]:
+        """The requests recorded since the last call."""
+        sent, self.sent = self.sent, []
+        return sent
+
+    async def close(self) -> None:
+        pass

@@ -171,18 +171,9 @@ class SegmentAPI:
                 continue
             if defaults is not None and isinstance(item, dict):
                 item = seg.merge_batch_defaults(item, defaults)
-            problem = seg.message_problem(item)
-            encoded = None
-            if problem is None:
-                try:
-                    encoded = encode(seg.normalise(item))
-                except ValueError as exc:
-                    problem = f"the message cannot be stored: {exc}"
-                else:
-                    if len(encoded) > seg.MAX_MESSAGE_BYTES:
-                        problem = f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
-            if problem is not None:
-                reason = f"batch[{index}]: {problem}"
+            taken = self.item_incoming(item)
+            if isinstance(taken, str):
+                reason = f"batch[{index}]: {taken}"
                 rejected.append({"index": index, "reason": reason})
                 if isinstance(item, dict):
                     item.pop("writeKey", None)  # kept for people to look at, without the key
@@ -196,8 +187,22 @@ class SegmentAPI:
                     )
                 )
                 continue
-            incoming.append(self.intake.segment_incoming(item, encoded))
+            incoming.append(taken)
         return incoming, rejected
+
+    def item_incoming(self, item: Any) -> Incoming | str:
+        """One message of a batch as it is taken, or why it is not (`relay routes test`
+        takes each of its messages this way too)."""
+        problem = seg.message_problem(item)
+        if problem is not None:
+            return problem
+        try:
+            encoded = encode(seg.normalise(item))
+        except ValueError as exc:
+            return f"the message cannot be stored: {exc}"
+        if len(encoded) > seg.MAX_MESSAGE_BYTES:
+            return f"the message is larger than {seg.MAX_MESSAGE_BYTES // 1024} KB"
+        return self.intake.segment_incoming(item, encoded)
 
     async def webhook(self, request: web.Request) -> web.Response:
         raw = await read_body(request, seg.MAX_BATCH_BYTES, "a webhook")
