@@ -15,22 +15,19 @@ from aiohttp import web
 from relay import __version__
 from relay.config import (
     Config,
-    CustomerIODestination,
     Destination,
-    SegmentDestination,
     compile_config_routes,
     is_secret_path,
 )
 from relay.delivery import DestinationWorker, Sink
+from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.registry import type_of
+from relay.destinations.transport import AiohttpTransport, Transport
 from relay.errors import ClientError, StoreUnavailable
 from relay.intake import Intake
 from relay.logs import quiet_client_errors
 from relay.metrics import CONTENT_TYPE, Metrics
 from relay.routing import Routes
-from relay.sinks.customerio import CustomerIOSink
-from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.segment import SegmentSink
-from relay.sinks.transport import AiohttpTransport, Transport
 from relay.sources.body import BODY_TIMEOUT
 from relay.sources.customerio_webhooks import CustomerIOWebhooks
 from relay.sources.segment_api import SegmentAPI, WriteKeys
@@ -93,16 +90,14 @@ class Relay:
             if worker is not None:
                 worker.notify()
 
-    def make_sink(self, dest: CustomerIODestination | SegmentDestination) -> Sink | None:
+    def make_sink(self, dest: Destination) -> Sink | None:
         if dest.missing:
             return None
         limiter = self.limiters.get(dest.key)
         if limiter is None or limiter.rate != dest.rate_limit:
             limiter = self.limiters[dest.key] = DestinationLimiter(dest.rate_limit)
         self.metrics.rate.labels(dest.key).set(dest.rate_limit)
-        if isinstance(dest, CustomerIODestination):
-            return CustomerIOSink(dest, self.transport, limiter, self.metrics, self.clock)
-        return SegmentSink(dest, self.transport, limiter, self.metrics, self.clock)
+        return type_of(dest).sink(dest, self.transport, limiter, self.metrics, self.clock)
 
     def make_worker(self, dest: Destination) -> DestinationWorker:
         unconfigured = None
@@ -112,16 +107,13 @@ class Relay:
                 f"{'s' if len(dest.missing) > 1 else ''} {', '.join(dest.missing)}"
                 " and restart; its events are kept until then"
             )
-        # v1 sends one request per call: a lane leases fewer at a time, and more lanes run.
-        per_call = isinstance(dest, CustomerIODestination) and dest.api == "v1"
-        lease = 10 if per_call else dest.batch_size
         return DestinationWorker(
             dest.key,
             self.make_sink(dest),
             self.store,
             self.metrics,
             concurrency=dest.concurrency,
-            lease_size=lease,
+            lease_size=type_of(dest).lease_size(dest),
             max_age=dest.max_age,
             unconfigured=unconfigured,
             clock=self.clock,

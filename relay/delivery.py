@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from relay.destinations.outcome import Dead, Done, Hold, Outcome, Pause, Retry, Skipped
 from relay.errors import StoreUnavailable
 from relay.metrics import Metrics
-from relay.sinks.outcome import Dead, Done, Hold, Outcome, Pause, Retry, Skipped
 from relay.store.base import Delivery, Settlement, Store
 from relay.store.base import Retry as StoreRetry
 

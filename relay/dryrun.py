@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from relay.codec import decode, encode
-from relay.config import SEGMENT_WEBHOOK_SOURCE, Config, CustomerIODestination, Destination
+from relay.config import SEGMENT_WEBHOOK_SOURCE, Config, Destination
+from relay.delivery import Sink
+from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.outcome import Dead, Skipped
+from relay.destinations.registry import type_of
+from relay.destinations.transport import RecordingTransport, Sent
 from relay.intake import Incoming, Intake
 from relay.metrics import Metrics
 from relay.routing import CUSTOMERIO, SEGMENT, Routes
-from relay.sinks.customerio import CustomerIOSink
-from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import Dead, Skipped
-from relay.sinks.segment import SegmentSink
-from relay.sinks.transport import RecordingTransport, Sent
 from relay.sources.customerio_webhooks import CustomerIOWebhooks
 from relay.sources.segment_api import SegmentAPI
 from relay.store.memory import MemoryStore
@@ -141,22 +140,16 @@ async def dry_run_async(
     ]
 
 
-def _sink(
-    dest: Destination, transport: RecordingTransport, metrics: Metrics, now: float
-) -> CustomerIOSink | SegmentSink:
-    limiter = DestinationLimiter(_UNLIMITED)
-    if isinstance(dest, CustomerIODestination):
-        blank = dataclasses.replace(dest, site_id="", api_key="")
-        return CustomerIOSink(blank, transport, limiter, metrics, lambda: now)
-    return SegmentSink(
-        dataclasses.replace(dest, write_key=""), transport, limiter, metrics, lambda: now
-    )
+def _sink(dest: Destination, transport: RecordingTransport, metrics: Metrics, now: float) -> Sink:
+    kind = type_of(dest)
+    blank = kind.without_credentials(dest)
+    return kind.sink(blank, transport, DestinationLimiter(_UNLIMITED), metrics, lambda: now)
 
 
 async def _one(
     config: Config,
     routes: Routes,
-    sinks: dict[str, CustomerIOSink | SegmentSink],
+    sinks: dict[str, Sink],
     transport: RecordingTransport,
     metrics: Metrics,
     index: int,
@@ -221,7 +214,7 @@ async def _one(
 async def _delivery(
     config: Config,
     store: MemoryStore,
-    sink: CustomerIOSink | SegmentSink,
+    sink: Sink,
     transport: RecordingTransport,
     destination: str,
     route: str,
@@ -241,17 +234,10 @@ async def _delivery(
     return item
 
 
-def credentials_shown(dest: Destination) -> str:
-    """What the Authorization header shows instead of the destination's credentials."""
-    if isinstance(dest, CustomerIODestination):
-        return f"Basic <site_id:api_key of {dest.key}>"
-    return f"Basic <write_key of {dest.key}>"
-
-
 def _shown(dest: Destination, request: Sent) -> dict[str, Any]:
     headers = dict(request.headers)
     if "Authorization" in headers:
-        headers["Authorization"] = credentials_shown(dest)
+        headers["Authorization"] = type_of(dest).credentials_shown(dest)
     return {
         "method": request.method,
         "url": request.url,

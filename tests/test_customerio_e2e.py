@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from relay.config import parse_config
-from relay.mapping.dates import iso_to_millis
-from relay.mapping.ulid import deterministic_ulid
-from relay.sinks.customerio import (
+from relay.destinations.customerio.sink import (
     MAX_BATCH_BYTES,
     Planned,
     batch_request,
     failed_ops,
     pack_v2,
 )
+from relay.mapping.dates import iso_to_millis
+from relay.mapping.ulid import deterministic_ulid
 from relay.store.base import Delivery
 from tests.conftest import (
     API_KEY,

@@ -204,7 +204,7 @@ def test_backoff_grows_with_full_jitter_and_a_floor() -> None:
 async def test_gives_up_only_when_old_and_failed_three_times(
     relay_factory: RelayFactory, customerio: StandIn
 ) -> None:
-    from relay.sinks.outcome import Retry
+    from relay.destinations.outcome import Retry
     from relay.store.base import Delivery
 
     url, app = await relay_factory(cio_url=customerio.url)
@@ -263,7 +263,7 @@ async def test_gives_up_only_when_old_and_failed_three_times(
 def test_retry_after_is_capped_so_a_bad_header_cannot_stall_a_destination(
     headers: dict[str, str], expected: float | None
 ) -> None:
-    from relay.sinks.outcome import retry_after
+    from relay.destinations.outcome import retry_after
 
     assert retry_after(headers, now=1_700_000_000.0) == expected
 
@@ -338,7 +338,7 @@ async def test_a_429_storm_never_sends_before_retry_after_and_recovers_at_full_r
 
 
 async def test_a_request_waiting_its_turn_when_a_429_comes_waits_for_retry_after_too() -> None:
-    from relay.sinks.limiter import DestinationLimiter
+    from relay.destinations.limiter import DestinationLimiter
 
     limiter = DestinationLimiter(10)  # one request every 0.1 s
     loop = asyncio.get_running_loop()

@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 
 from relay.config import SegmentDestination
-from relay.metrics import Metrics
-from relay.outgoing import OutgoingRequest
-from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import (
+from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.outcome import (
     Dead,
     Done,
     Pause,
@@ -23,8 +21,10 @@ from relay.sinks.outcome import (
     parse_retry_after,
     retry_after,
 )
-from relay.sinks.segment import SegmentSink, batch_request, plan_batches
-from relay.sinks.transport import AiohttpTransport, Response
+from relay.destinations.segment.sink import SegmentSink, batch_request, plan_batches
+from relay.destinations.transport import AiohttpTransport, Response
+from relay.metrics import Metrics
+from relay.outgoing import OutgoingRequest
 from relay.store.base import Delivery
 from tests.conftest import SEGMENT_OUT_KEY, StandIn, basic
 

@@ -9,11 +9,11 @@ from typing import TypeAlias
 
 from relay import USER_AGENT
 from relay.codec import encode
+from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.outcome import Outcome, Retry, classify
+from relay.destinations.transport import Response, Transport, TransportError
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
-from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import Outcome, Retry, classify
-from relay.sinks.transport import Response, Transport, TransportError
 
 
 def json_headers(user: str, password: str = "") -> dict[str, str]:

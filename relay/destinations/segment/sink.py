@@ -10,13 +10,13 @@ from typing import Any
 
 from relay.codec import encode
 from relay.config import SegmentDestination
+from relay.destinations.batching import pack
+from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.outcome import Dead, Outcome, Pause, Retry
+from relay.destinations.sender import Sender, json_headers
+from relay.destinations.transport import Transport
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
-from relay.sinks.batching import pack
-from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import Dead, Outcome, Pause, Retry
-from relay.sinks.sender import Sender, json_headers
-from relay.sinks.transport import Transport
 from relay.store.base import Delivery
 
 MAX_MESSAGE_BYTES = 32 * 1024

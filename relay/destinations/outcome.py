@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 
-from relay.sinks.transport import Response
+from relay.destinations.transport import Response
 
 
 @dataclass(frozen=True)

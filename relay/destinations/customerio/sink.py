@@ -16,15 +16,15 @@ from typing import Any
 
 from relay.codec import encode
 from relay.config import CustomerIODestination
+from relay.destinations.batching import pack
+from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry, Skipped
+from relay.destinations.sender import Sender, json_headers
+from relay.destinations.transport import Response, Transport
 from relay.mapping import Rejection, Skip
 from relay.mapping.to_customerio import encode_v1, encode_v2, map_and_check
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
-from relay.sinks.batching import pack
-from relay.sinks.limiter import DestinationLimiter
-from relay.sinks.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry, Skipped
-from relay.sinks.sender import Sender, json_headers
-from relay.sinks.transport import Response, Transport
 from relay.store.base import Delivery
 
 # "Under 500 KB": counted as 500,000 bytes to stay clear of either reading.

@@ -1,0 +1,1 @@
+"""Segment as a destination: its Tracking API sink (/v1/batch)."""

@@ -1,1 +1,0 @@
-"""HTTP clients for destinations: Customer.io's Track API and Segment's Tracking API."""
