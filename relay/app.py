@@ -29,8 +29,8 @@ from relay.logs import quiet_client_errors
 from relay.metrics import CONTENT_TYPE, Metrics
 from relay.routing import Routes
 from relay.sources.body import BODY_TIMEOUT
-from relay.sources.customerio_webhooks import CustomerIOWebhooks
-from relay.sources.segment_api import SegmentAPI, WriteKeys
+from relay.sources.customerio.webhooks import CustomerIOWebhooks
+from relay.sources.segment.api import SegmentAPI, WriteKeys
 from relay.store.base import Store
 from relay.store.process import ProcessStore
 

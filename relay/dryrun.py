@@ -31,8 +31,8 @@ from relay.destinations.transport import RecordingTransport, Sent
 from relay.intake import Incoming, Intake
 from relay.metrics import Metrics
 from relay.routing import CUSTOMERIO, SEGMENT, Routes
-from relay.sources.customerio_webhooks import CustomerIOWebhooks
-from relay.sources.segment_api import SegmentAPI
+from relay.sources.customerio.webhooks import CustomerIOWebhooks
+from relay.sources.segment.api import SegmentAPI
 from relay.store.memory import MemoryStore
 
 UNROUTED_NOTE = (

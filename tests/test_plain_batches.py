@@ -14,8 +14,8 @@ from relay.codec import decode
 from relay.intake import Incoming, Intake
 from relay.metrics import Metrics
 from relay.routing import Routes, compile_routes
-from relay.sources import plain_batches as seg
-from relay.sources.segment_api import SegmentAPI
+from relay.sources.segment import plain_batches as seg
+from relay.sources.segment.api import SegmentAPI
 
 
 def _routes(spec: list[dict[str, Any]]) -> Routes:

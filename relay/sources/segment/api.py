@@ -15,7 +15,7 @@ from relay.errors import BadRequest, PayloadTooLarge, Unauthorized
 from relay.intake import Incoming, Intake
 from relay.signatures import verify_segment_webhook
 from relay.sources.body import read_body
-from relay.sources.plain_batches import PlainMessage, plain_batch
+from relay.sources.segment.plain_batches import PlainMessage, plain_batch
 from relay.vocab import segment as seg
 
 
@@ -124,7 +124,7 @@ class SegmentAPI:
 
     async def batch(self, request: web.Request) -> web.Response:
         raw = await read_body(request, seg.MAX_BATCH_BYTES, "a batch")
-        # Plain messages are stored as they came (see relay.sources.plain_batches).
+        # Plain messages are stored as they came (see relay.sources.segment.plain_batches).
         plain = plain_batch(raw)
         if plain is not None:
             write_key, items = plain

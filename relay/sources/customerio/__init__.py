@@ -1,0 +1,1 @@
+"""Customer.io as a source: its signed reporting webhooks."""
