@@ -1,0 +1,78 @@
+"""A route's edits of the Segment message it delivers: renamed events, dropped, set and mapped
+properties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relay.routing.words import copy_json
+from relay.vocab import segment as seg
+
+
+@dataclass(frozen=True)
+class Edits:
+    """The compiled edits of a route; applied to the Segment message being delivered."""
+
+    rename_events: Mapping[str, str]
+    drop: tuple[Callable[[str], object], ...]
+    rename_properties: Mapping[str, str]
+    set_properties: Mapping[str, Any]
+
+    def apply(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(message, Mapping):
+            return message
+        out: dict[str, Any] | None = None
+        if self.rename_events:
+            event = message.get("event")
+            if isinstance(event, str):
+                renamed = self.rename_events.get(event)
+                if renamed is not None and renamed != event:
+                    out = dict(message)
+                    out["event"] = renamed
+        if self.drop or self.rename_properties or self.set_properties:
+            target = "traits" if message.get("type") in seg.TRAITS_TYPES else "properties"
+            current = message.get(target)
+            updated = self._edit_properties(current)
+            if updated is not current:
+                if out is None:
+                    out = dict(message)
+                out[target] = updated
+        return message if out is None else out
+
+    def _edit_properties(self, current: Any) -> Any:
+        if current is None:
+            if not self.set_properties:
+                return current
+            source: Mapping[Any, Any] = {}
+        elif isinstance(current, Mapping):
+            source = current
+        else:
+            # Not an object: sources reject such messages; leave it as it came.
+            return current
+        changed = current is None
+        props: dict[Any, Any] = {}
+        for key, value in source.items():
+            if self.drop and isinstance(key, str) and any(m(key) for m in self.drop):
+                changed = True
+                continue
+            props[key] = value
+        if self.rename_properties:
+            moved = {
+                new: props.pop(old)
+                for old, new in self.rename_properties.items()
+                if old in props and old != new
+            }
+            if moved:
+                props.update(moved)
+                changed = True
+        if self.set_properties:
+            props.update(self.set_properties)
+            changed = True
+        if not changed:
+            return current
+        # The edited object is copied whole, so the result shares nothing mutable with
+        # the input message or with the compiled route.
+        return copy_json(props)
