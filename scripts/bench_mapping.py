@@ -17,7 +17,7 @@ from typing import Any
 # Measure this checkout, whether or not relay is installed in the environment.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.sinks.customerio import plan  # noqa: E402
+from relay.destinations.customerio.sink import plan  # noqa: E402
 from relay.store.base import Delivery  # noqa: E402
 
 RECEIVED_AT = 1_700_000_000.0
