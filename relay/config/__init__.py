@@ -1,0 +1,45 @@
+"""Load relay's YAML config: ${VAR} interpolation, marshmallow validation, errors with file:line.
+
+Secrets come from the environment; no value that came from the environment is ever put
+into an error message or a log line.
+"""
+
+from __future__ import annotations
+
+from relay.config.loading import (
+    check_config,
+    check_text,
+    compile_config_routes,
+    load_config,
+    parse_config,
+    sorted_problems,
+)
+from relay.config.schemas import is_secret_path
+from relay.config.values import (
+    SEGMENT_WEBHOOK_SOURCE,
+    Config,
+    ConfigCheck,
+    CustomerIODestination,
+    Destination,
+    MissingVariable,
+    SegmentDestination,
+)
+from relay.errors import ConfigError
+
+__all__ = [
+    "SEGMENT_WEBHOOK_SOURCE",
+    "Config",
+    "ConfigCheck",
+    "ConfigError",
+    "CustomerIODestination",
+    "Destination",
+    "MissingVariable",
+    "SegmentDestination",
+    "check_config",
+    "check_text",
+    "compile_config_routes",
+    "is_secret_path",
+    "load_config",
+    "parse_config",
+    "sorted_problems",
+]

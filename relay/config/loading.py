@@ -1,0 +1,576 @@
+"""Loading and checking a config file: reading, interpolating, validating, and compiling its
+routes, every problem reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import yaml
+from marshmallow import ValidationError
+from yaml.reader import ReaderError
+
+from relay.config.positions import (
+    MAX_VALUES,
+    AliasLoop,
+    Builder,
+    Loader,
+    Path,
+    TooManyValues,
+    field_name,
+    line_column,
+    position_of,
+    yaml_error_hint,
+)
+from relay.config.problems import Collector, must_not_be_empty, value_at
+from relay.config.schemas import (
+    ConfigSchema,
+    CustomerIODestinationSchema,
+    SegmentDestinationSchema,
+    is_secret_path,
+)
+from relay.config.values import (
+    CUSTOMERIO_HOSTS,
+    SEGMENT_HOSTS,
+    SEGMENT_WEBHOOK_SOURCE,
+    Config,
+    ConfigCheck,
+    CustomerIODestination,
+    Destination,
+    MissingVariable,
+    SegmentDestination,
+)
+from relay.config.variables import interpolate
+from relay.errors import ConfigError, ConfigProblem
+from relay.routing import Routes, compile_routes
+
+
+def _read_file(path: str) -> str | ConfigProblem:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        return ConfigProblem(
+            path,
+            None,
+            None,
+            "",
+            f"cannot read the file: {exc.strerror or exc}",
+            "check the path given to --config",
+        )
+    except UnicodeDecodeError as exc:
+        return ConfigProblem(
+            path,
+            None,
+            None,
+            "",
+            f"the file is not UTF-8 text (byte {exc.start + 1} is not)",
+            "save the file as UTF-8",
+        )
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem found.
+
+    Routes are not compiled here (see `compile_config_routes`), and unset environment
+    variables are not errors: they are listed in `Config.missing`.
+    """
+    env = os.environ if env is None else env
+    text = _read_file(path)
+    if isinstance(text, ConfigProblem):
+        raise ConfigError([text])
+    return parse_config(text, path, env)
+
+
+def parse_config(text: str, file: str, env: Mapping[str, str]) -> Config:
+    """Validate config text; raises ConfigError listing every problem found."""
+    reading = _Reading(text, file, env)
+    problems = (
+        reading.problems
+        + reading.routes_shape
+        + [_missing_problem(file, reading.pos, m) for m in reading.blocking_missing]
+    )
+    if problems or reading.config is None:
+        raise ConfigError(sorted_problems(problems))
+    return reading.config
+
+
+def check_config(
+    path: str, env: Mapping[str, str] | None = None, *, require_env: bool = True
+) -> ConfigCheck:
+    """Every problem of a config file at once: its settings, unset environment variables
+    (when `require_env`), and its routes, compiled against the destinations and sources the
+    file declares even when some of their settings are wrong."""
+    env = os.environ if env is None else env
+    text = _read_file(path)
+    if isinstance(text, ConfigProblem):
+        return ConfigCheck(None, None, [text])
+    return check_text(text, path, env, require_env=require_env)
+
+
+def check_text(
+    text: str, file: str, env: Mapping[str, str], *, require_env: bool = True
+) -> ConfigCheck:
+    """`check_config` for text already read."""
+    reading = _Reading(text, file, env)
+    if reading.data is None:  # not YAML, or not a mapping: nothing more can be read
+        return ConfigCheck(None, None, sorted_problems(reading.problems))
+    problems = list(reading.problems)
+    missing = reading.missing if require_env else reading.blocking_missing
+    problems.extend(_missing_problem(file, reading.pos, m) for m in missing)
+    routes, route_problems = _compile(
+        reading.data.get("routes"),
+        file=file,
+        positions=reading.pos,
+        destinations=reading.declared_destinations,
+        segment_sources=reading.declared_segment_sources,
+        customerio_sources=reading.declared_customerio_sources,
+    )
+    problems.extend(route_problems)
+    if problems or reading.config is None:
+        return ConfigCheck(None, None, sorted_problems(problems))
+    return ConfigCheck(reading.config, routes, [])
+
+
+def sorted_problems(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """Problems in file order (those without a place first); ties keep their order."""
+    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0))
+
+
+def compile_config_routes(config: Config) -> Routes:
+    """The config's routes, compiled; raises ConfigError with every problem located."""
+    routes, problems = _compile(
+        config.routes,
+        file=config.path,
+        positions=config.positions,
+        destinations=list(config.destinations),
+        segment_sources=config.segment_sources or tuple(config.segment_write_keys),
+        customerio_sources=config.customerio_sources or tuple(config.customerio_signing_keys),
+    )
+    if problems:
+        raise ConfigError(sorted_problems(problems))
+    return routes
+
+
+# Route problems about a mapping key itself (an unknown key, a misspelt field name, a
+# property renamed twice) point at the key; every other problem points at the value.
+_KEY_PROBLEMS = re.compile(
+    r'^(unknown key |unknown condition |unknown comparison |a match key must |"[^"]*" is not a'
+    r' field path|.* have no "|from: customerio routes match the Customer\.io webhook, which'
+    r' has no |"[^"]*" is removed by drop_properties |"[^"]*" and "[^"]*" are both renamed )'
+)
+
+
+def _compile(
+    raw_routes: Any,
+    *,
+    file: str,
+    positions: Mapping[Path, tuple[int, int]],
+    destinations: Collection[str],
+    segment_sources: Collection[str],
+    customerio_sources: Collection[str],
+) -> tuple[Routes, list[ConfigProblem]]:
+    routes, problems = compile_routes(
+        raw_routes,
+        destinations=destinations,
+        segment_sources=[*segment_sources, SEGMENT_WEBHOOK_SOURCE],
+        customerio_sources=customerio_sources,
+    )
+    located = []
+    for p in problems:
+        path: Path = p.path if p.path[:1] == ("routes",) else ("routes", *p.path)
+        line, col = position_of(positions, path)
+        if _KEY_PROBLEMS.match(p.message) and (*path, "<key>") in positions:
+            line, col = positions[(*path, "<key>")]
+        located.append(ConfigProblem(file, line, col, field_name(path), p.message, p.hint))
+    return routes, located
+
+
+def _missing_problem(
+    file: str, pos: Mapping[Path, tuple[int, int]], m: MissingVariable
+) -> ConfigProblem:
+    line, col = position_of(pos, m.path)
+    if m.empty:
+        # Never the value: only that there is none.
+        what = must_not_be_empty(m.path) or "value"
+        return ConfigProblem(
+            file,
+            line,
+            col,
+            field_name(m.path),
+            f"environment variable {m.name} is empty",
+            f"set {m.name} to the {what} itself: an empty {what} is never valid",
+        )
+    if is_secret_path(m.path):
+        hint = "export it before running relay; secrets belong in the environment"
+    else:
+        hint = f"export it, or write ${{{m.name}:-default}} to give a default"
+    return ConfigProblem(
+        file, line, col, field_name(m.path), f"environment variable {m.name} is not set", hint
+    )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(str(k) for k in value) if isinstance(value, dict) else ()
+
+
+class _Reading:
+    """One pass over config text: every settings problem, and what could be read anyway."""
+
+    def __init__(self, text: str, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.pos: dict[Path, tuple[int, int]] = {}
+        self.problems: list[ConfigProblem] = []
+        self.data: dict[str, Any] | None = None
+        self.config: Config | None = None
+        self.missing: list[MissingVariable] = []
+        # Unset variables whose empty value leaves a setting invalid: these are errors even
+        # where unset variables are tolerated.
+        self.blocking_missing: list[MissingVariable] = []
+        self.routes_shape: list[ConfigProblem] = []
+        self.declared_destinations: tuple[str, ...] = ()
+        self.declared_segment_sources: tuple[str, ...] = ()
+        self.declared_customerio_sources: tuple[str, ...] = ()
+        raw = self._yaml(text)
+        if raw is None:
+            return
+        self._read(raw, env)
+
+    def _yaml(self, text: str) -> dict[str, Any] | None:
+        file = self.file
+
+        def fail(line: int | None, col: int | None, message: str, hint: str) -> None:
+            self.problems.append(ConfigProblem(file, line, col, "", message, hint))
+
+        try:
+            loader = Loader(text)
+            try:
+                node = loader.get_single_node()
+                if node is None:
+                    # Reloading refuses it as well: an empty file is far more likely caught
+                    # half-written than meant to drop every source and destination.
+                    fail(
+                        None,
+                        None,
+                        "the file holds no settings at all",
+                        "write the settings into it; config/relay.yaml is a commented example"
+                        " to start from",
+                    )
+                    return None
+                builder = Builder(loader, file, self.pos)
+                raw = builder.build(node, ())
+                self.problems.extend(builder.problems)
+            finally:
+                loader.dispose()
+        except AliasLoop as exc:
+            mark, anchor = exc.problem_mark, exc.context_mark
+            assert mark is not None and anchor is not None
+            fail(
+                mark.line + 1,
+                mark.column + 1,
+                f"not valid YAML: {exc.problem}",
+                f"&{exc.anchor} starts at line {anchor.line + 1}, column {anchor.column + 1};"
+                " an alias may only repeat a node that ends before it",
+            )
+            return None
+        except TooManyValues as exc:
+            fail(
+                exc.mark.line + 1,
+                exc.mark.column + 1,
+                f"the aliases in this file expand to more than {MAX_VALUES} values",
+                "an alias repeats a whole node, so aliases of nodes full of aliases multiply;"
+                " write the values out instead",
+            )
+            return None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            fail(
+                mark.line + 1 if mark else None,
+                mark.column + 1 if mark else None,
+                f"not valid YAML: {exc.problem or exc}",
+                yaml_error_hint(exc, text),
+            )
+            return None
+        except ReaderError as exc:
+            line, col = line_column(text, exc.position)
+            what = (
+                f"the control character U+{exc.character:04X}"
+                if isinstance(exc.character, int)
+                else "a character"
+            )
+            fail(
+                line,
+                col,
+                f"not valid YAML: {what} is not allowed in a YAML file",
+                "delete it: most editors do not show it; in a double-quoted value, write it"
+                f" as the escape \\x{exc.character:02x}"
+                if isinstance(exc.character, int)
+                else "delete it",
+            )
+            return None
+        except yaml.YAMLError as exc:
+            fail(None, None, f"not valid YAML: {exc}", "fix the YAML syntax")
+            return None
+        except RecursionError:
+            fail(
+                None,
+                None,
+                "the file nests lists and mappings too deeply to be read",
+                "use fewer levels of nesting",
+            )
+            return None
+        if not isinstance(raw, dict):
+            top_line, top_col = position_of(self.pos, ())
+            hint = (
+                "the file is a list: write keys such as destinations: and routes: at the"
+                ' start of lines, without "- "'
+                if isinstance(raw, list)
+                else "write keys such as destinations: and routes: at the start of lines;"
+                " config/relay.yaml is a commented example"
+            )
+            fail(
+                top_line,
+                top_col,
+                "the file must hold a mapping with keys such as server, sources, routes",
+                hint,
+            )
+            return None
+        return raw
+
+    def _read(self, raw: dict[str, Any], env: Mapping[str, str]) -> None:
+        file, pos = self.file, self.pos
+        # Top-level x-… keys hold YAML anchors for use elsewhere in the file; relay reads
+        # only what the aliases bring where they are used.
+        raw = {k: v for k, v in raw.items() if not k.startswith("x-")}
+        missing_raw: list[tuple[str, Path]] = []
+        defaulted_raw: list[tuple[str, Path]] = []
+        empty_raw: list[tuple[str, Path]] = []
+        data = interpolate(raw, (), env, missing_raw, defaulted_raw, empty_raw)
+        self.data = data
+        # A variable that is set but empty, for a key or a Site ID, is as good as unset:
+        # `relay check` reports it, and a running relay leaves that destination or source
+        # unconfigured, exactly as when the variable is unset.
+        empty_paths = {p for _, p in empty_raw if must_not_be_empty(p) and value_at(data, p) == ""}
+        missing_raw += [(n, p) for n, p in empty_raw if p in empty_paths]
+        missing = [
+            MissingVariable(n, p, position_of(pos, p)[0], empty=p in empty_paths)
+            for n, p in missing_raw
+        ]
+        defaulted = [MissingVariable(n, p, position_of(pos, p)[0]) for n, p in defaulted_raw]
+        self.missing = missing
+        missing_paths = {p for _, p in missing_raw}
+        # An unset variable is reported once, by name; what its empty value then breaks
+        # (a port that is not a number) would only repeat the same problem.
+        collector = Collector(file, pos, skip=missing_paths, empty={p: n for n, p in empty_raw})
+
+        schema = ConfigSchema()
+        top: dict[str, Any] | None = None
+        try:
+            top = schema.load(data)
+        except ValidationError as err:
+            collector.add_validation(err, (), schema)
+            # A `routes` that is not a list is also reported, with a hint, by the route
+            # compiler; `relay check` shows only that one.
+            self.routes_shape = [p for p in collector.problems if p.field == "routes"]
+            collector.problems = [p for p in collector.problems if p.field != "routes"]
+
+        storage = data.get("storage")
+        if isinstance(storage, dict) and storage.get("redis") is not None:
+            # Better refused than silently ignored: the Redis backend is not built yet.
+            collector.add(
+                ("storage", "redis"),
+                "the Redis backend is not available in this version of relay",
+                "remove storage.redis: events are stored in SQLite, under storage.sqlite",
+            )
+
+        raw_sources = data.get("sources")
+        seg = raw_sources.get("segment") if isinstance(raw_sources, dict) else None
+        cio = raw_sources.get("customerio") if isinstance(raw_sources, dict) else None
+        self.declared_segment_sources = _names(
+            seg.get("write_keys") if isinstance(seg, dict) else None
+        )
+        self.declared_customerio_sources = _names(
+            cio.get("signing_keys") if isinstance(cio, dict) else None
+        )
+        _check_keys_not_empty(data, missing_paths, collector)
+
+        # Destinations are validated one by one, even when the rest failed, so that one run
+        # of `relay check` lists every problem in the file.
+        destinations: dict[str, Destination] = {}
+        declared: list[str] = []
+        raw_destinations = data.get("destinations")
+        for kind, dest_schema in (
+            ("customerio", CustomerIODestinationSchema()),
+            ("segment", SegmentDestinationSchema()),
+        ):
+            group = raw_destinations.get(kind) if isinstance(raw_destinations, dict) else None
+            for name, body in group.items() if isinstance(group, dict) else ():
+                declared.append(f"{kind}.{name}")
+                dpath: Path = ("destinations", kind, name)
+                if not isinstance(body, dict):
+                    example = (
+                        '{site_id: "${CIO_SITE_ID}", api_key: "${CIO_API_KEY}"}'
+                        if kind == "customerio"
+                        else '{write_key: "${SEGMENT_WRITE_KEY}"}'
+                    )
+                    collector.add(
+                        dpath,
+                        "must be a mapping of settings",
+                        f"write its settings as a mapping, e.g. {name}: {example}",
+                    )
+                    continue
+                if kind == "customerio":
+                    _check_customerio_credentials(body, dpath, missing_paths, collector)
+                try:
+                    values = dest_schema.load(body)
+                except ValidationError as err:
+                    collector.add_validation(err, dpath, dest_schema)
+                    continue
+                dest_missing = tuple(
+                    sorted({n for n, p in missing_raw if p[: len(dpath)] == dpath})
+                )
+                if kind == "customerio":
+                    destinations[f"customerio.{name}"] = _customerio_destination(
+                        name, values, dest_missing
+                    )
+                else:
+                    destinations[f"segment.{name}"] = _segment_destination(
+                        name, values, dest_missing
+                    )
+        self.declared_destinations = tuple(declared)
+        self.problems.extend(collector.problems)
+        self.blocking_missing = [m for m in missing if m.path in collector.masked]
+        if collector.problems or collector.masked or top is None:
+            return
+
+        sources = top["sources"]
+        storage = top["storage"]
+        server = top["server"]
+        self.config = Config(
+            path=file,
+            host=server["host"],
+            port=server["port"],
+            shutdown_timeout=server["shutdown_timeout"],
+            idle_timeout=server["idle_timeout"],
+            body_timeout=server["body_timeout"],
+            sqlite_path=storage["sqlite"]["path"],
+            max_pending=storage["sqlite"]["max_pending"],
+            max_size_mb=storage["sqlite"]["max_size_mb"],
+            min_free_mb=storage["sqlite"]["min_free_mb"],
+            redis_url=storage["redis"]["url"] if storage.get("redis") else None,
+            segment_write_keys={k: v for k, v in sources["segment"]["write_keys"].items() if v},
+            segment_webhook_secret=sources["segment"]["webhook_secret"] or None,
+            segment_dedup_window=sources["segment"]["dedup_window"],
+            customerio_signing_keys={
+                k: tuple(x for x in v if x)
+                for k, v in sources["customerio"]["signing_keys"].items()
+                if any(v)
+            },
+            customerio_timestamp_tolerance=sources["customerio"]["timestamp_tolerance"],
+            customerio_dedup_window=sources["customerio"]["dedup_window"],
+            customerio_profile=sources["customerio"]["profile"],
+            destinations=destinations,
+            routes=top["routes"],
+            missing=missing,
+            defaulted=defaulted,
+            positions=pos,
+            segment_sources=tuple(sources["segment"]["write_keys"]),
+            customerio_sources=tuple(sources["customerio"]["signing_keys"]),
+        )
+
+
+def _check_keys_not_empty(data: Any, missing_paths: set[Path], collector: Collector) -> None:
+    """Keys written empty in the file (not through a variable): they would authenticate
+    nothing, and a source with an empty key silently accepts no one."""
+    sources = data.get("sources") if isinstance(data, dict) else None
+    places: list[tuple[Path, Any, str]] = []
+    for kind, key, what in (
+        ("segment", "write_keys", "the write key of the Segment source"),
+        ("customerio", "signing_keys", "the signing key of the Customer.io reporting webhook"),
+    ):
+        source = sources.get(kind) if isinstance(sources, dict) else None
+        keys = source.get(key) if isinstance(source, dict) else None
+        for name, value in keys.items() if isinstance(keys, dict) else ():
+            path: Path = ("sources", kind, key, name)
+            if isinstance(value, list):
+                places += [((*path, i), v, what) for i, v in enumerate(value)]
+            else:
+                places.append((path, value, what))
+    destinations = data.get("destinations") if isinstance(data, dict) else None
+    group = destinations.get("segment") if isinstance(destinations, dict) else None
+    for name, body in group.items() if isinstance(group, dict) else ():
+        if isinstance(body, dict):
+            places.append(
+                (
+                    ("destinations", "segment", name, "write_key"),
+                    body.get("write_key"),
+                    "the write key of the Segment source that receives these events",
+                )
+            )
+    for path, value, what in places:
+        if value == "" and path not in missing_paths:
+            collector.add(path, "must not be empty", f"write {what}, or remove this entry")
+
+
+def _check_customerio_credentials(
+    body: dict[str, Any], path: Path, missing_paths: set[Path], collector: Collector
+) -> None:
+    """Credentials Customer.io would refuse, checked even when other settings are wrong."""
+    site_id, api_key = body.get("site_id"), body.get("api_key")
+    if (*path, "site_id") not in missing_paths and site_id == "":
+        collector.add(
+            (*path, "site_id"),
+            "must not be empty",
+            "copy the Site ID from Customer.io: Settings > API Credentials",
+        )
+    if (
+        (*path, "api_key") not in missing_paths
+        and isinstance(api_key, str)
+        and len(api_key) not in (20, 64)
+    ):
+        # Never echo the key itself: only its length.
+        collector.add(
+            (*path, "api_key"),
+            f"must be 20 or 64 characters long, this one has {len(api_key)}",
+            "copy the Track API key from Customer.io: Settings > API Credentials",
+        )
+
+
+def _customerio_destination(
+    name: str, v: dict[str, Any], missing: tuple[str, ...]
+) -> CustomerIODestination:
+    site_id, api_key = v["site_id"], v["api_key"]
+    return CustomerIODestination(
+        name=name,
+        site_id=site_id,
+        api_key=api_key,
+        region=v["region"],
+        base_url=(v["base_url"] or CUSTOMERIO_HOSTS[v["region"]]).rstrip("/"),
+        rate_limit=v["rate_limit"],
+        api=v["api"],
+        batch_size=v["batch_size"],
+        concurrency=v["concurrency"] or (16 if v["api"] == "v1" else 4),
+        timeout=v["timeout"],
+        max_age=v["max_age"],
+        missing=missing,
+    )
+
+
+def _segment_destination(
+    name: str, v: dict[str, Any], missing: tuple[str, ...]
+) -> SegmentDestination:
+    return SegmentDestination(
+        name=name,
+        write_key=v["write_key"],
+        region=v["region"],
+        base_url=(v["base_url"] or SEGMENT_HOSTS[v["region"]]).rstrip("/"),
+        rate_limit=v["rate_limit"],
+        batch_size=v["batch_size"],
+        concurrency=v["concurrency"],
+        timeout=v["timeout"],
+        max_age=v["max_age"],
+        missing=missing,
+    )
