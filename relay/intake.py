@@ -26,11 +26,20 @@ class Incoming:
     message: dict[str, Any]
     ordering_key: str
     dedup_id: str | None
-    # For Customer.io webhooks the routes match the webhook but edit the mapped Segment
-    # message; for Segment messages both are the same object.
-    deliverable: dict[str, Any] | None = None
+    # A Customer.io webhook, mapped to Segment with this property profile at delivery (see
+    # webhook_delivery); None for Segment messages.
+    webhook_profile: str | None = None
     rejected_reason: str | None = None
     encoded: bytes | None = None  # `message` as JSON, when the source already encoded it
+
+
+def webhook_delivery(
+    webhook: dict[str, Any], profile: str, edits: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a Customer.io webhook's delivery holds: the webhook as it came, the property
+    profile and the edits of its route, all in force when it was accepted. The Segment sink
+    maps it when it delivers it, so a fix to the mapping reaches what is queued."""
+    return {"webhook": webhook, "profile": profile, "edits": edits}
 
 
 def _stored_json(item: Incoming) -> bytes:
@@ -85,7 +94,9 @@ class Intake:
                     memo = result.memo = False
                 else:
                     memo = result.memo = tuple(NewDelivery(d) for d, _ in result.deliveries)
-            if memo is not False and item.deliverable is None:
+            if item.webhook_profile is not None:
+                deliveries = self._webhook_deliveries(result, item, item.webhook_profile)
+            elif memo is not False:
                 deliveries = memo
             else:
                 deliveries = self._edited(result, item)
@@ -104,14 +115,24 @@ class Intake:
     def _edited(self, result: RoutingResult, item: Incoming) -> tuple[NewDelivery, ...]:
         """Each destination's message: the event's own one where its route changes nothing."""
         deliveries = []
-        deliverable = item.deliverable if item.deliverable is not None else item.message
         for destination, route in result.deliveries:
-            edited = route.edit(deliverable)
+            edited = route.edit(item.message)
             if edited is item.message:
                 deliveries.append(NewDelivery(destination))
             else:
                 deliveries.append(NewDelivery(destination, encode(edited)))
         return tuple(deliveries)
+
+    @staticmethod
+    def _webhook_deliveries(
+        result: RoutingResult, item: Incoming, profile: str
+    ) -> tuple[NewDelivery, ...]:
+        return tuple(
+            NewDelivery(
+                destination, encode(webhook_delivery(item.message, profile, route.edits_spec))
+            )
+            for destination, route in result.deliveries
+        )
 
     async def accept(self, kind: str, source: str, items: list[Incoming]) -> list[EnqueueOutcome]:
         """Route and durably store; returns once every item is committed (or refused)."""

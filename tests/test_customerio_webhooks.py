@@ -800,7 +800,8 @@ async def test_a_400_from_segment_dead_letters_the_delivery_with_the_response_bo
     assert dead.destination == "segment.main"
     assert (dead.kind, dead.source) == ("customerio", "marketing")
     assert dead.reason == 'HTTP 400: {"code": "invalid_request", "message": "Invalid JSON"}'
-    assert dead.message == CLICKED_TRACK
+    # Kept as it came, to be mapped again if it is replayed (after a fix to the mapping).
+    assert dead.message == {"webhook": json.loads(CLICKED), "profile": "default", "edits": None}
     assert dead.attempts == 1
     # Not retried: the same person's next event goes out alone, not held behind it.
     later = webhook("after-400", user="42")
@@ -839,7 +840,7 @@ async def test_a_message_over_32_kb_is_dead_lettered_and_never_sent(
     )
     assert match, dead.reason
     assert 40_000 < int(match.group(1)) < 42_000
-    assert dead.message["messageId"] == "cio-big-1"
+    assert dead.message["webhook"]["event_id"] == "big-1"
     # The same person's next event is not held behind it, and the big one never goes out.
     assert await post_webhook(url, webhook("small-1", user="big")) == (200, {"success": True})
     await wait_for_messages(segment, 1)
@@ -900,3 +901,53 @@ async def test_a_message_made_from_a_webhook_and_sent_back_in_never_reaches_cust
     await asyncio.sleep(0.3)
     names = [op["name"] for r in customerio.requests for op in r.body["batch"]]
     assert names == ["Marker"]
+
+
+# --------------------------------------------------------------------------- mapped at delivery
+
+
+async def test_a_queued_webhook_is_mapped_when_it_is_delivered_with_its_routes_edits(
+    relay_factory: RelayFactory, segment: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mapping fix reaches what is queued: the webhook waits (Segment answers 503), the
+    # mapping changes meanwhile (as a new release would), and the event goes out mapped
+    # by the new one, with the edits of the route that took it when it was accepted.
+    routes = """
+  - name: activity
+    from: customerio
+    rename_events: {"Email Link Clicked": "Clicked"}
+    set_properties: {via: relay}
+    to: [segment.main]
+"""
+    segment.respond(503, {}, {"Retry-After": "1"})
+    url, app = await relay_factory(
+        cio_url="http://127.0.0.1:9", segment_url=segment.url, routes=routes
+    )
+    assert await post_webhook(url, CLICKED) == (200, {"success": True})
+    await segment.wait_for(1)  # refused: still queued
+
+    from relay.destinations.segment import sink
+
+    original = sink.map_webhook
+
+    def fixed_mapping(payload: Any, **kwargs: Any) -> Any:
+        mapped = original(payload, **kwargs)
+        mapped["properties"]["fixed"] = True
+        return mapped
+
+    monkeypatch.setattr(sink, "map_webhook", fixed_mapping)
+    first, second = await segment.wait_for(2, timeout=15)
+    assert first.body["batch"] == [
+        {
+            **CLICKED_TRACK,
+            "event": "Clicked",
+            "properties": {**CLICKED_TRACK["properties"], "via": "relay"},
+        }
+    ]
+    assert second.body["batch"] == [
+        {
+            **CLICKED_TRACK,
+            "event": "Clicked",
+            "properties": {**CLICKED_TRACK["properties"], "via": "relay", "fixed": True},
+        }
+    ]

@@ -336,6 +336,7 @@ class Compiler:
             drop=tuple(matcher for _, matcher in drop),
             rename_properties=rename_properties,
             set_properties=set_properties,
+            drop_patterns=tuple(pattern for pattern, _ in drop),
         )
 
     def _text_map(self, raw: Mapping[str, Any], key: str, path: Path, what: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.routing.words import copy_json
+from relay.routing.words import copy_json, glob_matcher
 from relay.vocab import segment as seg
 
 
@@ -20,6 +20,29 @@ class Edits:
     drop: tuple[Callable[[str], object], ...]
     rename_properties: Mapping[str, str]
     set_properties: Mapping[str, Any]
+    drop_patterns: tuple[str, ...] = ()  # `drop` as written
+
+    def spec(self) -> dict[str, Any]:
+        """The edits as JSON, kept with a webhook's delivery: the edits in force when it was
+        accepted apply when it is mapped, at delivery."""
+        return {
+            "rename_events": dict(self.rename_events),
+            "drop_properties": list(self.drop_patterns),
+            "rename_properties": dict(self.rename_properties),
+            "set_properties": copy_json(dict(self.set_properties)),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Edits:
+        """The edits `spec()` wrote (checked when their route was compiled)."""
+        patterns = tuple(spec.get("drop_properties", ()))
+        return cls(
+            rename_events=dict(spec.get("rename_events", {})),
+            drop=tuple(glob_matcher(p) for p in patterns),
+            rename_properties=dict(spec.get("rename_properties", {})),
+            set_properties=dict(spec.get("set_properties", {})),
+            drop_patterns=patterns,
+        )
 
     def apply(self, message: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(message, Mapping):

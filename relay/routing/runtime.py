@@ -39,6 +39,11 @@ class Route:
     def has_edits(self) -> bool:
         return self._edits is not None
 
+    @property
+    def edits_spec(self) -> dict[str, Any] | None:
+        """The route's edits as JSON (see Edits.spec), or None when it has none."""
+        return None if self._edits is None else self._edits.spec()
+
     def accepts(self, source: str) -> bool:
         """Whether this route sees messages from `source` (its `sources`, if any)."""
         return self.sources is None or source in self.sources

@@ -15,8 +15,12 @@ from relay.destinations.limiter import DestinationLimiter
 from relay.destinations.outcome import Dead, Outcome, Pause, Retry
 from relay.destinations.sender import Sender, json_headers
 from relay.destinations.transport import Transport
+from relay.mapping import Rejection
+from relay.mapping.to_segment import map_webhook
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
+from relay.routing.edits import Edits
+from relay.routing.language import CUSTOMERIO
 from relay.store.base import Delivery
 
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -57,6 +61,22 @@ def batch_request(messages: Sequence[dict[str, Any]], now: float) -> OutgoingReq
     return OutgoingRequest("POST", "/v1/batch", {"batch": list(messages), "sentAt": iso_now(now)})
 
 
+def segment_message(delivery: Delivery) -> dict[str, Any] | str:
+    """The Segment message a delivery stands for, or why there is none: a Segment message as
+    stored; a Customer.io webhook mapped now, with the property profile and route edits it
+    was accepted with (see relay.intake.webhook_delivery)."""
+    message = delivery.message
+    if delivery.kind != CUSTOMERIO or "webhook" not in message:
+        return message  # a Segment message (or a webhook mapped when it was accepted)
+    mapped = map_webhook(
+        message["webhook"], received_at=delivery.created_at, profile=message["profile"]
+    )
+    if isinstance(mapped, Rejection):
+        return f"the webhook cannot be mapped to a Segment event: {mapped.reason}"
+    edits = message.get("edits")
+    return mapped if not edits else Edits.from_spec(edits).apply(mapped)
+
+
 class SegmentSink:
     def __init__(
         self,
@@ -73,14 +93,23 @@ class SegmentSink:
         )
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Outcome]:
-        messages = [d.message for d in deliveries]
+        outcomes: dict[int, Outcome] = {}
+        sendable: list[Delivery] = []
+        messages: list[dict[str, Any]] = []
+        for d in deliveries:
+            message = segment_message(d)
+            if isinstance(message, str):
+                outcomes[d.id] = Dead(message)
+            else:
+                sendable.append(d)
+                messages.append(message)
         groups, too_large = plan_batches(messages, self.dest.batch_size)
-        outcomes: dict[int, Outcome] = {deliveries[i].id: Dead(r) for i, r in too_large.items()}
+        outcomes.update({sendable[i].id: Dead(r) for i, r in too_large.items()})
         for group in groups:
-            members = [deliveries[i] for i in group]
+            members = [sendable[i] for i in group]
             # Built once the limiter lets it go: `sentAt` is the moment it is really sent.
             outcome, _ = await self.sender.send(
-                functools.partial(batch_request, [d.message for d in members])
+                functools.partial(batch_request, [messages[i] for i in group])
             )
             for d in members:
                 outcomes[d.id] = outcome

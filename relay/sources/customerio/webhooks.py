@@ -122,7 +122,8 @@ class CustomerIOWebhooks:
         if isinstance(mapped, Rejection):
             # Kept with its event_id, so that Customer.io's retries of it are stored once.
             return Incoming(payload, key, cio.event_id(payload), rejected_reason=mapped.reason)
-        return Incoming(payload, key, cio.event_id(payload), deliverable=mapped)
+        # Mapped here only to refuse what cannot be: it is mapped again at delivery.
+        return Incoming(payload, key, cio.event_id(payload), webhook_profile=self.profile)
 
 
 def _as_text(raw: bytes, reason: str) -> Incoming:
