@@ -1457,3 +1457,32 @@ def test_edit_never_mutates_its_input(properties: dict[str, Any], kind: str) -> 
     assert json.dumps(message, sort_keys=True) == before
     assert out[field]["a"] == {"b": [1]}
     assert not any(k.startswith("x") for k in out[field])
+
+
+def test_edits_kept_as_json_edit_alike() -> None:
+    # A webhook's delivery keeps its route's edits as JSON, applied at delivery.
+    from relay.routing.edits import Edits
+
+    route = compile_ok(
+        [
+            segment_route(
+                rename_events={"Order Completed": "purchase"},
+                drop_properties=["co*", "ratio"],
+                rename_properties={"plan": "tier"},
+                set_properties={"via": "relay", "nested": {"a": [1, 2]}},
+            )
+        ]
+    )[0]
+    spec = route.edits_spec
+    assert spec is not None and json.loads(json.dumps(spec)) == spec
+    rebuilt = Edits.from_spec(spec)
+    for message in (TRACK, {"type": "identify", "userId": "u1", "traits": {"plan": "x"}}):
+        assert rebuilt.apply(message) == route.edit(message)
+    assert route.edit(TRACK)["properties"] == {
+        "tier": "pro",
+        "amount": 120,
+        "vip": True,
+        "via": "relay",
+        "nested": {"a": [1, 2]},
+    }
+    assert compile_ok([segment_route()])[0].edits_spec is None
