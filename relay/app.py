@@ -162,7 +162,6 @@ class Relay:
             ("storage.sqlite.max_pending", old.max_pending, new.max_pending),
             ("storage.sqlite.max_size_mb", old.max_size_mb, new.max_size_mb),
             ("storage.sqlite.min_free_mb", old.min_free_mb, new.min_free_mb),
-            ("storage.redis", old.redis_url, new.redis_url),
         ):
             if before != after:
                 restart.append(name)
@@ -176,7 +175,6 @@ class Relay:
             max_pending=old.max_pending,
             max_size_mb=old.max_size_mb,
             min_free_mb=old.min_free_mb,
-            redis_url=old.redis_url,
         )
         changes.extend(_route_changes(old, new, self.routes, routes))
         changes.extend(_source_changes(old, new))

@@ -306,11 +306,10 @@ def test_the_readme_edit_example_does_what_it_says() -> None:
     )
 
 
-def test_a_redis_backend_is_refused_rather_than_silently_ignored() -> None:
+def test_a_storage_backend_relay_does_not_have_is_refused_rather_than_ignored() -> None:
     text = 'storage:\n  redis: {url: "redis://127.0.0.1:6379/0"}\nroutes: []\n'
     assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
-        "relay.yaml:2:10: storage.redis: the Redis backend is not available in this version"
-        " of relay (remove storage.redis: events are stored in SQLite, under storage.sqlite)"
+        'relay.yaml:2:3: storage.redis: unknown key "redis" (known keys: sqlite)'
     ]
 
 

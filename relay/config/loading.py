@@ -377,15 +377,6 @@ class _Reading:
             self.routes_shape = [p for p in collector.problems if p.field == "routes"]
             collector.problems = [p for p in collector.problems if p.field != "routes"]
 
-        storage = data.get("storage")
-        if isinstance(storage, dict) and storage.get("redis") is not None:
-            # Better refused than silently ignored: the Redis backend is not built yet.
-            collector.add(
-                ("storage", "redis"),
-                "the Redis backend is not available in this version of relay",
-                "remove storage.redis: events are stored in SQLite, under storage.sqlite",
-            )
-
         raw_sources = data.get("sources")
         seg = raw_sources.get("segment") if isinstance(raw_sources, dict) else None
         cio = raw_sources.get("customerio") if isinstance(raw_sources, dict) else None
@@ -460,7 +451,6 @@ class _Reading:
             max_pending=storage["sqlite"]["max_pending"],
             max_size_mb=storage["sqlite"]["max_size_mb"],
             min_free_mb=storage["sqlite"]["min_free_mb"],
-            redis_url=storage["redis"]["url"] if storage.get("redis") else None,
             segment_write_keys={k: v for k, v in sources["segment"]["write_keys"].items() if v},
             segment_webhook_secret=sources["segment"]["webhook_secret"] or None,
             segment_dedup_window=sources["segment"]["dedup_window"],

@@ -152,7 +152,6 @@ _REQUIRED_HINTS = {
     " API Credentials",
     "write_key": 'add write_key: "${SEGMENT_WRITE_KEY}", the write key of the Segment source'
     " that receives these events",
-    "url": "add url: redis://127.0.0.1:6379/0",
 }
 
 

@@ -76,13 +76,8 @@ class SqliteSchema(_Strict):
     min_free_mb = fields.Float(load_default=100.0, validate=validate.Range(min=0))
 
 
-class RedisSchema(_Strict):
-    url = fields.String(required=True)
-
-
 class StorageSchema(_Strict):
     sqlite = fields.Nested(SqliteSchema, load_default=lambda: SqliteSchema().load({}))
-    redis = fields.Nested(RedisSchema, load_default=None, allow_none=True)
 
 
 class SegmentSourceSchema(_Strict):

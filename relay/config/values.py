@@ -86,7 +86,6 @@ class Config:
     max_pending: int
     max_size_mb: int | None
     min_free_mb: float
-    redis_url: str | None
     segment_write_keys: dict[str, str]
     segment_webhook_secret: str | None
     segment_dedup_window: float
