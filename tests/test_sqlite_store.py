@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 
 from relay.codec import decode
-from relay.store import sqlite as sqlite_store
 from relay.store.base import NewDelivery, NewEvent, Settlement
-from relay.store.sqlite import _DEDUP_SCHEMA, SqliteStore, _purge_slices, dedup_key
+from relay.store.sqlite import SqliteStore, dedup_key
+from relay.store.sqlite import dedup as sqlite_dedup
+from relay.store.sqlite import store as sqlite_store
+from relay.store.sqlite.dedup import purge_slices
+from relay.store.sqlite.schema import DEDUP_SCHEMA
 
 
 def event(dedup_id: str, *, until: float | None = None, rejected: str | None = None) -> NewEvent:
@@ -141,14 +144,14 @@ async def test_a_rejected_message_with_an_id_is_stored_once(tmp_path: Path) -> N
 
 def test_a_purge_forgets_expired_ids_in_its_slices_only() -> None:
     conn = sqlite3.connect(":memory:")
-    conn.executescript(_DEDUP_SCHEMA)
+    conn.executescript(DEDUP_SCHEMA)
     keys = [bytes([b]) + b"x" * 15 for b in (0x00, 0x07, 0x08, 0xF8, 0xFF)]
     conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(k, 10.0) for k in keys])
     conn.execute("INSERT INTO dedup VALUES (?, ?)", (b"\x01" + b"y" * 15, 99.0))  # not expired
-    _purge_slices(conn, 0, 8, now=20.0)
+    purge_slices(conn, 0, 8, now=20.0)
     left = sorted(row[0][0] for row in conn.execute("SELECT key FROM dedup"))
     assert left == [0x01, 0x08, 0xF8, 0xFF]
-    _purge_slices(conn, 248, 8, now=20.0)  # the last slices, up to 0xFF included
+    purge_slices(conn, 248, 8, now=20.0)  # the last slices, up to 0xFF included
     assert sorted(row[0][0] for row in conn.execute("SELECT key FROM dedup")) == [0x01, 0x08]
 
 
@@ -156,13 +159,13 @@ async def test_only_ids_the_filter_may_hold_are_looked_up_on_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     looked_up: list[bytes] = []
-    real_seen = sqlite_store._seen
+    real_seen = sqlite_store.seen_ids
 
     def seen(conn: sqlite3.Connection, keys: list[bytes], now: float) -> set[bytes]:
         looked_up.extend(keys)
         return real_seen(conn, keys, now)
 
-    monkeypatch.setattr(sqlite_store, "_seen", seen)
+    monkeypatch.setattr(sqlite_store, "seen_ids", seen)
     async with opened(store_at(tmp_path)) as store:
         await store.enqueue([event(f"id-{i}") for i in range(50)])
         await store.flush_ids()
@@ -177,7 +180,8 @@ async def test_only_ids_the_filter_may_hold_are_looked_up_on_disk(
 async def test_the_filter_is_built_from_disk_at_start_and_again_when_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "_FILTER_MIN_IDS", 20)
+    monkeypatch.setattr(sqlite_store, "FILTER_MIN_IDS", 20)
+    monkeypatch.setattr(sqlite_dedup, "FILTER_MIN_IDS", 20)
     store = store_at(tmp_path)
     await store.open()
     past = time.time() - 1
@@ -197,13 +201,13 @@ async def test_the_filter_is_built_from_disk_at_start_and_again_when_full(
         # Built again while ids are on disk, in memory, and arriving: the scan of the disk
         # waits until the arriving ids are committed.
         committed = threading.Event()
-        real_filter_of = sqlite_store._filter_of
+        real_filter_of = sqlite_store.filter_of
 
         def filter_of(conn: sqlite3.Connection, now: float) -> Any:
             assert committed.wait(10)
             return real_filter_of(conn, now)
 
-        monkeypatch.setattr(sqlite_store, "_filter_of", filter_of)
+        monkeypatch.setattr(sqlite_store, "filter_of", filter_of)
         rebuilt = asyncio.create_task(again.rebuild_filter())
         while again._rebuild_log is None:
             await asyncio.sleep(0.001)
@@ -296,14 +300,14 @@ async def test_counting_the_queue_does_not_hold_up_commits(
 ) -> None:
     counting = threading.Event()
     committed = threading.Event()
-    real_count = sqlite_store._count_deliveries
+    real_count = sqlite_store.count_deliveries
 
     def count(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
         counting.set()
         assert committed.wait(10), "a commit waited for the count"
         return real_count(conn)
 
-    monkeypatch.setattr(sqlite_store, "_count_deliveries", count)
+    monkeypatch.setattr(sqlite_store, "count_deliveries", count)
     store = store_at(tmp_path)
     await store.open()
     try:
@@ -328,7 +332,7 @@ async def test_the_background_writer_runs_at_a_lower_priority(tmp_path: Path) ->
             lambda _conn: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         )
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        assert nice == min(19, mine + sqlite_store._BACKGROUND_NICE)
+        assert nice == min(19, mine + sqlite_store.BACKGROUND_NICE)
         assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the process itself is untouched
 
 
@@ -337,17 +341,17 @@ async def test_ids_that_cannot_be_recorded_are_kept_and_recorded_later(
 ) -> None:
     async with opened(store_at(tmp_path)) as store:
         assert await store.enqueue([event("a"), event("b")]) == ["queued", "queued"]
-        real_record = sqlite_store._record
+        real_record = sqlite_store.record_ids
 
         def full(_conn: sqlite3.Connection, _ids: dict[bytes, float]) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
-        monkeypatch.setattr(sqlite_store, "_record", full)
+        monkeypatch.setattr(sqlite_store, "record_ids", full)
         assert await store.flush_ids() == 0  # the dedup database refuses them
         assert ids_on_disk(store) == 0
         # Still known: a repeat is caught while they wait in memory ...
         assert await store.enqueue([event("a"), event("c")]) == ["duplicate", "queued"]
-        monkeypatch.setattr(sqlite_store, "_record", real_record)
+        monkeypatch.setattr(sqlite_store, "record_ids", real_record)
         assert await store.flush_ids() == 3  # ... and they are recorded once it takes them
         assert ids_on_disk(store) == 3
         assert await store.enqueue([event("b")]) == ["duplicate"]

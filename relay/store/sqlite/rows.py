@@ -1,0 +1,196 @@
+"""Rows in and out of the SQLite store: multi-row INSERTs whose statements stay prepared, and
+the reads of dead letters and counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from relay.codec import decode
+from relay.errors import StoreCannotOpen
+from relay.store.base import (
+    DeadLetter,
+    EventTuple,
+)
+from relay.store.sqlite.files import cannot_open
+
+T = TypeVar("T")
+
+
+# id, ordering key, attempts, created at, source, kind, message JSON
+LeasedRow = tuple[int, str, int, float, str, str, bytes]
+
+
+_CHUNK = 500  # stays well under SQLite's bound-parameter limit
+
+
+def in_chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def dead_letter_rows(
+    conn: sqlite3.Connection, limit: int, destination: str | None
+) -> list[DeadLetter]:
+    where = "state = 'dead'" + (" AND destination = ?" if destination else "")
+    args: tuple[Any, ...] = (destination,) if destination else ()
+    out = [
+        DeadLetter(did, dest, source, kind, reason, attempts, created_at, decode(message))
+        for did, dest, source, kind, reason, attempts, created_at, message in conn.execute(
+            "SELECT id, destination, source, kind, last_error, attempts, created_at, message"
+            f" FROM deliveries WHERE {where} ORDER BY id LIMIT ?",
+            (*args, limit),
+        )
+    ]
+    if destination is None:
+        out.extend(
+            DeadLetter(rid, None, source, kind, reason, 0, received_at, decode(message))
+            for rid, source, kind, reason, received_at, message in conn.execute(
+                "SELECT id, source, kind, reason, received_at, message FROM rejected"
+                " ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        )
+    return out
+
+
+def read_dead_letters(path: str, limit: int, destination: str | None) -> list[DeadLetter]:
+    """The dead letters, read without writing anything: safe beside a running relay, whose
+    leased deliveries a normal open would take back (and send again)."""
+    if not os.path.exists(path):
+        raise StoreCannotOpen(f"there is no event store at {path} (storage.sqlite.path)")
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise cannot_open(path, exc) from None
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        return dead_letter_rows(conn, limit, destination)
+    except sqlite3.Error as exc:
+        raise cannot_open(path, exc) from None
+    finally:
+        conn.close()
+
+
+def count_deliveries(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for dest, state, n in conn.execute(
+        "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
+    ):
+        out.setdefault(dest, {})[state] = n
+    return out
+
+
+# Multi-row INSERTs: SQLite does the row work inside one step, which runs without the GIL
+# (the event loop of relay's process, or of the store's, goes on meanwhile). Statements
+# hold a fixed number of rows (64, then 32, 16 ... 1 for the rest), so that the few
+# different texts stay prepared in the connection's cache: preparing a statement of 100
+# rows costs more than running it.
+_ROWS_PER_STATEMENT = 64
+
+
+# Bound parameters in one statement, at most: well under SQLite's limit (32,766 since
+# SQLite 3.32; builds of Python 3.11 and later are linked with newer ones).
+_MAX_PARAMETERS = 2000
+
+
+_INSERT_DELIVERIES = (
+    "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source, kind,"
+    " message, state) VALUES "
+)
+
+
+def _fixed_chunks(items: Sequence[T], largest: int = _ROWS_PER_STATEMENT) -> Iterable[Sequence[T]]:
+    """`items` in chunks of `largest` (a power of two), the rest in chunks of half as many,
+    a quarter as many ... and 1."""
+    start, size = 0, largest
+    while start < len(items):
+        while start + size > len(items):
+            size //= 2
+        yield items[start : start + size]
+        start += size
+
+
+@functools.cache
+def _shared_insert(events: int, destinations: int) -> str:
+    """An INSERT of `events` events routed alike: ?1 source, ?2 kind, ?3 received at,
+    ?4... the destinations, then id, ordering key and message for each row."""
+    rows = []
+    first = 4 + destinations
+    for row in range(events * destinations):
+        n = first + 3 * row
+        dest = 4 + row % destinations
+        rows.append(f"(?{n}, ?{dest}, ?{n + 1}, ?3, ?3, ?1, ?2, ?{n + 2}, 'pending')")
+    return _INSERT_DELIVERIES + ",".join(rows)
+
+
+@functools.cache
+def _rows_insert(head: str, row: str, rows: int) -> str:
+    return head + ",".join([row] * rows)
+
+
+def insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_id: int) -> int:
+    """Insert a delivery row for each destination of each event; returns the next id."""
+    if not events:
+        return next_id
+    source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
+    if deliveries and all(
+        e[5] is deliveries and e[3] == received_at and e[0] == source and e[1] == kind
+        for e in events
+    ):
+        # The usual request: every event from one source at one time, routed alike. What
+        # the rows share is bound once, not once a row.
+        destinations = [d for d, _ in deliveries]
+        routed = [r for _, r in deliveries]
+        largest = _ROWS_PER_STATEMENT
+        while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
+            largest //= 2
+        for chunk in _fixed_chunks(events, largest):
+            values: list[Any] = [source, kind, received_at, *destinations]
+            for e in chunk:
+                for message in routed:
+                    values += (next_id, e[4], e[2] if message is None else message)
+                    next_id += 1
+            conn.execute(_shared_insert(len(chunk), len(destinations)), values)
+        return next_id
+    rows = []
+    for e in events:
+        for destination, message in e[5]:
+            rows.append(
+                (
+                    next_id,
+                    destination,
+                    e[4],
+                    e[3],
+                    e[3],
+                    e[0],
+                    e[1],
+                    e[2] if message is None else message,
+                )
+            )
+            next_id += 1
+    insert_rows(conn, _INSERT_DELIVERIES, "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')", rows)
+    return next_id
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    row: str,
+    rows: Sequence[tuple[Any, ...]],
+    largest: int = _ROWS_PER_STATEMENT,
+) -> None:
+    """`rows` in multi-row INSERTs of `largest` rows, then fewer (see _fixed_chunks)."""
+    for chunk in _fixed_chunks(rows, largest):
+        values = list(itertools.chain.from_iterable(chunk))
+        conn.execute(_rows_insert(head, row, len(chunk)), values)

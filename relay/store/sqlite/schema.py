@@ -1,0 +1,130 @@
+"""The SQLite store's tables, its lease query, and how its connections are opened: write-ahead
+log, sync level, and the tuning that goes with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+log = logging.getLogger("relay.store")
+
+
+# One row per (message, destination): the message travels with its delivery, so the hot
+# path writes two rows per event (delivery and dedup id) and leasing needs no join.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id           INTEGER PRIMARY KEY,
+    destination  TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    state        TEXT NOT NULL,            -- pending | leased | dead
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      REAL NOT NULL,
+    created_at   REAL NOT NULL,
+    source       TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    message      BLOB NOT NULL,            -- JSON, as routed to this destination
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, id);
+-- Deliveries that are leased or waiting for a retry. Later deliveries of the same person
+-- wait behind them. A small table instead of an index on every delivery's person keeps
+-- random-key index writes off the ingestion path.
+CREATE TABLE IF NOT EXISTS holds (
+    destination  TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    delivery_id  INTEGER NOT NULL,
+    PRIMARY KEY (destination, ordering_key, delivery_id)
+) WITHOUT ROWID;
+-- Small facts about the store itself; `probe` is written to find out whether writes work.
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected (
+    id          INTEGER PRIMARY KEY,
+    source      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    message     BLOB NOT NULL
+);
+"""
+
+
+# A delivery may be leased when it is due and no earlier delivery of the same person is
+# held (leased, or waiting for a retry): a retry holds back that person only.
+LEASE = """
+SELECT id, ordering_key, attempts, created_at, source, kind, message FROM deliveries AS d
+WHERE d.destination = :dest AND d.state = 'pending' AND d.next_at <= :now
+  AND NOT EXISTS (
+      SELECT 1 FROM holds AS h
+      WHERE h.destination = :dest AND h.ordering_key = d.ordering_key AND h.delivery_id < d.id
+  )
+ORDER BY d.id
+LIMIT :limit
+"""
+
+
+# `key` is a digest of (kind, source, dedup id). No index on `expires_at`: a second index
+# would double the cost of recording ids; expired ids are forgotten a slice of the key space
+# at a time instead (digests spread evenly over it), and a lookup ignores them meanwhile.
+DEDUP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dedup (
+    key        BLOB PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+DROP INDEX IF EXISTS dedup_expiry;
+"""
+
+
+# The filter in front of the dedup database: sized for at least this many ids, or twice the
+# live ids when it is built (10 bits for each id it is sized for, at this rate of false
+# positives).
+FILTER_MIN_IDS = 1_000_000
+
+
+FILTER_FALSE_POSITIVES = 0.01
+
+
+# How much nicer than the rest the second writer's thread is (see SqliteStore._open_dedup).
+BACKGROUND_NICE = 10
+
+
+# New events are refused while less than this is left on the disk (counting space inside
+# the database that finished deliveries freed), so that what is queued can still be
+# delivered: leasing and settling write too, and a checkpoint copies the log into the file.
+DEFAULT_MIN_FREE_MB = 100.0
+
+
+# The write-ahead log's file is cut back to this once a checkpoint lets it start over.
+WAL_KEPT_BYTES = 16 * 1024 * 1024
+
+
+WAL_FRAME_HEADER = 24
+
+
+# Pages of log after which a commit checkpoints it: the background writer's fallback, and
+# what it is close to full (see SqliteStore._set_tight).
+AUTOCHECKPOINT = 20_000
+
+
+TIGHT_AUTOCHECKPOINT = 64
+
+
+# Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
+# of the dedup ids are looked over every 16 minutes.
+PURGE_SLICES = 8
+
+
+def open_connection(path: str, synchronous: str, schema: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    # A page cache large enough for a busy day's dedup index, and memory-mapped reads:
+    # lookups and inserts at random keys then cost no system call.
+    conn.execute("PRAGMA cache_size=-131072")
+    conn.execute("PRAGMA mmap_size=1073741824")
+    conn.executescript(schema)
+    return conn

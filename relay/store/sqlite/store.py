@@ -1,0 +1,662 @@
+"""The SQLite store itself (see the package's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from relay.codec import decode
+from relay.errors import StoreCannotOpen, StoreFull, StoreUnavailable
+from relay.store.base import (
+    DeadLetter,
+    Delivery,
+    EnqueueOutcome,
+    EventTuple,
+    NewEvent,
+    Settlement,
+    event_tuples,
+)
+from relay.store.sqlite.dedup import (
+    IdFilter,
+    dedup_key,
+    filter_of,
+    purge_slices,
+    record_ids,
+    seen_ids,
+)
+from relay.store.sqlite.files import (
+    cannot_open,
+    describe_os_error,
+    file_size,
+    storage_trouble,
+    take_lock,
+    unavailable,
+)
+from relay.store.sqlite.rows import (
+    LeasedRow,
+    T,
+    count_deliveries,
+    dead_letter_rows,
+    in_chunks,
+    insert_deliveries,
+    placeholders,
+)
+from relay.store.sqlite.schema import (
+    AUTOCHECKPOINT,
+    BACKGROUND_NICE,
+    DEDUP_SCHEMA,
+    DEFAULT_MIN_FREE_MB,
+    FILTER_MIN_IDS,
+    LEASE,
+    PURGE_SLICES,
+    SCHEMA,
+    TIGHT_AUTOCHECKPOINT,
+    WAL_FRAME_HEADER,
+    WAL_KEPT_BYTES,
+    log,
+    open_connection,
+)
+from relay.store.sqlite.writer import Writer
+
+
+class SqliteStore:
+    """The default store. Safe against `kill -9`: what `enqueue` returned for is on disk."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_pending: int = 5_000_000,
+        max_size_mb: int | None = None,
+        min_free_mb: float = DEFAULT_MIN_FREE_MB,
+        max_group: int = 256,
+        dedup_flush_interval: float = 1.0,
+        lock_wait: float = 30.0,
+    ) -> None:
+        self.path = path
+        self.dedup_path = f"{path}.dedup"
+        self.max_pending = max_pending
+        self.max_size_mb = max_size_mb
+        self.min_free = int(min_free_mb * 1024 * 1024)
+        self.dedup_flush_interval = dedup_flush_interval
+        self.lock_wait = lock_wait
+        self._directory = os.path.dirname(os.path.abspath(path))
+        self._wal_path = f"{path}-wal"
+        self._cap = max_size_mb * 1024 * 1024 if max_size_mb else 0
+        self._tight = False
+        self._lock: int | None = None
+        self._page_size = 4096
+        self._main = Writer(
+            "sqlite",
+            self._open_main,
+            self._resync,
+            max_group,
+            on_commit=self._commit_ids,
+            on_abort=lambda: self._staged.clear(),
+            # The store runs in a process of its own (relay.store.process), whose event loop
+            # does nothing else: the main writer runs there, the dedup writer in a thread.
+            inline=True,
+        )
+        self._dedup = Writer(
+            "sqlite-dedup",
+            self._open_dedup,
+            lambda _conn: None,
+            max_group,
+        )
+        # Dedup ids not yet in the dedup database, by expiry time. Only the main writer's
+        # thread changes `_staged` (this transaction's ids) and `_recent` (committed ids);
+        # `_flushing` holds the ids being written to the dedup database meanwhile.
+        self._staged: dict[bytes, float] = {}
+        self._recent: dict[bytes, float] = {}
+        self._flushing: dict[bytes, float] = {}
+        self._dedup_reader: sqlite3.Connection | None = None
+        # Every id in the dedup database is in `_filter` (main writer's thread only). While a
+        # new filter is built, the ids committed meanwhile are also kept in `_rebuild_log`.
+        self._filter = IdFilter(FILTER_MIN_IDS)
+        self._rebuild_log: list[bytes] | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        # `counts` reads on a connection and a thread of its own (WAL lets it read while
+        # the writer writes).
+        self._counter: sqlite3.Connection | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
+        self._purge_from = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._ids_failing = False
+        self._checkpoint_failing = False
+        self._next_delivery_id = 1
+        self._pending = 0
+
+    @property
+    def commits(self) -> int:
+        return self._main.commits
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last write failed, until one succeeds again."""
+        return self._main.problem
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open (creating it if need be) and take the store's lock; StoreCannotOpen says in
+        one line which file could not be written and why."""
+        try:
+            await self._open()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await self.close()
+            if isinstance(exc, StoreUnavailable):
+                raise
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise cannot_open(self.path, exc) from None
+            raise
+
+    async def _open(self) -> None:
+        directory = self._directory
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise StoreCannotOpen(
+                f"cannot create the folder {directory}: {describe_os_error(exc)}"
+            ) from None
+        self._lock = await asyncio.to_thread(take_lock, self.path, self.lock_wait)
+        await self._dedup.open()  # creates the dedup database before the reader opens it
+        now = time.time()
+        self._filter = await self._dedup.submit(lambda conn: filter_of(conn, now))
+        await self._main.open()
+        self._read_executor = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-read")
+        self._flusher = asyncio.create_task(self._background_work(), name="relay-store-background")
+
+    def _open_dedup(self) -> sqlite3.Connection:
+        # Runs in the second writer's own thread. Its work (recording ids, checkpoints) can
+        # wait: at a lower priority it takes the cores when the threads that requests wait
+        # for leave them idle, instead of taking turns with them. On Linux a thread's own id
+        # names it alone here (elsewhere it could name a process: left as it is).
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                me = threading.get_native_id()
+                nice = os.getpriority(os.PRIO_PROCESS, me) + BACKGROUND_NICE
+                os.setpriority(os.PRIO_PROCESS, me, min(19, nice))
+        return open_connection(self.dedup_path, "NORMAL", DEDUP_SCHEMA)
+
+    def _open_main(self) -> sqlite3.Connection:
+        conn = open_connection(self.path, "FULL", SCHEMA)
+        # The background writer checkpoints every second; this is the fallback if it falls
+        # behind (20,000 pages, 80 MB of log, instead of SQLite's default of 1,000).
+        conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
+        # Once a checkpoint lets the log start over, its file is cut back to this size, so
+        # that a burst does not keep its disk space for good.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
+        self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        # Read in the main writer's thread, by the operation that checks ids.
+        self._dedup_reader = open_connection(self.dedup_path, "NORMAL", "")
+        if self.max_size_mb:
+            conn.execute(
+                f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // self._page_size)}"
+            )
+        # Whatever was leased when the last process died goes back to the queue; only the
+        # deliveries waiting for a retry keep holding back their person.
+        conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'leased'")
+        conn.execute("DELETE FROM holds")
+        conn.execute(
+            "INSERT INTO holds SELECT destination, ordering_key, id FROM deliveries"
+            " WHERE state = 'pending' AND attempts > 0"
+        )
+        self._resync(conn)
+        return conn
+
+    def _resync(self, conn: sqlite3.Connection) -> None:
+        self._next_delivery_id = (
+            conn.execute("SELECT max(id) FROM deliveries").fetchone()[0] or 0
+        ) + 1
+        self._pending = conn.execute(
+            "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'leased')"
+        ).fetchone()[0]
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.flush_ids()
+        reader, self._dedup_reader = self._dedup_reader, None
+        if reader is not None:
+            await self._main.submit(lambda _conn: reader.close())
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await self._dedup.submit(lambda _conn: checkpointer.close())
+        executor, self._read_executor = self._read_executor, None
+        if executor is not None:
+            # In the reading thread, after any count still running there.
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_counter)
+            executor.shutdown(wait=True)
+        await self._main.close()
+        await self._dedup.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # last: nobody else may open the store before it is closed
+
+    # ------------------------------------------------------------------ dedup ids
+
+    def _commit_ids(self) -> None:
+        staged = self._staged
+        if staged:
+            self._recent.update(staged)
+            self._filter.add(staged, len(staged))
+            if self._rebuild_log is not None:
+                self._rebuild_log.extend(staged)
+            staged.clear()
+
+    async def rebuild_filter(self) -> None:
+        """Build the id filter again from the dedup database, leaving out expired ids."""
+
+        def start(_conn: sqlite3.Connection) -> set[bytes]:
+            # From here on, committed ids are also logged; those committed before are in
+            # the database, or on their way there (recent, flushing), by the time the scan
+            # below runs, since flushes and the scan take turns on the dedup writer.
+            self._rebuild_log = []
+            return set(self._recent) | set(self._flushing)
+
+        def finish(_conn: sqlite3.Connection, built: IdFilter, pending: set[bytes]) -> None:
+            assert self._rebuild_log is not None
+            built.add(pending, len(pending))
+            built.add(self._rebuild_log, len(self._rebuild_log))
+            self._filter, self._rebuild_log = built, None
+
+        pending = await self._main.submit(start)
+        now = time.time()
+        try:
+            built = await self._dedup.submit(lambda conn: filter_of(conn, now))
+        except BaseException:
+            await self._main.submit(lambda _conn: setattr(self, "_rebuild_log", None))
+            raise
+        await self._main.submit(lambda conn: finish(conn, built, pending))
+
+    def _take_recent(self) -> dict[bytes, float]:
+        # Runs in the main writer's thread, between two operations.
+        taken, self._recent = self._recent, {}
+        self._flushing = taken
+        return taken
+
+    async def flush_ids(self) -> int:
+        """Move the ids accepted since the last flush to the dedup database."""
+        taken = await self._main.submit(lambda _conn: self._take_recent())
+        if not taken:
+            return 0
+        try:
+            await self._dedup.submit(lambda conn: record_ids(conn, taken))
+        except Exception as exc:
+            if not self._ids_failing:  # once, not every second while the trouble lasts
+                log.error(
+                    "dedup ids could not be recorded (%s); they are kept in memory and"
+                    " recorded once the dedup database takes writes",
+                    exc,
+                )
+            self._ids_failing = True
+            # Back with the ids to record, before they leave `_flushing`: an id in neither
+            # would be looked for on disk only, where it is not.
+            with contextlib.suppress(StoreUnavailable):
+                await self._main.submit(lambda _conn: self._keep_unrecorded(taken))
+            return 0
+        finally:
+            self._flushing = {}
+        if self._ids_failing:
+            log.warning("dedup ids are recorded again")
+            self._ids_failing = False
+        return len(taken)
+
+    def _keep_unrecorded(self, ids: dict[bytes, float]) -> None:
+        # In the main writer's thread: ids committed since keep their own (later) expiry.
+        for key, expires in ids.items():
+            self._recent.setdefault(key, expires)
+
+    async def _background_work(self) -> None:
+        while True:
+            await asyncio.sleep(self.dedup_flush_interval)
+            with contextlib.suppress(StoreUnavailable):
+                await self.flush_ids()
+            if self._filter.full:
+                try:
+                    await self.rebuild_filter()
+                except Exception as exc:  # the full filter still answers, less often "no"
+                    log.warning("the dedup id filter could not be built again: %s", exc)
+            # While writes fail (a full disk), the whole log is copied and its file emptied,
+            # which gives back its space as soon as the database file can take it.
+            mode = "TRUNCATE" if self._main.problem is not None else "PASSIVE"
+            try:
+                await self._dedup.submit(functools.partial(self._checkpoint, mode=mode))
+            except Exception as exc:  # the writer checkpoints by itself as a fallback
+                if not self._checkpoint_failing:
+                    log.warning("checkpointing the store's write-ahead log failed: %s", exc)
+                self._checkpoint_failing = True
+            else:
+                self._checkpoint_failing = False
+
+    def _checkpoint(self, _conn: sqlite3.Connection, mode: str) -> None:
+        # Runs in the second writer's thread, on a connection of its own. PASSIVE copies what
+        # it can without waiting for, or blocking, the main writer.
+        if self._checkpointer is None:
+            self._checkpointer = open_connection(self.path, "FULL", "")
+        self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+    def _known_ids(self, keys: list[bytes | None], now: float) -> set[bytes]:
+        """The ids among `keys` seen within their window: in memory, or in the database."""
+        seen: set[bytes] = set()
+        unknown: list[bytes] = []
+        staged, recent, flushing = self._staged, self._recent, self._flushing
+        # Every committed id is in the filter (recent and flushing ones too), so an id it
+        # has not seen can only be in this transaction's own ids.
+        recorded = self._filter.bloom
+        for key in keys:
+            if key is None:
+                continue
+            if key not in recorded:
+                expires = staged.get(key)
+                if expires is not None and expires > now:
+                    seen.add(key)
+                continue
+            expires = staged.get(key) or recent.get(key) or flushing.get(key)
+            if expires is None:
+                unknown.append(key)
+            elif expires > now:
+                seen.add(key)
+        if unknown and self._dedup_reader is not None:
+            seen.update(seen_ids(self._dedup_reader, unknown, now))
+        return seen
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._main.submit(fn)
+
+    # ------------------------------------------------------------------ operations
+
+    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
+        return await self.enqueue_tuples(event_tuples(events))
+
+    async def enqueue_tuples(self, events: list[EventTuple]) -> list[EnqueueOutcome]:
+        """`enqueue` for events in their tuple form (as they reach the store's process)."""
+        # A rejected message with an id is de-duplicated too: a sender's retries of one bad
+        # webhook are stored once.
+        try:
+            no_room = await self._room_problem()
+        except (OSError, sqlite3.Error) as exc:
+            raise unavailable(exc) from None
+        if no_room is not None:
+            raise StoreFull(
+                f"{no_room}; nothing acknowledged was lost, retry later", retry_after=30
+            )
+        keys = [None if e[6] is None else dedup_key(e[1], e[0], e[6]) for e in events]
+        now = time.time()
+        return await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
+
+    def _enqueue(
+        self,
+        conn: sqlite3.Connection,
+        events: list[EventTuple],
+        keys: list[bytes | None],
+        now: float,
+    ) -> list[EnqueueOutcome]:
+        new_deliveries = sum(len(e[5]) for e in events if not e[8])
+        if self._pending + new_deliveries > self.max_pending:
+            raise StoreFull(
+                f"the queue holds {self._pending} deliveries, its limit"
+                f" (storage.sqlite.max_pending) is {self.max_pending}; retry later",
+                retry_after=30,
+            )
+        seen = self._known_ids(keys, now)
+        recorded: list[tuple[bytes, float]] = []
+        outcomes: list[EnqueueOutcome] = []
+        rejected: list[tuple[Any, ...]] = []
+        stored: list[EventTuple] = []
+        for key, e in zip(keys, events, strict=True):
+            if key is not None:
+                if key in seen:
+                    outcomes.append("duplicate")
+                    continue
+                seen.add(key)
+                recorded.append((key, e[7]))
+            if e[8]:
+                rejected.append((e[0], e[1], e[3], e[8], e[2]))
+                outcomes.append("rejected")
+                continue
+            stored.append(e)
+            outcomes.append("queued")
+        delivery_id = insert_deliveries(conn, stored, self._next_delivery_id)
+        if rejected:
+            conn.executemany(
+                "INSERT INTO rejected (source, kind, received_at, reason, message)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rejected,
+            )
+        self._pending += delivery_id - self._next_delivery_id
+        self._next_delivery_id = delivery_id
+        # Last, so that an operation that failed above leaves no ids behind.
+        self._staged.update(recorded)
+        return outcomes
+
+    def _disk_free(self) -> int:
+        stat = os.statvfs(self._directory)
+        return stat.f_bavail * stat.f_frsize
+
+    async def _room_problem(self) -> str | None:
+        """Why new events are refused for lack of space, or None when there is room.
+
+        What is kept free must let what is queued be delivered: leasing and settling write
+        to the log, and a checkpoint copies the log into the database file, which may grow
+        by as much. With more free than the log's size on top of what is kept, that is sure
+        (a few system calls); closer to full, the log is checkpointed first and the room
+        counted exactly: free disk, plus pages that finished deliveries freed inside the
+        database, less what the log still holds. `max_size_mb` is a second limit, counted
+        the same way inside the database."""
+        cap_kept = min(self.min_free, self._cap // 10) if self._cap else 0
+        if self.min_free <= 0 and not self._cap:
+            return None
+        log_bytes = file_size(self._wal_path)
+        roomy = self._disk_free() - log_bytes >= self.min_free and (
+            not self._cap or self._cap - file_size(self.path) - log_bytes >= cap_kept
+        )
+        if roomy:
+            if self._tight:
+                await self._set_tight(False)
+            return None
+        if not self._tight:
+            await self._set_tight(True)
+        disk_room, cap_room = await self._dedup.submit(self._room_after_checkpoint)
+        mb = 1024 * 1024
+        if disk_room < self.min_free:
+            return (
+                f"the disk holding {self.path} is nearly full: {max(disk_room, 0) / mb:.1f} MB"
+                f" left (free on the disk, and inside the database), under the"
+                f" {self.min_free / mb:g} MB (storage.sqlite.min_free_mb) kept for delivering"
+                " what is queued"
+            )
+        if self._cap and cap_room < cap_kept:
+            return (
+                f"the event store is full: {max(cap_room, 0) / mb:.1f} MB left of its"
+                f" storage.sqlite.max_size_mb ({self.max_size_mb} MB), under the"
+                f" {cap_kept / mb:g} MB kept for delivering what is queued"
+            )
+        return None
+
+    async def _set_tight(self, tight: bool) -> None:
+        # Close to full, the writer checkpoints the log after every commit that leaves more
+        # than a few pages in it, so that the log starts over instead of growing into the
+        # space kept for deliveries; otherwise the background checkpoints suffice.
+        pages = TIGHT_AUTOCHECKPOINT if tight else AUTOCHECKPOINT
+        await self._main.submit(lambda conn: conn.execute(f"PRAGMA wal_autocheckpoint={pages}"))
+        self._tight = tight
+
+    def _room_after_checkpoint(self, _conn: sqlite3.Connection) -> tuple[int, int]:
+        """(room on the disk, room under max_size_mb) once the log is checkpointed as far as
+        it can be; in the second writer's thread, beside the background checkpoints."""
+        if self._checkpointer is None:
+            self._checkpointer = open_connection(self.path, "FULL", "")
+        conn = self._checkpointer
+        _busy, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        backlog = max(0, log_frames - copied) * (self._page_size + WAL_FRAME_HEADER)
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
+        used = conn.execute("PRAGMA page_count").fetchone()[0] * self._page_size - free
+        return self._disk_free() + free - backlog, self._cap - used - backlog
+
+    async def write_problem(self) -> str | None:
+        def probe(conn: sqlite3.Connection) -> None:
+            if self._main.problem is not None:
+                # A write tells whether the trouble is over (space freed, disk writable).
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (time.time(),))
+
+        try:
+            await self._submit(probe)
+            no_room = await self._room_problem()
+        except StoreUnavailable as exc:
+            return self._main.problem or exc.message
+        except (OSError, sqlite3.Error) as exc:
+            return storage_trouble(exc) or str(exc)
+        return self._main.problem or no_room
+
+    async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
+        rows = await self.lease_rows(destination, limit, now)
+        return [
+            Delivery(did, destination, okey, attempts, created_at, source, kind, decode(message))
+            for did, okey, attempts, created_at, source, kind, message in rows
+        ]
+
+    async def lease_rows(self, destination: str, limit: int, now: float) -> list[LeasedRow]:
+        """`lease`, with each message as its stored JSON (for a caller that decodes it)."""
+        return await self._submit(lambda conn: self._lease(conn, destination, limit, now))
+
+    def _lease(
+        self, conn: sqlite3.Connection, destination: str, limit: int, now: float
+    ) -> list[LeasedRow]:
+        rows: list[LeasedRow] = conn.execute(
+            LEASE, {"dest": destination, "now": now, "limit": limit}
+        ).fetchall()
+        if rows:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'leased' WHERE id = ?", [(r[0],) for r in rows]
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO holds VALUES (?, ?, ?)",
+                [(destination, r[1], r[0]) for r in rows],
+            )
+        return rows
+
+    async def settle(self, settlement: Settlement, now: float) -> None:
+        if settlement:
+            await self._submit(lambda conn: self._settle(conn, settlement, now))
+
+    def _settle(self, conn: sqlite3.Connection, settlement: Settlement, now: float) -> None:
+        if settlement.dead:
+            self._dead(conn, settlement.dead, now)
+        if settlement.retries:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
+                " next_at = ?, last_error = ? WHERE id = ? AND state != 'dead'",
+                [(r.next_at, r.error, r.id) for r in settlement.retries],
+            )
+        if settlement.done:
+            self._finish(conn, settlement.done)
+        if settlement.release:
+            self._release(conn, settlement.release)
+
+    def _finish(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        for chunk in in_chunks(ids):
+            marks = placeholders(len(chunk))
+            self._unhold(conn, chunk)
+            cur = conn.execute(
+                f"DELETE FROM deliveries WHERE id IN ({marks}) AND state != 'dead'", chunk
+            )
+            self._pending -= cur.rowcount
+
+    def _unhold(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        conn.execute(
+            "DELETE FROM holds WHERE (destination, ordering_key, delivery_id) IN"
+            f" (SELECT destination, ordering_key, id FROM deliveries"
+            f" WHERE id IN ({placeholders(len(ids))}))",
+            ids,
+        )
+
+    def _release(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        for chunk in in_chunks(ids):
+            self._unhold(conn, chunk)
+            conn.execute(
+                f"UPDATE deliveries SET state = 'pending' WHERE id IN ({placeholders(len(chunk))})"
+                " AND state = 'leased'",
+                chunk,
+            )
+
+    def _dead(self, conn: sqlite3.Connection, items: Sequence[tuple[int, str]], now: float) -> None:
+        for chunk in in_chunks([did for did, _ in items]):
+            self._unhold(conn, chunk)
+        for did, reason in items:
+            cur = conn.execute(
+                "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?,"
+                " next_at = ? WHERE id = ? AND state != 'dead'",
+                (reason, now, did),
+            )
+            self._pending -= cur.rowcount
+
+    async def dead_letters(
+        self, limit: int = 100, destination: str | None = None
+    ) -> list[DeadLetter]:
+        return await self._submit(lambda conn: dead_letter_rows(conn, limit, destination))
+
+    async def replay(self, ids: list[int] | None, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            if ids is None:
+                cur = conn.execute(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
+                    " created_at = ? WHERE state = 'dead'",
+                    (now, now),
+                )
+                count = cur.rowcount
+            else:
+                count = 0
+                for chunk in in_chunks(ids):
+                    cur = conn.execute(
+                        "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
+                        " created_at = ? WHERE state = 'dead'"
+                        f" AND id IN ({placeholders(len(chunk))})",
+                        (now, now, *chunk),
+                    )
+                    count += cur.rowcount
+            self._pending += count
+            return count
+
+        return await self._submit(run)
+
+    def _close_counter(self) -> None:
+        counter, self._counter = self._counter, None
+        if counter is not None:
+            counter.close()
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Deliveries by destination and state, read beside the writer: counting a queue of
+        millions takes a while, and the commits that requests wait for go on meanwhile."""
+
+        def run() -> dict[str, dict[str, int]]:
+            if self._counter is None:
+                self._counter = sqlite3.connect(self.path, isolation_level=None)
+                self._counter.execute("PRAGMA busy_timeout=5000")
+            return count_deliveries(self._counter)
+
+        if self._read_executor is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._read_executor, run)
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from None
+
+    async def purge(self, now: float) -> None:
+        first = self._purge_from
+        self._purge_from = (first + PURGE_SLICES) % 256
+        await self._dedup.submit(lambda conn: purge_slices(conn, first, PURGE_SLICES, now))

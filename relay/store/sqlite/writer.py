@@ -1,0 +1,240 @@
+"""The group-commit writer: one connection, a queue of operations committed together, and each
+failing operation failing alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from relay.errors import StoreUnavailable
+from relay.store.sqlite.files import storage_trouble, unavailable
+from relay.store.sqlite.rows import T
+from relay.store.sqlite.schema import log
+
+
+class Writer:
+    """One connection, one thread, and a queue of operations committed in groups.
+
+    `inline` runs the groups on the event loop's own thread instead: for a process whose
+    loop does nothing but feed the store (relay.store.process), where a second thread would
+    only add hand-overs of the GIL. Requests that arrive meanwhile wait in the socket and
+    make the next group larger.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        connect: Callable[[], sqlite3.Connection],
+        on_rollback: Callable[[sqlite3.Connection], None],
+        max_group: int,
+        on_commit: Callable[[], None] = lambda: None,
+        on_abort: Callable[[], None] = lambda: None,
+        inline: bool = False,
+    ) -> None:
+        self.name = name
+        self.inline = inline
+        self._connect = connect
+        self._on_rollback = on_rollback
+        # Told when a transaction committed, or when all its work was thrown away.
+        self._on_commit = on_commit
+        self._on_abort = on_abort
+        self.max_group = max_group
+        self.conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: asyncio.Queue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
+        ] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+        # Why the last write failed, in plain words, until a write succeeds again.
+        self.problem: str | None = None
+
+    def _set_problem(self, problem: str | None) -> None:
+        # Logged when it starts and when it ends, not at every refused request.
+        if problem is not None and self.problem is None:
+            log.error("the event store cannot take writes: %s", problem)
+        elif problem is None and self.problem is not None:
+            log.warning("the event store takes writes again")
+        self.problem = problem
+
+    async def open(self) -> None:
+        if self.inline:
+            self.conn = self._connect()
+        else:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"relay-{self.name}")
+            loop = asyncio.get_running_loop()
+            self.conn = await loop.run_in_executor(self._executor, self._connect)
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop(), name=f"relay-{self.name}-writer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+        if self._executor is not None:
+            if self.conn is not None:
+                conn, self.conn = self.conn, None
+                await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        elif self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._task is None:
+            raise StoreUnavailable("the store is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, fut))
+        return fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            item = await self._queue.get()
+            if item is None:
+                break
+            group = [item]
+            while len(group) < self.max_group:
+                try:
+                    nxt = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            fns = [fn for fn, _ in group]
+            if self.inline:
+                results = self._run_group(fns)
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_group, fns)
+            for (_, fut), (ok, value) in zip(group, results, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        at_once = self._try_at_once(fns)
+        if at_once is not None:
+            return at_once
+        results: list[tuple[bool, Any] | None] = [None] * len(fns)
+        todo = list(range(len(fns)))
+        while todo:
+            lost = self._try_group(fns, todo, results)
+            if lost is None:
+                break
+            # SQLite rolled the whole transaction back (a full disk does that): the one
+            # that failed keeps its error, the others run again in a new transaction.
+            assert self.conn is not None
+            self._on_rollback(self.conn)
+            todo = [i for i in todo if i != lost]
+        return [
+            r if r is not None else (False, unavailable(RuntimeError("not run"))) for r in results
+        ]
+
+    def _try_at_once(
+        self, fns: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]] | None:
+        """Run the whole group (of one or more) in one transaction without savepoints, the
+        common case where nothing fails. Each statement hands the GIL over and back, so two
+        statements fewer per operation matter. On any failure it rolls back and returns None:
+        the group then runs again with a savepoint per operation, so that one failing
+        operation fails alone."""
+        conn = self.conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return None
+        changes = conn.total_changes
+        try:
+            values = [fn(conn) for fn in fns]
+            conn.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            # Counters were advanced by operations that were rolled back.
+            self._on_abort()
+            self._on_rollback(conn)
+            return None
+        self.commits += 1
+        if conn.total_changes != changes:  # a commit that wrote: the store takes writes
+            self._set_problem(None)
+        self._on_commit()
+        return [(True, value) for value in values]
+
+    def _try_group(
+        self,
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        todo: list[int],
+        out: list[tuple[bool, Any] | None],
+    ) -> int | None:
+        """Run `fns[i]` for i in `todo` in one transaction, each in its own savepoint, and
+        store their results in `out`. Returns the index of an operation whose failure made
+        SQLite abandon the transaction, so that the group must be run again without it."""
+        conn = self.conn
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._set_problem(storage_trouble(exc) or self.problem)
+            for i in todo:
+                out[i] = (False, unavailable(exc))
+            return None
+        self._on_abort()  # whatever an earlier try of this group left behind
+        changes = conn.total_changes
+        trouble: str | None = None  # an operation failed because of the files themselves
+        for i in todo:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = fns[i](conn)
+            except Exception as exc:  # each operation fails alone
+                error = unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+                trouble = storage_trouble(exc) or trouble
+                if not conn.in_transaction:
+                    self._set_problem(trouble or self.problem)
+                    out[i] = (False, error)
+                    self._on_abort()
+                    return i
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                results.append((False, error))
+            else:
+                conn.execute("RELEASE op")
+                results.append((True, value))
+        try:
+            conn.execute("COMMIT")
+            self.commits += 1
+            if trouble is not None:
+                self._set_problem(trouble)
+            elif conn.total_changes != changes:
+                self._set_problem(None)
+        except sqlite3.Error as exc:
+            self._set_problem(storage_trouble(exc) or self.problem)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._on_abort()
+            self._on_rollback(conn)
+            for i in todo:
+                out[i] = (False, unavailable(exc))
+            return None
+        self._on_commit()
+        for i, result in zip(todo, results, strict=True):
+            out[i] = result
+        if any(not ok for ok, _ in results):
+            # Counters were advanced by operations that were rolled back.
+            self._on_rollback(conn)
+        return None
