@@ -5,7 +5,6 @@ routes, every problem reported at once.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -155,15 +154,6 @@ def compile_config_routes(config: Config) -> Routes:
     return routes
 
 
-# Route problems about a mapping key itself (an unknown key, a misspelt field name, a
-# property renamed twice) point at the key; every other problem points at the value.
-_KEY_PROBLEMS = re.compile(
-    r'^(unknown key |unknown condition |unknown comparison |a match key must |"[^"]*" is not a'
-    r' field path|.* have no "|from: customerio routes match the Customer\.io webhook, which'
-    r' has no |"[^"]*" is removed by drop_properties |"[^"]*" and "[^"]*" are both renamed )'
-)
-
-
 def _compile(
     raw_routes: Any,
     *,
@@ -183,7 +173,7 @@ def _compile(
     for p in problems:
         path: Path = p.path if p.path[:1] == ("routes",) else ("routes", *p.path)
         line, col = position_of(positions, path)
-        if _KEY_PROBLEMS.match(p.message) and (*path, "<key>") in positions:
+        if p.at_key and (*path, "<key>") in positions:
             line, col = positions[(*path, "<key>")]
         located.append(ConfigProblem(file, line, col, field_name(path), p.message, p.hint))
     return routes, located

@@ -12,14 +12,11 @@ from relay.errors import ConfigProblem
 
 Path = tuple[str | int, ...]
 
-
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-
 
 # More values than any config holds: beyond this, aliases of aliases are multiplying a
 # small file into a huge one ("billion laughs"), and reading it would never finish.
 MAX_VALUES = 200_000
-
 
 # What YAML counts as a line break, for turning a character position into line:column.
 _LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")

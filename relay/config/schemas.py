@@ -13,7 +13,6 @@ from relay.config.positions import Path
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
-
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -149,7 +148,6 @@ class ConfigSchema(_Strict):
 
 
 _SECRET_FIELDS = {"api_key", "write_key", "webhook_secret"}
-
 
 _SECRET_PARENTS = {"write_keys", "signing_keys"}
 

@@ -13,9 +13,7 @@ from relay.routing import Routes
 
 CUSTOMERIO_HOSTS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
-
 SEGMENT_HOSTS = {"us": "https://api.segment.io", "eu": "https://events.eu1.segmentapis.com"}
-
 
 SEGMENT_WEBHOOK_SOURCE = "webhook"
 

@@ -78,8 +78,8 @@ class Compiler:
         }
         self.problems: list[Problem] = []
 
-    def add(self, path: Path, message: str, hint: str) -> None:
-        self.problems.append(Problem(path, message, hint))
+    def add(self, path: Path, message: str, hint: str, *, at_key: bool = False) -> None:
+        self.problems.append(Problem(path, message, hint, at_key))
 
     def compile(self, routes: Any) -> tuple[Routes, list[Problem]]:
         if routes is None:
@@ -112,7 +112,10 @@ class Compiler:
         for key in raw:
             if key not in ROUTE_KEYS:
                 self.add(
-                    (*path, str(key)), f'unknown key "{key}" in a route', _route_key_hint(str(key))
+                    (*path, str(key)),
+                    f'unknown key "{key}" in a route',
+                    _route_key_hint(str(key)),
+                    at_key=True,
                 )
         name, named = self._name(raw, path, index)
         kind = self._kind(raw, path)
@@ -435,12 +438,14 @@ class Compiler:
                     f'"{old}" is removed by drop_properties "{dropped_by}" '
                     "before it can be renamed",
                     "drop_properties runs first; narrow the glob or remove this rename",
+                    at_key=True,
                 )
             if new in targets:
                 self.add(
                     (*path, old),
                     f'"{old}" and "{targets[new]}" are both renamed to "{new}"; one would be lost',
                     "rename them to different names",
+                    at_key=True,
                 )
             else:
                 targets[new] = old

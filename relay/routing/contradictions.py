@@ -13,7 +13,6 @@ from relay.routing.language import Path
 # Canonical forms of scalars, so that true and 1 (equal in Python) stay apart.
 Canon = tuple[str, Any]
 
-
 NULL: Final[Canon] = ("z", None)
 
 
@@ -144,8 +143,6 @@ class Conjunction:
 
 NEVER_ROUTE: Final = "so this route can never match"
 
-
 NEVER_ANY: Final = "so this alternative of any can never hold"
-
 
 NEVER_NOT: Final = "so the not around it excludes nothing"

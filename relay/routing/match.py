@@ -61,8 +61,8 @@ class MatchCompiler:
         self.compiler = compiler
         self.kind = kind
 
-    def add(self, path: Path, message: str, hint: str) -> None:
-        self.compiler.add(path, message, hint)
+    def add(self, path: Path, message: str, hint: str, *, at_key: bool = False) -> None:
+        self.compiler.add(path, message, hint, at_key=at_key)
 
     def compile(self, spec: Any, path: Path) -> Check | None:
         if spec is None:
@@ -91,6 +91,7 @@ class MatchCompiler:
                     f"a match key must be a field path, got {describe(key)}",
                     "write a field path such as event or properties.plan, or one of the words "
                     + ", ".join(COMBINATORS),
+                    at_key=True,
                 )
                 continue
             if key == "not":
@@ -227,7 +228,7 @@ class MatchCompiler:
             else difflib.get_close_matches(key, COMBINATORS, n=1, cutoff=TYPO_CUTOFF)
         )
         if close and key not in seg.FIELDS | cio.FIELDS:
-            self.add(path, f'unknown condition "{key}"', f'did you mean "{close[0]}"?')
+            self.add(path, f'unknown condition "{key}"', f'did you mean "{close[0]}"?', at_key=True)
             return None
         keys = self._path(key, path)
         if keys is None:
@@ -250,6 +251,7 @@ class MatchCompiler:
                 path,
                 f'"{text}" is not a field path: it has an empty part',
                 "separate names with single dots, e.g. properties.plan",
+                at_key=True,
             )
             return None
         self._check_field_name(keys, path)
@@ -263,6 +265,7 @@ class MatchCompiler:
                     path,
                     f'Segment messages have no "{head}" field: it belongs to Customer.io webhooks',
                     "did you mean from: customerio?",
+                    at_key=True,
                 )
             elif head not in seg.FIELDS:
                 # The top level of a Segment message is a fixed set of fields; custom data
@@ -271,6 +274,7 @@ class MatchCompiler:
                     path,
                     f'Segment messages have no "{head}" field',
                     _unknown_field_hint(keys, seg.FIELDS, _SEGMENT_NESTED),
+                    at_key=True,
                 )
         elif self.kind == CUSTOMERIO:
             if head in seg.FIELDS - cio.FIELDS:
@@ -280,12 +284,14 @@ class MatchCompiler:
                     f'which has no "{dotted}"',
                     "match on object_type, metric or data.* (e.g. {object_type: email, metric: "
                     "opened} for Email Opened); the edits act on the Segment track made from it",
+                    at_key=True,
                 )
             elif head not in cio.FIELDS:
                 self.add(
                     path,
                     f'Customer.io webhooks have no "{head}" field',
                     _unknown_field_hint(keys, cio.FIELDS, _CUSTOMERIO_NESTED),
+                    at_key=True,
                 )
             elif head == "data" and len(keys) > 1 and keys[1] not in cio.DATA_FIELDS:
                 self._near_miss(keys, 1, cio.DATA_FIELDS, path, "Customer.io webhook data")
@@ -300,6 +306,7 @@ class MatchCompiler:
                 path,
                 f'{where} have no "{".".join(keys[: at + 1])}" field',
                 f'did you mean "{fixed}"?',
+                at_key=True,
             )
 
     def _check_types(self, spec: Any, path: Path) -> None:
@@ -445,7 +452,7 @@ class MatchCompiler:
                         f"comparisons are {', '.join(OPERATORS)}; to match inside an object "
                         f"use a dotted path: {'.'.join(keys)}.{op}: …"
                     )
-                self.add(op_path, f'unknown comparison "{op}"', hint)
+                self.add(op_path, f'unknown comparison "{op}"', hint, at_key=True)
                 continue
             if isinstance(bound, bool) or not isinstance(bound, int | float):
                 ok = False
@@ -542,7 +549,6 @@ def _comparison_hint(op: str, number: str, keys: tuple[str, ...]) -> str:
 
 # Where custom data sits in each kind of message, for "did you mean properties.plan?".
 _SEGMENT_NESTED: Final = ("properties", "traits")
-
 
 _CUSTOMERIO_NESTED: Final = ("data",)
 

@@ -21,6 +21,9 @@ class Problem:
     path: Path
     message: str
     hint: str | None = None
+    # About the mapping key itself (unknown, misspelt, renamed twice), not about its value:
+    # a config points at the key.
+    at_key: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,10 +22,8 @@ from relay.store.sqlite.files import cannot_open
 
 T = TypeVar("T")
 
-
 # id, ordering key, attempts, created at, source, kind, message JSON
 LeasedRow = tuple[int, str, int, float, str, str, bytes]
-
 
 _CHUNK = 500  # stays well under SQLite's bound-parameter limit
 
@@ -98,11 +96,9 @@ def count_deliveries(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
 # rows costs more than running it.
 _ROWS_PER_STATEMENT = 64
 
-
 # Bound parameters in one statement, at most: well under SQLite's limit (32,766 since
 # SQLite 3.32; builds of Python 3.11 and later are linked with newer ones).
 _MAX_PARAMETERS = 2000
-
 
 _INSERT_DELIVERIES = (
     "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source, kind,"

@@ -9,7 +9,6 @@ import sqlite3
 
 log = logging.getLogger("relay.store")
 
-
 # One row per (message, destination): the message travels with its delivery, so the hot
 # path writes two rows per event (delivery and dedup id) and leasing needs no join.
 SCHEMA = """
@@ -51,7 +50,6 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 """
 
-
 # A delivery may be leased when it is due and no earlier delivery of the same person is
 # held (leased, or waiting for a retry): a retry holds back that person only.
 LEASE = """
@@ -65,7 +63,6 @@ ORDER BY d.id
 LIMIT :limit
 """
 
-
 # `key` is a digest of (kind, source, dedup id). No index on `expires_at`: a second index
 # would double the cost of recording ids; expired ids are forgotten a slice of the key space
 # at a time instead (digests spread evenly over it), and a lookup ignores them meanwhile.
@@ -77,40 +74,31 @@ CREATE TABLE IF NOT EXISTS dedup (
 DROP INDEX IF EXISTS dedup_expiry;
 """
 
-
 # The filter in front of the dedup database: sized for at least this many ids, or twice the
 # live ids when it is built (10 bits for each id it is sized for, at this rate of false
 # positives).
 FILTER_MIN_IDS = 1_000_000
 
-
 FILTER_FALSE_POSITIVES = 0.01
-
 
 # How much nicer than the rest the second writer's thread is (see SqliteStore._open_dedup).
 BACKGROUND_NICE = 10
-
 
 # New events are refused while less than this is left on the disk (counting space inside
 # the database that finished deliveries freed), so that what is queued can still be
 # delivered: leasing and settling write too, and a checkpoint copies the log into the file.
 DEFAULT_MIN_FREE_MB = 100.0
 
-
 # The write-ahead log's file is cut back to this once a checkpoint lets it start over.
 WAL_KEPT_BYTES = 16 * 1024 * 1024
 
-
 WAL_FRAME_HEADER = 24
-
 
 # Pages of log after which a commit checkpoints it: the background writer's fallback, and
 # what it is close to full (see SqliteStore._set_tight).
 AUTOCHECKPOINT = 20_000
 
-
 TIGHT_AUTOCHECKPOINT = 64
-
 
 # Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
 # of the dedup ids are looked over every 16 minutes.
