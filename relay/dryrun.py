@@ -34,6 +34,8 @@ from relay.routing import CUSTOMERIO, SEGMENT, Routes
 from relay.sources.customerio.webhooks import CustomerIOWebhooks
 from relay.sources.segment.api import SegmentAPI
 from relay.store.memory import MemoryStore
+from relay.vocab import customerio as cio
+from relay.vocab import segment as seg
 
 UNROUTED_NOTE = (
     "matches no route: relay accepts it, counts it in relay_unrouted_events_total{kind,source}"
@@ -43,7 +45,7 @@ UNROUTED_NOTE = (
 # Top-level fields only Customer.io webhooks have, and fields of a webhook's `data`: a
 # message with one of these is a webhook even when its event_id is missing, so that what is
 # reported is the missing event_id, not a Segment message without a type.
-_WEBHOOK_FIELDS = ("event_id", "object_type", "metric", "event_type")
+_WEBHOOK_FIELDS = cio.FIELDS - seg.FIELDS - {"data"}
 _WEBHOOK_DATA_FIELDS = (
     "delivery_id",
     "customer_id",
