@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
+from relay.errors import StoreFull
+
 EnqueueOutcome = Literal["queued", "duplicate", "rejected"]
 
 
@@ -156,6 +158,17 @@ class Store(Protocol):
         """Why new events would be refused now (a full disk, a read-only file, the store not
         running), or None while they are taken."""
         ...
+
+
+def check_queue_room(pending: int, new: int, limit: int) -> None:
+    """Every backend refuses new deliveries alike once `limit` (max_pending) would be passed:
+    with StoreFull, which says what the queue holds and when to try again."""
+    if pending + new > limit:
+        raise StoreFull(
+            f"the queue holds {pending} deliveries, its limit"
+            f" (storage.sqlite.max_pending) is {limit}; retry later",
+            retry_after=30,
+        )
 
 
 # The Store's calls beyond open and close, in one place: the store's process serves exactly

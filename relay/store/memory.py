@@ -9,13 +9,14 @@ import time
 from dataclasses import dataclass
 
 from relay.codec import decode
-from relay.errors import StoreFull, StoreUnavailable
+from relay.errors import StoreUnavailable
 from relay.store.base import (
     DeadLetter,
     Delivery,
     EnqueueOutcome,
     NewEvent,
     Settlement,
+    check_queue_room,
 )
 
 
@@ -73,12 +74,7 @@ class MemoryStore:
     async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
         self._check_open()
         new = sum(len(e.deliveries) for e in events if not e.rejected_reason)
-        if self._pending + new > self.max_pending:
-            raise StoreFull(
-                f"the queue holds {self._pending} deliveries, its limit"
-                f" (storage.sqlite.max_pending) is {self.max_pending}; retry later",
-                retry_after=30,
-            )
+        check_queue_room(self._pending, new, self.max_pending)
         outcomes: list[EnqueueOutcome] = []
         now = time.time()  # dedup windows are wall-clock, as in every backend
         for e in events:

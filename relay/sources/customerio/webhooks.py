@@ -1,4 +1,5 @@
-"""Customer.io reporting webhooks: verify, map to a Segment track call, queue, answer 200.
+"""Customer.io reporting webhooks: verify, check that each maps to a Segment track call
+(the Segment sink maps it when it delivers it), queue, answer 200.
 
 Customer.io holds back every later webhook while one is failing, so once a request is
 proven genuine it is always answered 200 after it is stored: an event that cannot be

@@ -23,6 +23,7 @@ from relay.store.base import (
     EventTuple,
     NewEvent,
     Settlement,
+    check_queue_room,
     event_tuples,
 )
 from relay.store.sqlite.dedup import (
@@ -407,12 +408,7 @@ class SqliteStore:
         now: float,
     ) -> list[EnqueueOutcome]:
         new_deliveries = sum(len(e[5]) for e in events if not e[8])
-        if self._pending + new_deliveries > self.max_pending:
-            raise StoreFull(
-                f"the queue holds {self._pending} deliveries, its limit"
-                f" (storage.sqlite.max_pending) is {self.max_pending}; retry later",
-                retry_after=30,
-            )
+        check_queue_room(self._pending, new_deliveries, self.max_pending)
         seen = self._known_ids(keys, now)
         recorded: list[tuple[bytes, float]] = []
         outcomes: list[EnqueueOutcome] = []
