@@ -296,20 +296,14 @@ async def errors_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ClientError as exc:
+    except (ClientError, StoreUnavailable) as exc:  # the client's mistake, or the store's 503
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         response = web.json_response(
             _error_body(exc.code, exc.message), status=exc.status, headers=headers
         )
-        if exc.close_connection:
+        if isinstance(exc, ClientError) and exc.close_connection:
             response.force_close()
         return response
-    except StoreUnavailable as exc:
-        return web.json_response(
-            _error_body(exc.code, exc.message),
-            status=exc.status,
-            headers={"Retry-After": str(exc.retry_after)},
-        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
