@@ -4,6 +4,7 @@ properties.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +23,11 @@ class Edits:
     set_properties: Mapping[str, Any]
     drop_patterns: tuple[str, ...] = ()  # `drop` as written
 
+    @functools.cached_property
     def spec(self) -> dict[str, Any]:
         """The edits as JSON, kept with a webhook's delivery: the edits in force when it was
-        accepted apply when it is mapped, at delivery."""
+        accepted apply when it is mapped, at delivery. Built once per route; read it, do
+        not change it."""
         return {
             "rename_events": dict(self.rename_events),
             "drop_properties": list(self.drop_patterns),

@@ -45,7 +45,7 @@ class Route:
     @property
     def edits_spec(self) -> dict[str, Any] | None:
         """The route's edits as JSON (see Edits.spec), or None when it has none."""
-        return None if self._edits is None else self._edits.spec()
+        return None if self._edits is None else self._edits.spec
 
     def accepts(self, source: str) -> bool:
         """Whether this route sees messages from `source` (its `sources`, if any)."""
