@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,15 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from relay import __version__
-from relay.config import (
-    Config,
-    Destination,
-    compile_config_routes,
-    is_secret_path,
-)
+from relay.config import Config, compile_config_routes, is_secret_path
 from relay.delivery import DestinationWorker, Sink
 from relay.destinations.limiter import DestinationLimiter
-from relay.destinations.registry import type_of
+from relay.destinations.registry import Destination, type_of
 from relay.destinations.transport import AiohttpTransport, Transport
 from relay.errors import ClientError, StoreUnavailable
 from relay.intake import Intake
@@ -30,7 +26,7 @@ from relay.metrics import CONTENT_TYPE, Metrics
 from relay.routing import Routes
 from relay.sources.body import BODY_TIMEOUT
 from relay.sources.customerio.webhooks import CustomerIOWebhooks
-from relay.sources.segment.api import SegmentAPI, WriteKeys
+from relay.sources.segment.api import SegmentAPI
 from relay.store.base import Store
 from relay.store.process import ProcessStore
 
@@ -42,11 +38,12 @@ def build_store(config: Config, *, lock_wait: float = 30.0) -> Store:
 
     `lock_wait`: how long to wait for another relay process that holds the store (one
     killed a moment ago finishes its last writes first)."""
+    sqlite = config.storage.sqlite
     return ProcessStore(
-        config.sqlite_path,
-        max_pending=config.max_pending,
-        max_size_mb=config.max_size_mb,
-        min_free_mb=config.min_free_mb,
+        sqlite.path,
+        max_pending=sqlite.max_pending,
+        max_size_mb=sqlite.max_size_mb,
+        min_free_mb=sqlite.min_free_mb,
         lock_wait=lock_wait,
     )
 
@@ -135,7 +132,9 @@ class Relay:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(w.stop(self.config.shutdown_timeout) for w in self.workers.values()))
+        await asyncio.gather(
+            *(w.stop(self.config.server.shutdown_timeout) for w in self.workers.values())
+        )
         await self.store.close()
         await self.transport.close()
 
@@ -151,35 +150,26 @@ class Relay:
         Returns what changed, as short phrases.
         """
         old = self.config
-        changes: list[str] = []
-        restart: list[str] = []
-        for name, before, after in (
-            ("server.host", old.host, new.host),
-            ("server.port", old.port, new.port),
-            ("server.idle_timeout", old.idle_timeout, new.idle_timeout),
-            ("server.body_timeout", old.body_timeout, new.body_timeout),
-            ("storage.sqlite.path", old.sqlite_path, new.sqlite_path),
-            ("storage.sqlite.max_pending", old.max_pending, new.max_pending),
-            ("storage.sqlite.max_size_mb", old.max_size_mb, new.max_size_mb),
-            ("storage.sqlite.min_free_mb", old.min_free_mb, new.min_free_mb),
-        ):
-            if before != after:
-                restart.append(name)
+        # Settings that apply while running; the rest of server and storage need a restart.
+        live = {"server.shutdown_timeout"}
+        restart = [
+            name
+            for name in (
+                *_changed("server", old.server, new.server),
+                *_changed("storage", old.storage, new.storage),
+            )
+            if name not in live
+        ]
         effective = replace(
             new,
-            host=old.host,
-            port=old.port,
-            idle_timeout=old.idle_timeout,
-            body_timeout=old.body_timeout,
-            sqlite_path=old.sqlite_path,
-            max_pending=old.max_pending,
-            max_size_mb=old.max_size_mb,
-            min_free_mb=old.min_free_mb,
+            server=replace(old.server, shutdown_timeout=new.server.shutdown_timeout),
+            storage=old.storage,
         )
-        changes.extend(_route_changes(old, new, self.routes, routes))
-        changes.extend(_source_changes(old, new))
-        if old.shutdown_timeout != new.shutdown_timeout:
-            changes.append("server.shutdown_timeout")
+        changes = [
+            *_route_changes(old, new, self.routes, routes),
+            *_changed("sources", old.sources, new.sources),
+            *(n for n in _changed("server", old.server, new.server) if n in live),
+        ]
 
         # One synchronous step: no request can see half of it.
         self.config = effective
@@ -187,19 +177,16 @@ class Relay:
         self.intake.routes = routes
         self.intake.dedup_windows = _dedup_windows(effective)
         if self.segment_api is not None:
-            self.segment_api.write_keys = WriteKeys(effective.segment_write_keys)
-            self.segment_api.webhook_secret = effective.segment_webhook_secret
+            self.segment_api.configure(effective.sources.segment)
         if self.customerio_webhooks is not None:
-            self.customerio_webhooks.keys = effective.customerio_signing_keys
-            self.customerio_webhooks.tolerance = effective.customerio_timestamp_tolerance
-            self.customerio_webhooks.profile = effective.customerio_profile
+            self.customerio_webhooks.configure(effective.sources.customerio)
 
         before_dest, after_dest = old.destinations, effective.destinations
         removed = [k for k in before_dest if k not in after_dest]
         added = [k for k in after_dest if k not in before_dest]
         changed = [k for k in after_dest if k in before_dest and before_dest[k] != after_dest[k]]
         stopping = [w for k in (*removed, *changed) if (w := self.workers.pop(k, None))]
-        await asyncio.gather(*(w.stop(effective.shutdown_timeout) for w in stopping))
+        await asyncio.gather(*(w.stop(effective.server.shutdown_timeout) for w in stopping))
         for key in removed:
             self.limiters.pop(key, None)
             for gauge in (self.metrics.paused, self.metrics.rate, self.metrics.retrying):
@@ -236,8 +223,8 @@ class Relay:
 
 def _dedup_windows(config: Config) -> dict[str, float]:
     return {
-        "segment": config.segment_dedup_window,
-        "customerio": config.customerio_dedup_window,
+        "segment": config.sources.segment.dedup_window,
+        "customerio": config.sources.customerio.dedup_window,
     }
 
 
@@ -262,23 +249,18 @@ def _route_changes(old: Config, new: Config, before: Routes, after: Routes) -> l
     return parts
 
 
-def _source_changes(old: Config, new: Config) -> list[str]:
-    changes = []
-    if old.segment_write_keys != new.segment_write_keys:
-        changes.append("sources.segment.write_keys")
-    if old.segment_webhook_secret != new.segment_webhook_secret:
-        changes.append("sources.segment.webhook_secret")
-    if old.segment_dedup_window != new.segment_dedup_window:
-        changes.append("sources.segment.dedup_window")
-    if old.customerio_signing_keys != new.customerio_signing_keys:
-        changes.append("sources.customerio.signing_keys")
-    if old.customerio_timestamp_tolerance != new.customerio_timestamp_tolerance:
-        changes.append("sources.customerio.timestamp_tolerance")
-    if old.customerio_dedup_window != new.customerio_dedup_window:
-        changes.append("sources.customerio.dedup_window")
-    if old.customerio_profile != new.customerio_profile:
-        changes.append("sources.customerio.profile")
-    return changes
+def _changed(prefix: str, old: Any, new: Any) -> list[str]:
+    """The dotted names of the settings that differ between two values of one section."""
+    names = []
+    for f in dataclasses.fields(old):
+        if not f.compare:
+            continue
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(before):
+            names.extend(_changed(f"{prefix}.{f.name}", before, after))
+        elif before != after:
+            names.append(f"{prefix}.{f.name}")
+    return names
 
 
 RELAY = web.AppKey("relay", Relay)
@@ -412,12 +394,12 @@ def create_app(
         client_max_size=8 * 1024 * 1024,
         handler_args={
             "auto_decompress": False,
-            "keepalive_timeout": config.idle_timeout,
+            "keepalive_timeout": config.server.idle_timeout,
             "lingering_time": LINGERING,
         },
     )
     app[RELAY] = relay
-    app[BODY_TIMEOUT] = config.body_timeout
+    app[BODY_TIMEOUT] = config.server.body_timeout
     quiet_client_errors()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -427,9 +409,9 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
 
-    segment = SegmentAPI(relay.intake, config.segment_write_keys, config.segment_webhook_secret)
+    segment = SegmentAPI(relay.intake, config.sources.segment)
     app.add_routes(segment.routes())
-    cio = CustomerIOWebhooks(relay.intake, config)
+    cio = CustomerIOWebhooks(relay.intake, config.sources.customerio)
     app.add_routes(cio.routes())
     # Kept on the relay so that a reload can hand them new credentials and settings.
     relay.segment_api = segment
@@ -455,7 +437,7 @@ def describe_missing(config: Config) -> list[str]:
     for (name, empty), places in sorted(by_name.items()):
         state = "is set but empty" if empty else "is not set"
         lines.append(f"environment variable {name} {state}; used by {', '.join(places)}")
-    if config.segment_webhook_secret is None:
+    if config.sources.segment.webhook_secret is None:
         lines.append(
             "POST /webhooks/segment accepts unsigned events: set sources.segment.webhook_secret"
             " to the shared secret of Segment's Webhooks destination"

@@ -58,17 +58,17 @@ async def _serve(config: Config) -> None:
     # Installed before start-up, so that an early SIGHUP waits instead of ending the process.
     loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_timeout
+        app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()
     log.info(
         "relay %s listening on http://%s:%d (store %s)",
         __version__,
-        config.host,
-        config.port,
-        config.sqlite_path,
+        config.server.host,
+        config.server.port,
+        config.storage.sqlite.path,
     )
     for line in describe_missing(config):
         log.warning(line)
@@ -106,7 +106,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("not starting: %s", exc.message)
         return 1
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        log.error(
+            "cannot listen on %s:%d: %s",
+            config.server.host,
+            config.server.port,
+            exc.strerror or exc,
+        )
         return 1
     return 0
 
@@ -170,7 +175,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 def _dlq_list(config: Config, args: argparse.Namespace) -> int:
     # Read only: safe while a relay serves from the same store.
-    for item in read_dead_letters(config.sqlite_path, args.limit, args.destination):
+    for item in read_dead_letters(config.storage.sqlite.path, args.limit, args.destination):
         _print_json_line(
             json.dumps(
                 {

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.codec import decode, encode
-from relay.config import SEGMENT_WEBHOOK_SOURCE, Config, Destination
+from relay.config import Config
 from relay.delivery import Sink
 from relay.destinations.limiter import DestinationLimiter
 from relay.destinations.outcome import Dead, Skipped
-from relay.destinations.registry import type_of
+from relay.destinations.registry import Destination, type_of
 from relay.destinations.transport import RecordingTransport, Sent
 from relay.intake import Incoming, Intake
 from relay.metrics import Metrics
@@ -77,15 +77,6 @@ def looks_like_customerio(message: Any) -> bool:
     )
 
 
-def segment_sources(config: Config) -> list[str]:
-    names = list(config.segment_sources or config.segment_write_keys)
-    return [*names, SEGMENT_WEBHOOK_SOURCE]
-
-
-def customerio_sources(config: Config) -> list[str]:
-    return list(config.customerio_sources or config.customerio_signing_keys)
-
-
 def choose_sources(config: Config, source: str | None) -> dict[str, str | None]:
     """The source each direction's messages are taken to come from.
 
@@ -93,8 +84,8 @@ def choose_sources(config: Config, source: str | None) -> dict[str, str | None]:
     Webhooks destination, `webhook`, when no write key is declared). A `source` applies to
     the direction(s) it belongs to; raises ValueError when it is no configured source.
     """
-    seg_names = segment_sources(config)
-    cio_names = customerio_sources(config)
+    seg_names = config.sources.segment.route_names
+    cio_names = config.sources.customerio.route_names
     chosen: dict[str, str | None] = {
         SEGMENT: seg_names[0],
         CUSTOMERIO: cio_names[0] if cio_names else None,
@@ -181,9 +172,11 @@ async def _one(
         new_message_id=lambda: f"relay-{uuid.UUID(int=index)}",
     )
     if kind == CUSTOMERIO:
-        taken: Incoming | str = CustomerIOWebhooks(intake, config).incoming(encode(message), now)
+        taken: Incoming | str = CustomerIOWebhooks(intake, config.sources.customerio).incoming(
+            encode(message), now
+        )
     else:
-        api = SegmentAPI(intake, config.segment_write_keys, config.segment_webhook_secret)
+        api = SegmentAPI(intake, config.sources.segment)
         taken = api.item_incoming(copy.deepcopy(message))
     if isinstance(taken, str):
         entry["rejected"] = taken

@@ -123,7 +123,7 @@ def serve_relay(config_path: str) -> None:
     async def run() -> None:
         runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, config.host, config.port).start()
+        await web.TCPSite(runner, config.server.host, config.server.port).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

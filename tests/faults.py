@@ -278,7 +278,7 @@ def fault_config(
 def sqlite_settings() -> set[str]:
     """The storage.sqlite settings this relay knows (a test may use a newer one only where
     the relay under test has it)."""
-    from relay.config.schemas import SqliteSchema
+    from relay.store.sqlite.settings import SqliteSchema
 
     return set(SqliteSchema().fields)
 

@@ -149,8 +149,8 @@ def test_unset_variables_are_tolerated_when_not_required() -> None:
     )
     assert ok.problems == []
     assert ok.config is not None and ok.routes is not None
-    assert ok.config.segment_write_keys == {}
-    assert ok.config.segment_sources == ("web",)
+    assert ok.config.sources.segment.write_keys == {}
+    assert ok.config.sources.segment.names == ("web",)
     assert [r.name for r in compile_config_routes(ok.config)] == ["route-0"]
 
 
@@ -546,7 +546,7 @@ def test_an_empty_variable_is_tolerated_like_an_unset_one_when_not_required() ->
         ("EMPTY_KEY", ("destinations", "customerio", "main", "api_key"), True),
     ]
     # As with an unset variable: the source never authenticates, the destination waits.
-    assert result.config.segment_write_keys == {}
+    assert result.config.sources.segment.write_keys == {}
     assert result.config.destinations["customerio.main"].missing == ("EMPTY_KEY",)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typing
 
-from relay.config import Destination, check_text
-from relay.destinations.registry import TYPES, type_of
+from relay.config import check_text
+from relay.destinations.registry import TYPES, Destination, type_of
 
 CONFIG = """
 sources:
@@ -22,7 +22,15 @@ routes:
 
 
 def test_every_destination_type_is_registered() -> None:
-    assert set(typing.get_args(Destination)) == set(TYPES)
+    assert {cls.kind for cls in typing.get_args(Destination)} == set(TYPES)
+
+
+def test_the_config_holds_each_type_under_its_kind_with_its_own_settings() -> None:
+    result = check_text(CONFIG, "relay.yaml", {})
+    assert result.config is not None
+    for key, dest in result.config.destinations.items():
+        assert key == f"{dest.kind}.{dest.name}"
+        assert set(TYPES[dest.kind].schema().fields) <= {f for f in vars(dest)}
 
 
 def test_each_type_describes_its_credentials_and_can_drop_them() -> None:

@@ -142,7 +142,8 @@ async def test_the_dead_letter_list_prints_a_kept_surrogate_as_its_escape(
     status, _, _ = await post(f"{url}/v1/batch", None, raw=raw, headers=AUTH)
     assert status == 200
     config = relay_of(app).config
-    (tmp_path / "relay.yaml").write_text(f'storage: {{sqlite: {{path: "{config.sqlite_path}"}}}}\n')
+    db = config.storage.sqlite.path
+    (tmp_path / "relay.yaml").write_text(f'storage: {{sqlite: {{path: "{db}"}}}}\n')
     result = await asyncio.to_thread(
         run_relay, ["dlq", "list", "--config", "relay.yaml"], tmp_path, {}
     )

@@ -16,6 +16,7 @@ from relay.metrics import Metrics
 from relay.routing import Routes, compile_routes
 from relay.sources.segment import plain_batches as seg
 from relay.sources.segment.api import SegmentAPI
+from relay.sources.segment.settings import SegmentSource
 
 
 def _routes(spec: list[dict[str, Any]]) -> Routes:
@@ -49,7 +50,7 @@ ROUTES = {"plain": PLAIN_ROUTES, "reading": READING_ROUTES}
 def _api(routes: Routes = PLAIN_ROUTES) -> SegmentAPI:
     # The store is never reached: only reading and routing are compared here.
     intake = Intake(None, routes, Metrics(), dedup_windows={})  # type: ignore[arg-type]
-    return SegmentAPI(intake, {"web": "web-key"}, None)
+    return SegmentAPI(intake, SegmentSource({"web": "web-key"}, None, 86400.0))
 
 
 def _given_id(message: Any) -> Any:

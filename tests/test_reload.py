@@ -221,7 +221,7 @@ async def test_server_and_storage_changes_wait_for_a_restart(
     path.write_text(text)
     caplog.set_level(logging.INFO, logger="relay")
     assert await Reloader(relay, str(path), env={}).reload("test") is True
-    assert (relay.config.port, relay.config.sqlite_path) == (config.port, config.sqlite_path)
+    assert (relay.config.server.port, relay.config.storage) == (config.server.port, config.storage)
     assert relay.config is not config
     [line] = [r for r in caplog.records if "config reloaded" in r.getMessage()]
     assert line.levelno == logging.WARNING

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from relay.config import SegmentDestination
 from relay.destinations.limiter import DestinationLimiter
 from relay.destinations.outcome import (
     Dead,
@@ -21,6 +20,7 @@ from relay.destinations.outcome import (
     parse_retry_after,
     retry_after,
 )
+from relay.destinations.segment.settings import SegmentDestination
 from relay.destinations.segment.sink import SegmentSink, batch_request, plan_batches
 from relay.destinations.transport import AiohttpTransport, Response
 from relay.metrics import Metrics

@@ -1,4 +1,5 @@
-"""Load relay's YAML config: ${VAR} interpolation, marshmallow validation, errors with file:line.
+"""Load relay's YAML config: ${VAR} interpolation, validation against the sections each
+component owns, and every problem with its file:line and a hint.
 
 Secrets come from the environment; no value that came from the environment is ever put
 into an error message or a log line.
@@ -15,26 +16,14 @@ from relay.config.loading import (
     sorted_problems,
 )
 from relay.config.schemas import is_secret_path
-from relay.config.values import (
-    SEGMENT_WEBHOOK_SOURCE,
-    Config,
-    ConfigCheck,
-    CustomerIODestination,
-    Destination,
-    MissingVariable,
-    SegmentDestination,
-)
+from relay.config.values import Config, ConfigCheck, MissingVariable
 from relay.errors import ConfigError
 
 __all__ = [
-    "SEGMENT_WEBHOOK_SOURCE",
     "Config",
     "ConfigCheck",
     "ConfigError",
-    "CustomerIODestination",
-    "Destination",
     "MissingVariable",
-    "SegmentDestination",
     "check_config",
     "check_text",
     "compile_config_routes",

@@ -24,27 +24,14 @@ from relay.config.positions import (
     position_of,
     yaml_error_hint,
 )
-from relay.config.problems import Collector, must_not_be_empty, value_at
-from relay.config.schemas import (
-    ConfigSchema,
-    CustomerIODestinationSchema,
-    SegmentDestinationSchema,
-    is_secret_path,
-)
-from relay.config.values import (
-    CUSTOMERIO_HOSTS,
-    SEGMENT_HOSTS,
-    SEGMENT_WEBHOOK_SOURCE,
-    Config,
-    ConfigCheck,
-    CustomerIODestination,
-    Destination,
-    MissingVariable,
-    SegmentDestination,
-)
+from relay.config.problems import Collector, value_at
+from relay.config.schemas import ConfigSchema, field_at, is_secret_path, must_not_be_empty
+from relay.config.values import Config, ConfigCheck, MissingVariable
 from relay.config.variables import interpolate
+from relay.destinations.registry import TYPES, Destination
 from relay.errors import ConfigError, ConfigProblem
 from relay.routing import Routes, compile_routes
+from relay.sources.segment.settings import WEBHOOK_SOURCE
 
 
 def _read_file(path: str) -> str | ConfigProblem:
@@ -146,8 +133,8 @@ def compile_config_routes(config: Config) -> Routes:
         file=config.path,
         positions=config.positions,
         destinations=list(config.destinations),
-        segment_sources=config.segment_sources or tuple(config.segment_write_keys),
-        customerio_sources=config.customerio_sources or tuple(config.customerio_signing_keys),
+        segment_sources=config.sources.segment.route_names,
+        customerio_sources=config.sources.customerio.route_names,
     )
     if problems:
         raise ConfigError(sorted_problems(problems))
@@ -166,8 +153,9 @@ def _compile(
     routes, problems = compile_routes(
         raw_routes,
         destinations=destinations,
-        segment_sources=[*segment_sources, SEGMENT_WEBHOOK_SOURCE],
+        segment_sources=segment_sources,
         customerio_sources=customerio_sources,
+        destination_kinds=tuple(TYPES),
     )
     located = []
     for p in problems:
@@ -370,41 +358,38 @@ class _Reading:
         raw_sources = data.get("sources")
         seg = raw_sources.get("segment") if isinstance(raw_sources, dict) else None
         cio = raw_sources.get("customerio") if isinstance(raw_sources, dict) else None
-        self.declared_segment_sources = _names(
-            seg.get("write_keys") if isinstance(seg, dict) else None
+        self.declared_segment_sources = (
+            *_names(seg.get("write_keys") if isinstance(seg, dict) else None),
+            WEBHOOK_SOURCE,
         )
         self.declared_customerio_sources = _names(
             cio.get("signing_keys") if isinstance(cio, dict) else None
         )
-        _check_keys_not_empty(data, missing_paths, collector)
+        for path, hint in _written_empty(data, ()):
+            if path not in missing_paths:
+                collector.add(path, "must not be empty", hint)
 
         # Destinations are validated one by one, even when the rest failed, so that one run
         # of `relay check` lists every problem in the file.
         destinations: dict[str, Destination] = {}
         declared: list[str] = []
         raw_destinations = data.get("destinations")
-        for kind, dest_schema in (
-            ("customerio", CustomerIODestinationSchema()),
-            ("segment", SegmentDestinationSchema()),
-        ):
+        for kind, dest_type in TYPES.items():
             group = raw_destinations.get(kind) if isinstance(raw_destinations, dict) else None
+            dest_schema = dest_type.schema()
             for name, body in group.items() if isinstance(group, dict) else ():
                 declared.append(f"{kind}.{name}")
                 dpath: Path = ("destinations", kind, name)
                 if not isinstance(body, dict):
-                    example = (
-                        '{site_id: "${CIO_SITE_ID}", api_key: "${CIO_API_KEY}"}'
-                        if kind == "customerio"
-                        else '{write_key: "${SEGMENT_WRITE_KEY}"}'
-                    )
                     collector.add(
                         dpath,
                         "must be a mapping of settings",
-                        f"write its settings as a mapping, e.g. {name}: {example}",
+                        f"write its settings as a mapping, e.g. {name}: {dest_type.example}",
                     )
                     continue
-                if kind == "customerio":
-                    _check_customerio_credentials(body, dpath, missing_paths, collector)
+                for path, message, hint in dest_type.credential_problems(body, dpath):
+                    if path not in missing_paths:
+                        collector.add(path, message, hint)
                 try:
                     values = dest_schema.load(body)
                 except ValidationError as err:
@@ -413,144 +398,35 @@ class _Reading:
                 dest_missing = tuple(
                     sorted({n for n, p in missing_raw if p[: len(dpath)] == dpath})
                 )
-                if kind == "customerio":
-                    destinations[f"customerio.{name}"] = _customerio_destination(
-                        name, values, dest_missing
-                    )
-                else:
-                    destinations[f"segment.{name}"] = _segment_destination(
-                        name, values, dest_missing
-                    )
+                destinations[f"{kind}.{name}"] = dest_type.settings(name, values, dest_missing)
         self.declared_destinations = tuple(declared)
         self.problems.extend(collector.problems)
         self.blocking_missing = [m for m in missing if m.path in collector.masked]
         if collector.problems or collector.masked or top is None:
             return
 
-        sources = top["sources"]
-        storage = top["storage"]
-        server = top["server"]
         self.config = Config(
             path=file,
-            host=server["host"],
-            port=server["port"],
-            shutdown_timeout=server["shutdown_timeout"],
-            idle_timeout=server["idle_timeout"],
-            body_timeout=server["body_timeout"],
-            sqlite_path=storage["sqlite"]["path"],
-            max_pending=storage["sqlite"]["max_pending"],
-            max_size_mb=storage["sqlite"]["max_size_mb"],
-            min_free_mb=storage["sqlite"]["min_free_mb"],
-            segment_write_keys={k: v for k, v in sources["segment"]["write_keys"].items() if v},
-            segment_webhook_secret=sources["segment"]["webhook_secret"] or None,
-            segment_dedup_window=sources["segment"]["dedup_window"],
-            customerio_signing_keys={
-                k: tuple(x for x in v if x)
-                for k, v in sources["customerio"]["signing_keys"].items()
-                if any(v)
-            },
-            customerio_timestamp_tolerance=sources["customerio"]["timestamp_tolerance"],
-            customerio_dedup_window=sources["customerio"]["dedup_window"],
-            customerio_profile=sources["customerio"]["profile"],
+            server=top["server"],
+            storage=top["storage"],
+            sources=top["sources"],
             destinations=destinations,
             routes=top["routes"],
             missing=missing,
             defaulted=defaulted,
             positions=pos,
-            segment_sources=tuple(sources["segment"]["write_keys"]),
-            customerio_sources=tuple(sources["customerio"]["signing_keys"]),
         )
 
 
-def _check_keys_not_empty(data: Any, missing_paths: set[Path], collector: Collector) -> None:
-    """Keys written empty in the file (not through a variable): they would authenticate
-    nothing, and a source with an empty key silently accepts no one."""
-    sources = data.get("sources") if isinstance(data, dict) else None
-    places: list[tuple[Path, Any, str]] = []
-    for kind, key, what in (
-        ("segment", "write_keys", "the write key of the Segment source"),
-        ("customerio", "signing_keys", "the signing key of the Customer.io reporting webhook"),
-    ):
-        source = sources.get(kind) if isinstance(sources, dict) else None
-        keys = source.get(key) if isinstance(source, dict) else None
-        for name, value in keys.items() if isinstance(keys, dict) else ():
-            path: Path = ("sources", kind, key, name)
-            if isinstance(value, list):
-                places += [((*path, i), v, what) for i, v in enumerate(value)]
-            else:
-                places.append((path, value, what))
-    destinations = data.get("destinations") if isinstance(data, dict) else None
-    group = destinations.get("segment") if isinstance(destinations, dict) else None
-    for name, body in group.items() if isinstance(group, dict) else ():
-        if isinstance(body, dict):
-            places.append(
-                (
-                    ("destinations", "segment", name, "write_key"),
-                    body.get("write_key"),
-                    "the write key of the Segment source that receives these events",
-                )
-            )
-    for path, value, what in places:
-        if value == "" and path not in missing_paths:
-            collector.add(path, "must not be empty", f"write {what}, or remove this entry")
-
-
-def _check_customerio_credentials(
-    body: dict[str, Any], path: Path, missing_paths: set[Path], collector: Collector
-) -> None:
-    """Credentials Customer.io would refuse, checked even when other settings are wrong."""
-    site_id, api_key = body.get("site_id"), body.get("api_key")
-    if (*path, "site_id") not in missing_paths and site_id == "":
-        collector.add(
-            (*path, "site_id"),
-            "must not be empty",
-            "copy the Site ID from Customer.io: Settings > API Credentials",
-        )
-    if (
-        (*path, "api_key") not in missing_paths
-        and isinstance(api_key, str)
-        and len(api_key) not in (20, 64)
-    ):
-        # Never echo the key itself: only its length.
-        collector.add(
-            (*path, "api_key"),
-            f"must be 20 or 64 characters long, this one has {len(api_key)}",
-            "copy the Track API key from Customer.io: Settings > API Credentials",
-        )
-
-
-def _customerio_destination(
-    name: str, v: dict[str, Any], missing: tuple[str, ...]
-) -> CustomerIODestination:
-    site_id, api_key = v["site_id"], v["api_key"]
-    return CustomerIODestination(
-        name=name,
-        site_id=site_id,
-        api_key=api_key,
-        region=v["region"],
-        base_url=(v["base_url"] or CUSTOMERIO_HOSTS[v["region"]]).rstrip("/"),
-        rate_limit=v["rate_limit"],
-        api=v["api"],
-        batch_size=v["batch_size"],
-        concurrency=v["concurrency"] or (16 if v["api"] == "v1" else 4),
-        timeout=v["timeout"],
-        max_age=v["max_age"],
-        missing=missing,
-    )
-
-
-def _segment_destination(
-    name: str, v: dict[str, Any], missing: tuple[str, ...]
-) -> SegmentDestination:
-    return SegmentDestination(
-        name=name,
-        write_key=v["write_key"],
-        region=v["region"],
-        base_url=(v["base_url"] or SEGMENT_HOSTS[v["region"]]).rstrip("/"),
-        rate_limit=v["rate_limit"],
-        batch_size=v["batch_size"],
-        concurrency=v["concurrency"],
-        timeout=v["timeout"],
-        max_age=v["max_age"],
-        missing=missing,
-    )
+def _written_empty(data: Any, path: Path) -> list[tuple[Path, str]]:
+    """Values written empty in the file where an empty value is never valid (a key that
+    would authenticate nothing), each with what to write instead."""
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        found = field_at(path) if data == "" else None
+        hint = found.metadata.get("empty_hint") if found is not None else None
+        return [(path, hint)] if hint else []
+    return [found for key, value in items for found in _written_empty(value, (*path, key))]

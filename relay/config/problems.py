@@ -9,23 +9,8 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate
 
 from relay.config.positions import Path, field_name, position_of
-from relay.config.schemas import Duration, KeyList
-from relay.config.values import CUSTOMERIO_HOSTS, SEGMENT_HOSTS
 from relay.errors import ConfigProblem
-
-
-def must_not_be_empty(path: Path) -> str | None:
-    """What the setting at `path` is, when it is one that is never valid empty (an empty
-    key or Site ID authenticates nothing); None otherwise."""
-    if len(path) == 4 and path[:3] == ("sources", "segment", "write_keys"):
-        return "write key"
-    if len(path) in (4, 5) and path[:3] == ("sources", "customerio", "signing_keys"):
-        return "signing key"
-    if len(path) == 4 and path[:2] == ("destinations", "customerio"):
-        return {"site_id": "Site ID", "api_key": "API key"}.get(str(path[3]))
-    if len(path) == 4 and path[:2] == ("destinations", "segment") and path[3] == "write_key":
-        return "write key"
-    return None
+from relay.settings import Duration, KeyList
 
 
 def value_at(data: Any, path: Path) -> Any:
@@ -145,16 +130,6 @@ def _resolve(schema: Schema, rel: Path) -> tuple[Path, fields.Field[Any] | None]
     return tuple(out), found
 
 
-_REQUIRED_HINTS = {
-    "site_id": 'add site_id: "${CIO_SITE_ID}", the Site ID from Customer.io: Settings > API'
-    " Credentials",
-    "api_key": 'add api_key: "${CIO_API_KEY}", the Track API key from Customer.io: Settings >'
-    " API Credentials",
-    "write_key": 'add write_key: "${SEGMENT_WRITE_KEY}", the write key of the Segment source'
-    " that receives these events",
-}
-
-
 def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -162,6 +137,8 @@ def _number_text(value: float) -> str:
 def _what_to_write(found: fields.Field[Any] | None, path: Path) -> str:
     """What a valid value of the field at `path` looks like, as words after "write"."""
     name = str(path[-1])
+    if found is not None and "write" in found.metadata:
+        return str(found.metadata["write"])
     if isinstance(found, Duration):
         return "a number of seconds or 30s, 15m, 24h, 7d"
     validators = list(found.validators) if found is not None else []
@@ -170,9 +147,7 @@ def _what_to_write(found: fields.Field[Any] | None, path: Path) -> str:
             choices = [str(c) for c in v.choices]
             return ", ".join(choices[:-1]) + " or " + choices[-1]
         if isinstance(v, validate.URL):
-            hosts = SEGMENT_HOSTS if path[:2] == ("destinations", "segment") else CUSTOMERIO_HOSTS
-            host = hosts["us"]
-            return f"a full URL such as {host}, or remove {name} to use the region's host"
+            return f"a full URL, or remove {name} to use the default"
     if isinstance(found, fields.Integer | fields.Float):
         words = "a whole number" if isinstance(found, fields.Integer) else "a number"
         for v in validators:
@@ -187,10 +162,6 @@ def _what_to_write(found: fields.Field[Any] | None, path: Path) -> str:
         if isinstance(default, int | float) and not isinstance(default, bool):
             words += f", such as {_number_text(default)}"
         return words
-    if path[-2:-1] == ("write_keys",) or name == "write_key":
-        return 'the write key as text, e.g. "${SEGMENT_WRITE_KEY}"'
-    if name in ("api_key", "site_id"):
-        return f'it as text, e.g. "${{CIO_{name.upper()}}}"'
     if isinstance(found, fields.String):
         return "text; quote it if YAML reads it as a number or true/false"
     return "a value as the Configuration section of the README describes"
@@ -199,17 +170,15 @@ def _what_to_write(found: fields.Field[Any] | None, path: Path) -> str:
 def _validation_hint(found: fields.Field[Any] | None, message: str, path: Path) -> str:
     name = str(path[-1])
     if message.startswith("Missing data for required field"):
-        return _REQUIRED_HINTS.get(name, f"add {name}")
+        return str(found.metadata.get("required_hint", f"add {name}")) if found else f"add {name}"
     if isinstance(found, KeyList):
         return (
             'write one signing key, or a list of them while rotating keys: ["${OLD_KEY}",'
             ' "${NEW_KEY}"]'
         )
     if isinstance(found, fields.Dict):
-        if name == "write_keys":
-            return 'write source names and their keys, e.g. write_keys: {web: "${WEB_WRITE_KEY}"}'
-        if name == "signing_keys":
-            return 'write source names and their keys, e.g. signing_keys: {marketing: "${CIO_KEY}"}'
+        if "write" in found.metadata:
+            return f"write {found.metadata['write']}"
         return f"write {name}: on its own line, and each name: {{settings}} indented below it"
     if isinstance(found, fields.Nested):
         return f"write the settings of {name} as a mapping: key: value lines indented below it"

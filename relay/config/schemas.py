@@ -1,159 +1,126 @@
-"""The config's marshmallow schemas: every key, its type, its default and its limits, and which
-keys hold secrets.
-"""
+"""The config file's schema, assembled from the sections each component owns, and the
+server's own section; `field_at` finds the field that holds any value of the file."""
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, post_load, validate
 
 from relay.config.positions import Path
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-class Duration(fields.Field[float]):
-    """Seconds as a number, or a string such as `30s`, `15m`, `24h`, `7d`."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
-        if isinstance(value, bool):
-            raise ValidationError("must be a duration")
-        if isinstance(value, int | float):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := _DURATION.match(value)):
-            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        else:
-            raise ValidationError("must be a duration")
-        if seconds < 0:
-            raise ValidationError("must not be negative")
-        return seconds
+from relay.destinations.registry import TYPES
+from relay.settings import Duration, Strict, defaults
+from relay.sources.customerio.settings import CustomerIOSource, CustomerIOSourceSchema
+from relay.sources.segment.settings import SegmentSource, SegmentSourceSchema
+from relay.store.sqlite.settings import SqliteSchema, SqliteSettings
 
 
-class KeyList(fields.Field[tuple[str, ...]]):
-    """One key, or a list of keys (several are accepted at once while rotating)."""
-
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Any, **kwargs: Any
-    ) -> tuple[str, ...]:
-        if isinstance(value, str):
-            return (value,)
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ValidationError("must be a key, or a list of keys")
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    shutdown_timeout: float
+    # A connection without a complete request head for this long (idle, or sending its
+    # headers slowly) is closed; a body must arrive within body_timeout (408 otherwise).
+    idle_timeout: float
+    body_timeout: float
 
 
-class StrictStr(fields.String):
-    """A string that refuses numbers and booleans instead of silently converting them."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)  # a numeric site id written without quotes is still an id
-        return super()._deserialize(value, attr, data, **kwargs)
-
-
-class _Strict(Schema):
-    class Meta:
-        unknown = RAISE
-
-
-class ServerSchema(_Strict):
+class ServerSchema(Strict):
     host = fields.String(load_default="127.0.0.1")
     port = fields.Integer(load_default=8080, validate=validate.Range(0, 65535))
     shutdown_timeout = Duration(load_default=10.0)
     idle_timeout = Duration(load_default=15.0, validate=validate.Range(min=0, min_inclusive=False))
     body_timeout = Duration(load_default=30.0, validate=validate.Range(min=0, min_inclusive=False))
 
-
-class SqliteSchema(_Strict):
-    path = fields.String(load_default="var/relay.db")
-    max_pending = fields.Integer(load_default=5_000_000, validate=validate.Range(min=1))
-    max_size_mb = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1))
-    min_free_mb = fields.Float(load_default=100.0, validate=validate.Range(min=0))
+    @post_load
+    def settings(self, data: dict[str, Any], **kwargs: Any) -> ServerSettings:
+        return ServerSettings(**data)
 
 
-class StorageSchema(_Strict):
-    sqlite = fields.Nested(SqliteSchema, load_default=lambda: SqliteSchema().load({}))
+@dataclass(frozen=True)
+class StorageSettings:
+    sqlite: SqliteSettings
 
 
-class SegmentSourceSchema(_Strict):
-    write_keys = fields.Dict(keys=fields.String(), values=StrictStr(), load_default=dict)
-    webhook_secret = fields.String(load_default=None, allow_none=True)
-    dedup_window = Duration(load_default=86400.0)
+class StorageSchema(Strict):
+    sqlite = fields.Nested(SqliteSchema, load_default=defaults(SqliteSchema))
+
+    @post_load
+    def settings(self, data: dict[str, Any], **kwargs: Any) -> StorageSettings:
+        return StorageSettings(**data)
 
 
-class CustomerIOSourceSchema(_Strict):
-    signing_keys = fields.Dict(keys=fields.String(), values=KeyList(), load_default=dict)
-    timestamp_tolerance = Duration(load_default=None, allow_none=True)
-    dedup_window = Duration(load_default=7 * 86400.0)
-    profile = fields.String(load_default="default", validate=validate.OneOf(["default", "raw"]))
+@dataclass(frozen=True)
+class SourcesSettings:
+    segment: SegmentSource
+    customerio: CustomerIOSource
 
 
-class SourcesSchema(_Strict):
-    segment = fields.Nested(
-        SegmentSourceSchema, load_default=lambda: SegmentSourceSchema().load({})
-    )
+class SourcesSchema(Strict):
+    segment = fields.Nested(SegmentSourceSchema, load_default=defaults(SegmentSourceSchema))
     customerio = fields.Nested(
-        CustomerIOSourceSchema, load_default=lambda: CustomerIOSourceSchema().load({})
+        CustomerIOSourceSchema, load_default=defaults(CustomerIOSourceSchema)
     )
 
-
-_URL = validate.URL(require_tld=False, schemes={"http", "https"})
-
-
-class CustomerIODestinationSchema(_Strict):
-    site_id = StrictStr(required=True)
-    api_key = StrictStr(required=True)
-    region = fields.String(load_default="us", validate=validate.OneOf(["us", "eu"]))
-    base_url = fields.String(load_default=None, allow_none=True, validate=_URL)
-    rate_limit = fields.Float(
-        load_default=100.0, validate=validate.Range(min=0, min_inclusive=False)
-    )
-    api = fields.String(load_default="v2", validate=validate.OneOf(["v1", "v2"]))
-    batch_size = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
-    concurrency = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 64))
-    timeout = Duration(load_default=10.0)
-    max_age = Duration(load_default=86400.0)
+    @post_load
+    def settings(self, data: dict[str, Any], **kwargs: Any) -> SourcesSettings:
+        return SourcesSettings(**data)
 
 
-class SegmentDestinationSchema(_Strict):
-    write_key = StrictStr(required=True)
-    region = fields.String(load_default="us", validate=validate.OneOf(["us", "eu"]))
-    base_url = fields.String(load_default=None, allow_none=True, validate=_URL)
-    rate_limit = fields.Float(
-        load_default=50.0, validate=validate.Range(min=0, min_inclusive=False)
-    )
-    batch_size = fields.Integer(load_default=500, validate=validate.Range(1, 2500))
-    concurrency = fields.Integer(load_default=2, validate=validate.Range(1, 64))
-    timeout = Duration(load_default=10.0)
-    max_age = Duration(load_default=86400.0)
+# destinations.<kind>.<name>: each destination is validated on its own, with its type's
+# schema (named here in `each`, for `field_at`), so that one wrong hides no other.
+DestinationsSchema = Strict.from_dict(
+    {
+        kind: fields.Dict(
+            keys=fields.String(),
+            values=fields.Raw(),
+            load_default=dict,
+            metadata={"each": t.schema},
+        )
+        for kind, t in TYPES.items()
+    },
+    name="DestinationsSchema",
+)
 
 
-class DestinationsSchema(_Strict):
-    customerio = fields.Dict(keys=fields.String(), values=fields.Raw(), load_default=dict)
-    segment = fields.Dict(keys=fields.String(), values=fields.Raw(), load_default=dict)
-
-
-class ConfigSchema(_Strict):
-    server = fields.Nested(ServerSchema, load_default=lambda: ServerSchema().load({}))
-    storage = fields.Nested(StorageSchema, load_default=lambda: StorageSchema().load({}))
-    sources = fields.Nested(SourcesSchema, load_default=lambda: SourcesSchema().load({}))
-    destinations = fields.Nested(
-        DestinationsSchema, load_default=lambda: DestinationsSchema().load({})
-    )
+class ConfigSchema(Strict):
+    server = fields.Nested(ServerSchema, load_default=defaults(ServerSchema))
+    storage = fields.Nested(StorageSchema, load_default=defaults(StorageSchema))
+    sources = fields.Nested(SourcesSchema, load_default=defaults(SourcesSchema))
+    destinations = fields.Nested(DestinationsSchema, load_default=defaults(DestinationsSchema))
     routes = fields.List(fields.Raw(), load_default=list)
 
 
-_SECRET_FIELDS = {"api_key", "write_key", "webhook_secret"}
+_CONFIG = ConfigSchema()
 
-_SECRET_PARENTS = {"write_keys", "signing_keys"}
+
+def field_at(path: Path) -> fields.Field[Any] | None:
+    """The field that holds the value at `path`; for a value inside a mapping of names
+    (sources.segment.write_keys.web), the mapping's field, whose metadata is about its
+    values."""
+    schema: Schema = _CONFIG
+    i = 0
+    while i < len(path):
+        found = schema.fields.get(str(path[i]))
+        if isinstance(found, fields.Nested) and isinstance(found.schema, Schema):
+            schema, i = found.schema, i + 1
+        elif isinstance(found, fields.Dict) and "each" in found.metadata and i + 2 < len(path):
+            schema, i = found.metadata["each"](), i + 2
+        else:
+            return found
+    return None
 
 
 def is_secret_path(path: Path) -> bool:
     """Whether a config path holds a secret (its value must never be shown)."""
-    return bool(path) and (
-        path[-1] in _SECRET_FIELDS or (len(path) >= 2 and path[-2] in _SECRET_PARENTS)
-    )
+    found = field_at(path)
+    return found is not None and bool(found.metadata.get("secret"))
+
+
+def must_not_be_empty(path: Path) -> str | None:
+    """What the setting at `path` is, when it is one that is never valid empty (an empty
+    key or Site ID authenticates nothing); None otherwise."""
+    found = field_at(path)
+    return None if found is None else found.metadata.get("never_empty")

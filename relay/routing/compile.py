@@ -44,15 +44,19 @@ def compile_routes(
     destinations: Collection[str],
     segment_sources: Collection[str],
     customerio_sources: Collection[str],
+    destination_kinds: Sequence[str] = KINDS,
 ) -> tuple[Routes, list[Problem]]:
     """Compile the config's `routes` list; returns the routes and every problem found.
 
-    `destinations` are qualified names (`customerio.main`, `segment.analytics`); the source
-    collections name the sources of each direction (Segment's include `webhook` when the
-    Webhooks destination endpoint is in use). A route with a problem is left out of the
-    returned `Routes`, which is meant for use only when there are no problems.
+    `destinations` are qualified names, `<kind>.<name>` (`customerio.main`,
+    `segment.analytics`), with a kind among `destination_kinds`; the source collections
+    name the sources of each direction (Segment's include `webhook` when the Webhooks
+    destination endpoint is in use). A route with a problem is left out of the returned
+    `Routes`, which is meant for use only when there are no problems.
     """
-    return Compiler(destinations, segment_sources, customerio_sources).compile(routes)
+    return Compiler(destinations, segment_sources, customerio_sources, destination_kinds).compile(
+        routes
+    )
 
 
 @dataclass
@@ -70,8 +74,12 @@ class Compiler:
         destinations: Collection[str],
         segment_sources: Collection[str],
         customerio_sources: Collection[str],
+        destination_kinds: Sequence[str] = KINDS,
     ) -> None:
         self.destinations = frozenset(destinations)
+        self.destination_kinds = tuple(destination_kinds)
+        # How a destination is named, for messages: customerio.<name> or segment.<name>.
+        self.destination_forms = " or ".join(f"{k}.<name>" for k in self.destination_kinds)
         self.sources = {
             SEGMENT: frozenset(segment_sources),
             CUSTOMERIO: frozenset(customerio_sources),
@@ -269,19 +277,18 @@ class Compiler:
                 self.add(
                     item_path,
                     f"a destination must be a name such as customerio.main, got {describe(name)}",
-                    f"write it as customerio.<name> or segment.<name>, e.g."
-                    f" {self._example_destination(kind)}",
+                    f"write it as {self.destination_forms}, e.g. {self._example_destination(kind)}",
                 )
             elif name in accepted:
                 self.add(item_path, f'"{name}" is listed twice', "remove the repeat")
             elif name not in self.destinations:
                 prefix = name.split(".", 1)[0]
-                if "." in name and prefix in KINDS:
+                if "." in name and prefix in self.destination_kinds:
                     message = f'unknown destination "{name}"'
                 else:
                     message = (
                         f'"{name}" is not a destination name: '
-                        "destinations are named customerio.<name> or segment.<name>"
+                        f"destinations are named {self.destination_forms}"
                     )
                 self.add(item_path, message, self._destination_hint(name, kind))
             elif kind == CUSTOMERIO and name.startswith("customerio."):
@@ -317,10 +324,11 @@ class Compiler:
         if close:
             return f'did you mean "{close[0]}"?'
         prefix, _, short = name.partition(".")
-        if prefix in KINDS and short:
+        if prefix in self.destination_kinds and short:
             where = f"configure it under destinations.{prefix}.{short}"
         else:
-            where = "configure destinations under destinations.customerio or destinations.segment"
+            groups = " or ".join(f"destinations.{k}" for k in self.destination_kinds)
+            where = f"configure destinations under {groups}"
         return f"{where} (known: {', '.join(known)})" if known else where
 
     # ----------------------------------------------------------------------- edits

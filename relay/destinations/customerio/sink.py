@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.codec import encode
-from relay.config import CustomerIODestination
 from relay.destinations.batching import pack
+from relay.destinations.customerio.settings import CustomerIODestination
 from relay.destinations.limiter import DestinationLimiter
 from relay.destinations.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry, Skipped
 from relay.destinations.sender import Sender, json_headers

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relay.codec import encode
-from relay.config import SegmentDestination
 from relay.destinations.batching import pack
 from relay.destinations.limiter import DestinationLimiter
 from relay.destinations.outcome import Dead, Outcome, Pause, Retry
+from relay.destinations.segment.settings import SegmentDestination
 from relay.destinations.sender import Sender, json_headers
 from relay.destinations.transport import Transport
 from relay.mapping import Rejection

@@ -18,13 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from relay.codec import decode, nested_deeper_than
-from relay.config import Config
 from relay.errors import Unauthorized
 from relay.intake import Incoming, Intake
 from relay.mapping import Rejection
 from relay.mapping.to_segment import map_webhook
 from relay.signatures import verify_customerio
 from relay.sources.body import decode_body, read_raw
+from relay.sources.customerio.settings import CustomerIOSource
 from relay.vocab import customerio as cio
 
 # The largest webhook relay maps and stores whole.
@@ -43,11 +43,15 @@ MAX_DEPTH = 512
 
 
 class CustomerIOWebhooks:
-    def __init__(self, intake: Intake, config: Config) -> None:
+    def __init__(self, intake: Intake, settings: CustomerIOSource) -> None:
         self.intake = intake
-        self.keys = config.customerio_signing_keys
-        self.tolerance = config.customerio_timestamp_tolerance
-        self.profile = config.customerio_profile
+        self.configure(settings)
+
+    def configure(self, settings: CustomerIOSource) -> None:
+        """Take new signing keys and settings (a reload), in one step."""
+        self.keys = settings.signing_keys
+        self.tolerance = settings.timestamp_tolerance
+        self.profile = settings.profile
 
     def routes(self) -> list[web.RouteDef]:
         return [

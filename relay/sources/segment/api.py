@@ -10,12 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from relay.codec import decode, encode
-from relay.config import SEGMENT_WEBHOOK_SOURCE
 from relay.errors import BadRequest, PayloadTooLarge, Unauthorized
 from relay.intake import Incoming, Intake
 from relay.signatures import verify_segment_webhook
 from relay.sources.body import read_body
 from relay.sources.segment.plain_batches import PlainMessage, plain_batch
+from relay.sources.segment.settings import WEBHOOK_SOURCE, SegmentSource
 from relay.vocab import segment as seg
 
 
@@ -70,10 +70,14 @@ def _parse_json(raw: bytes) -> Any:
 
 
 class SegmentAPI:
-    def __init__(self, intake: Intake, write_keys: dict[str, str], webhook_secret: str | None):
+    def __init__(self, intake: Intake, settings: SegmentSource) -> None:
         self.intake = intake
-        self.write_keys = WriteKeys(write_keys)
-        self.webhook_secret = webhook_secret
+        self.configure(settings)
+
+    def configure(self, settings: SegmentSource) -> None:
+        """Take new write keys and webhook secret (a reload), in one step."""
+        self.write_keys = WriteKeys(settings.write_keys)
+        self.webhook_secret = settings.webhook_secret
 
     def routes(self) -> list[web.RouteDef]:
         defs = []
@@ -229,5 +233,5 @@ class SegmentAPI:
         else:
             raise BadRequest("the body must be a Segment message (an object) or an array of them")
         if incoming:
-            await self.intake.accept("segment", SEGMENT_WEBHOOK_SOURCE, incoming)
+            await self.intake.accept("segment", WEBHOOK_SOURCE, incoming)
         return _ok(rejected)
