@@ -13,6 +13,3 @@ class OutgoingRequest:
     method: str
     path: str
     body: Any = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "body": self.body}

@@ -429,7 +429,6 @@ class Event:
     name: str
     person: str
     sent_at: float
-    acked_at: float | None = None
     seq: int | None = None  # order of acknowledgement (a batch's events in batch order)
 
 
@@ -574,7 +573,7 @@ class Load:
                     t = now()
                     self.acks.append(t)
                     for e in events:
-                        e.acked_at, e.seq = t, self._seq
+                        e.seq = self._seq
                         self._seq += 1
                     return True
                 self.refusals.append(

@@ -47,10 +47,6 @@ class Route:
         """The route's edits as JSON (see Edits.spec), or None when it has none."""
         return None if self._edits is None else self._edits.spec
 
-    def accepts(self, source: str) -> bool:
-        """Whether this route sees messages from `source` (its `sources`, if any)."""
-        return self.sources is None or source in self.sources
-
     def matches(self, message: Mapping[str, Any]) -> bool:
         """Whether `message` (a Segment message, or a Customer.io webhook) meets `match`."""
         if self._check is None:
