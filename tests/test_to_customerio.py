@@ -20,6 +20,7 @@ from relay.mapping.to_customerio import (
     map_message,
 )
 from relay.mapping.ulid import deterministic_ulid
+from relay.outgoing import OutgoingRequest
 
 RECEIVED_AT = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
 TIMESTAMP = "2024-01-15T10:30:00.000Z"
@@ -1489,11 +1490,7 @@ def test_v1_path_ids_are_url_encoded(user_id: str, path: str) -> None:
 def test_v1_request_is_an_outgoing_request() -> None:
     [op] = ops({"type": "identify", "userId": "u1", "traits": {"a": 1}})
     [request] = encode_v1(op)
-    assert request.as_json() == {
-        "method": "PUT",
-        "path": "/api/v1/customers/u1",
-        "body": {"a": 1},
-    }
+    assert request == OutgoingRequest("PUT", "/api/v1/customers/u1", {"a": 1})
 
 
 def test_operation_is_a_plain_value() -> None:
