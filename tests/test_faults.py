@@ -471,8 +471,12 @@ async def _watch_refusals(
 ) -> dict[str, Any]:
     """Every 0.25 s, try a write, ask /readyz, and try a write again, back to back: when
     both writes are refused, /readyz between them must have answered 503 with a reason.
-    (Bracketed, so that room freed by a delivery in between cannot make it look wrong.)"""
-    deadline = now() + seconds
+    (Bracketed, so that room freed by a delivery in between cannot make it look wrong.)
+    Deliveries free room while the disk is full, so refusals come and go: past `seconds`,
+    the watch goes on (up to three times as long) until one bracket has been checked."""
+    start = now()
+    deadline = start + seconds
+    last_chance = start + 3 * seconds
     counts = {"refused": 0, "accepted": 0, "bracketed": 0}
     bad_refusals: list[str] = []
     bad_ready: list[str] = []
@@ -488,7 +492,7 @@ async def _watch_refusals(
             bad_refusals.append(f"{status} (Retry-After {retry_after!r}): {body[:200]}")
         return False
 
-    while now() < deadline:
+    while now() < deadline or (not counts["bracketed"] and now() < last_chance):
         before = await probe()
         ready, ready_body = await readyz(url)
         after = await probe()
@@ -498,7 +502,7 @@ async def _watch_refusals(
                 bad_ready.append(f"{ready}: {ready_body[:200]}")
         await asyncio.sleep(0.25)
     return {
-        "seconds": round(seconds, 1),
+        "seconds": round(now() - start, 1),
         "probes_refused": counts["refused"],
         "probes_accepted": counts["accepted"],
         "readyz_while_refused": counts["bracketed"],
