@@ -14,12 +14,15 @@ from typing import Any
 from aiohttp import web
 
 from relay import __version__
+from relay.admin.api import Admin, token_middleware
+from relay.admin.client import remove_address, write_address
+from relay.admin.watch import SAMPLE_SECONDS, Watch, WatchedTransport
 from relay.config import Config, compile_config_routes, is_secret_path
 from relay.delivery import DestinationWorker, Sink
 from relay.destinations.limiter import DestinationLimiter
 from relay.destinations.registry import Destination, type_of
 from relay.destinations.transport import AiohttpTransport, Transport
-from relay.errors import ClientError, StoreUnavailable
+from relay.errors import ClientError, RelayError, StoreUnavailable
 from relay.intake import Intake
 from relay.logs import quiet_client_errors
 from relay.metrics import CONTENT_TYPE, Metrics
@@ -72,6 +75,8 @@ class Relay:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.watch = Watch(self.clock)
+        self.started_at = self.clock()
         self.intake = Intake(
             self.store,
             self.routes,
@@ -79,7 +84,11 @@ class Relay:
             dedup_windows=_dedup_windows(self.config),
             notify=self.notify,
             clock=self.clock,
+            observe=lambda kind, source, events, outcomes: self.watch.came_in(
+                kind, source, events, outcomes, self.routes
+            ),
         )
+        self.admin = Admin(self)
 
     def notify(self, destinations: set[str]) -> None:
         for key in destinations:
@@ -94,7 +103,8 @@ class Relay:
         if limiter is None or limiter.rate != dest.rate_limit:
             limiter = self.limiters[dest.key] = DestinationLimiter(dest.rate_limit)
         self.metrics.rate.labels(dest.key).set(dest.rate_limit)
-        return type_of(dest).sink(dest, self.transport, limiter, self.metrics, self.clock)
+        transport = WatchedTransport(self.transport, dest.key, self.watch)
+        return type_of(dest).sink(dest, transport, limiter, self.metrics, self.clock)
 
     def make_worker(self, dest: Destination) -> DestinationWorker:
         unconfigured = None
@@ -114,6 +124,7 @@ class Relay:
             max_age=dest.max_age,
             unconfigured=unconfigured,
             clock=self.clock,
+            note_error=self.watch.error,
         )
 
     async def start(self) -> None:
@@ -123,6 +134,7 @@ class Relay:
             self.workers[key] = worker
             worker.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="relay-housekeeping"))
+        self._tasks.append(asyncio.create_task(self._sampling(), name="relay-sampling"))
         self.accepting = True
 
     async def stop(self) -> None:
@@ -157,6 +169,7 @@ class Relay:
             for name in (
                 *_changed("server", old.server, new.server),
                 *_changed("storage", old.storage, new.storage),
+                *_changed("admin", old.admin, new.admin),
             )
             if name not in live
         ]
@@ -164,6 +177,7 @@ class Relay:
             new,
             server=replace(old.server, shutdown_timeout=new.server.shutdown_timeout),
             storage=old.storage,
+            admin=old.admin,
         )
         changes = [
             *_route_changes(old, new, self.routes, routes),
@@ -219,6 +233,20 @@ class Relay:
                         self.metrics.queue.labels(dest, state).set(states.get(state, 0))
             except Exception as exc:
                 log.error("housekeeping failed: %s", exc)
+
+    def delivered_totals(self) -> dict[str, float]:
+        """Deliveries completed so far, by destination (what /metrics counts)."""
+        return {
+            sample.labels["destination"]: sample.value
+            for metric in self.metrics.delivered.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+
+    async def _sampling(self) -> None:
+        while True:
+            self.watch.sample(self.delivered_totals())
+            await asyncio.sleep(SAMPLE_SECONDS)
 
 
 def _dedup_windows(config: Config) -> dict[str, float]:
@@ -424,6 +452,55 @@ def create_app(
         ]
     )
     return app
+
+
+def create_admin_app(relay: Relay) -> web.Application:
+    """The operator endpoint: the status page and its JSON, the live tail, and what the
+    `relay dlq`, `relay import` and `relay tail` commands ask (relay.admin)."""
+    from relay.admin.api import IMPORT_MAX_BYTES
+    from relay.admin.status import status_routes
+
+    app = web.Application(
+        middlewares=[token_middleware(relay.config.admin.token), errors_middleware],
+        client_max_size=IMPORT_MAX_BYTES,
+    )
+    app.add_routes(relay.admin.routes())
+    app.add_routes(status_routes(relay))
+    return app
+
+
+class AdminListenError(RelayError):
+    """The admin endpoint's address cannot be listened on."""
+
+
+async def start_admin(relay: Relay) -> web.AppRunner:
+    """Listen on the admin address, and write the address it got beside the store, where
+    the `relay` commands look for it."""
+    runner = web.AppRunner(
+        create_admin_app(relay), handle_signals=False, access_log=None, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    admin = relay.config.admin
+    try:
+        await web.TCPSite(runner, admin.host, admin.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise AdminListenError(
+            f"cannot listen on {admin.host}:{admin.port} (admin.host, admin.port):"
+            f" {exc.strerror or exc}"
+        ) from None
+    host, port = runner.addresses[0][:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    write_address(relay.config, url)
+    log.info(
+        "admin endpoint on %s: status page %s/status; relay dlq, import and tail use it", url, url
+    )
+    return runner
+
+
+async def stop_admin(relay: Relay, runner: web.AppRunner) -> None:
+    remove_address(relay.config)
+    await runner.cleanup()
 
 
 def describe_missing(config: Config) -> list[str]:

@@ -9,19 +9,32 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from relay import __version__
-from relay.app import RELAY, build_store, create_app, describe_missing
+from relay.admin.commands import CommandError, import_files, messages_of, tail
+from relay.admin.commands import dlq as dlq_command
+from relay.app import (
+    RELAY,
+    AdminListenError,
+    create_app,
+    describe_missing,
+    start_admin,
+    stop_admin,
+)
 from relay.config import Config, check_config, load_config
-from relay.errors import ConfigError, ConfigProblem, RelayError, StoreCannotOpen, StoreInUse
+from relay.errors import (
+    ClientError,
+    ConfigError,
+    ConfigProblem,
+    StoreCannotOpen,
+    StoreInUse,
+)
 from relay.reload import Reloader
 from relay.runtime import tune_garbage_collector
-from relay.store.sqlite import read_dead_letters
-from relay.vocab import segment as seg
 
 log = logging.getLogger("relay")
 
@@ -70,6 +83,11 @@ async def _serve(config: Config) -> None:
         config.server.port,
         config.storage.sqlite.path,
     )
+    try:
+        admin_runner = await start_admin(app[RELAY])
+    except AdminListenError:
+        await runner.cleanup()
+        raise
     for line in describe_missing(config):
         log.warning(line)
     stop = asyncio.Event()
@@ -82,6 +100,7 @@ async def _serve(config: Config) -> None:
     loop.remove_signal_handler(signal.SIGHUP)
     await reloader.close()
     app[RELAY].accepting = False
+    await stop_admin(app[RELAY], admin_runner)
     await runner.cleanup()
     log.info("stopped")
 
@@ -105,6 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreCannotOpen as exc:  # a read-only or full disk, a folder that cannot be made
         log.error("not starting: %s", exc.message)
         return 1
+    except AdminListenError as exc:
+        log.error("not starting: %s", exc)
+        return 1
     except OSError as exc:
         log.error(
             "cannot listen on %s:%d: %s",
@@ -114,32 +136,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
-
-
-def _read_messages(path: str) -> list[Any]:
-    """A JSON object, an array, JSON lines, or a Segment batch body ({"batch": [...]})."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    stripped = text.strip()
-    if not stripped:
-        return []
-    try:
-        value = json.loads(stripped)
-    except ValueError:
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError as exc:
-                    raise RelayError(f"{path}:{n}: not valid JSON: {exc}") from None
-        return out
-    if isinstance(value, dict) and isinstance(value.get("batch"), list) and "type" not in value:
-        return [
-            seg.merge_batch_defaults(item, value) if isinstance(item, dict) else item
-            for item in value["batch"]
-        ]
-    return value if isinstance(value, list) else [value]
 
 
 def _print_json_line(line: str) -> None:
@@ -159,13 +155,11 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"relay routes test: {exc}", file=sys.stderr)
         return 2
-    try:
-        messages = _read_messages(args.file)
-    except OSError as exc:
-        print(f"relay routes test: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except (RelayError, UnicodeDecodeError) as exc:
-        print(f"relay routes test: {exc}", file=sys.stderr)
+    problems: list[str] = []
+    messages = [line.value for line in messages_of(args.file, problems)]
+    if problems:
+        for problem in problems:
+            print(f"relay routes test: {problem}", file=sys.stderr)
         return 1
     now = time.time() if args.now is None else args.now
     out = dry_run(result.config, result.routes, messages, now, source=args.source)
@@ -173,64 +167,36 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dlq_list(config: Config, args: argparse.Namespace) -> int:
-    # Read only: safe while a relay serves from the same store.
-    for item in read_dead_letters(config.storage.sqlite.path, args.limit, args.destination):
-        _print_json_line(
-            json.dumps(
-                {
-                    "id": item.id,
-                    "destination": item.destination,
-                    "source": item.source,
-                    "kind": item.kind,
-                    "reason": item.reason,
-                    "attempts": item.attempts,
-                    "message": item.message,
-                },
-                ensure_ascii=False,
+def _operator_command(run: Callable[[Config, argparse.Namespace], Any]) -> Any:
+    """`relay dlq …`, `relay import`, `relay tail`: load the config, run, and turn what can
+    go wrong into one line and exit 1."""
+
+    def command(args: argparse.Namespace) -> int:
+        name = " ".join(
+            part for part in ("relay", args.command, getattr(args, "dlq_command", None)) if part
+        )
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        try:
+            result = run(config, args)
+            code: int = asyncio.run(result) if asyncio.iscoroutine(result) else result
+        except (CommandError, ClientError) as exc:
+            print(
+                f"{name}: {exc.message if isinstance(exc, ClientError) else exc}", file=sys.stderr
             )
-        )
-    return 0
+            return 1
+        except StoreCannotOpen as exc:
+            print(f"{name}: {exc.message}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        return code
 
-
-async def _dlq_replay(config: Config, args: argparse.Namespace) -> int:
-    ids = None if args.all else [int(i) for i in args.ids]
-    if not args.all and not ids:
-        print("relay dlq replay: give delivery ids, or --all", file=sys.stderr)
-        return 2
-    # Refused (StoreInUse) while a relay serves from the store: opening it takes back what
-    # that relay has in flight.
-    store = build_store(config, lock_wait=0)
-    await store.open()
-    try:
-        count = await store.replay(ids, time.time())
-    finally:
-        await store.close()
-    print(f"{count} deliveries put back in the queue")
-    return 0
-
-
-def cmd_dlq(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    try:
-        if args.dlq_command == "list":
-            return _dlq_list(config, args)
-        return asyncio.run(_dlq_replay(config, args))
-    except StoreInUse as exc:
-        print(
-            f"relay dlq {args.dlq_command}: {exc.message}; stop it, replay, and start it"
-            " again (replaying beside it would send what it has in flight a second time)",
-            file=sys.stderr,
-        )
-        return 1
-    except StoreCannotOpen as exc:
-        print(f"relay dlq {args.dlq_command}: {exc.message}", file=sys.stderr)
-        return 1
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,18 +254,82 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.set_defaults(func=cmd_routes_test)
 
-    dlq = sub.add_parser("dlq", parents=[common], help="inspect and replay dead letters")
+    dlq = sub.add_parser(
+        "dlq",
+        parents=[common],
+        help="dead letters: list, show, replay, purge",
+        description="Dead letters (deliveries given up on, and messages rejected at the door),"
+        " through the running relay's admin endpoint, or on the store when no relay serves"
+        " it. JSON lines when piped, a table on a terminal.",
+    )
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list", parents=[common], help="print dead letters as JSON lines")
-    dlq_list.add_argument("--config", required=True)
-    dlq_list.add_argument("--destination")
-    dlq_list.add_argument("--limit", type=int, default=100)
-    dlq_list.set_defaults(func=cmd_dlq)
-    replay = dlq_sub.add_parser("replay", parents=[common], help="queue dead letters again")
-    replay.add_argument("--config", required=True)
-    replay.add_argument("ids", nargs="*")
-    replay.add_argument("--all", action="store_true")
-    replay.set_defaults(func=cmd_dlq)
+    run_dlq = _operator_command(dlq_command)
+
+    def chooser(name: str, help_text: str, ids: bool) -> argparse.ArgumentParser:
+        parser = dlq_sub.add_parser(name, parents=[common], help=help_text)
+        parser.add_argument("--config", required=True, metavar="PATH")
+        if ids:
+            parser.add_argument(
+                "ids",
+                nargs="*",
+                metavar="ID",
+                help="dead letters by id (17, or r3 for a rejected one)",
+            )
+        parser.add_argument("--destination", metavar="KEY", help="e.g. customerio.main")
+        parser.add_argument("--reason", metavar="TEXT", help="a part of the reason, any case")
+        parser.add_argument("--since", metavar="WHEN", help="dead since: 2h, 7d, an ISO time")
+        parser.add_argument("--until", metavar="WHEN", help="dead before: 2h, 7d, an ISO time")
+        parser.add_argument("--limit", type=int, metavar="N", default=None)
+        parser.set_defaults(func=run_dlq)
+        return parser
+
+    chooser("list", "dead letters, oldest first", ids=False).set_defaults(limit=100)
+    show = dlq_sub.add_parser(
+        "show", parents=[common], help="one dead letter: its message, attempts and reason"
+    )
+    show.add_argument("--config", required=True, metavar="PATH")
+    show.add_argument("id", metavar="ID")
+    show.set_defaults(func=run_dlq)
+    replay = chooser("replay", "queue dead letters again (sent at the rate limit)", ids=True)
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+    purge = chooser("purge", "delete dead letters for good", ids=True)
+    purge.add_argument("--all", action="store_true", help="every dead letter")
+    purge.add_argument("--yes", action="store_true", help="do not ask on a terminal")
+
+    imp = sub.add_parser(
+        "import",
+        parents=[common],
+        help="queue Segment messages from files (a backfill), as live traffic",
+        description="Queue the Segment messages of FILEs (JSON lines, a JSON array, a"
+        ' {"batch": [...]} body; gzip too) through the same checks, routes, de-duplication and'
+        " throttled delivery as live traffic: through the running relay, or into the store"
+        " when none serves it (delivered when relay starts). Safe to run again: messages are"
+        " recognised by messageId (one is derived from a message's content when it has"
+        " none).",
+    )
+    imp.add_argument("--config", required=True, metavar="PATH")
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument(
+        "--source", metavar="NAME", help="the Segment source they come from (default: the first)"
+    )
+    imp.add_argument(
+        "--identify-timestamp",
+        choices=("keep", "now"),
+        default="keep",
+        help="now: send identify and group calls without their old timestamp, so that"
+        " Customer.io does not ignore them as older than the person's last change",
+    )
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_operator_command(import_files))
+
+    tail_parser = sub.add_parser(
+        "tail",
+        parents=[common],
+        help="watch what comes in, which routes take it, and what goes out, live",
+    )
+    tail_parser.add_argument("--config", required=True, metavar="PATH")
+    tail_parser.add_argument("--route", metavar="NAME", help="only this route's events")
+    tail_parser.set_defaults(func=_operator_command(tail))
     return parser
 
 

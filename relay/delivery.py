@@ -73,8 +73,11 @@ class DestinationWorker:
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
         rand: Callable[[], float] = random.random,
+        note_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.key = key
+        # Told (destination, error) of each settled request that failed: the status page.
+        self.note_error = note_error
         self.sink = sink
         self.store = store
         self.metrics = metrics
@@ -294,6 +297,9 @@ class DestinationWorker:
         elif done and self.failing is not None:
             self._recovered(now)
         await self.store.settle(Settlement(done, retries, dead, release), now)
+        if self.note_error is not None:
+            for error in (*(r.error for r in retries[:1]), *(reason for _, reason in dead[:1])):
+                self.note_error(self.key, error)
         if skipped:
             self.metrics.skipped.labels(self.key).inc(skipped)
         if done:

@@ -66,6 +66,11 @@ class Unauthorized(ClientError):
     code = "unauthorized"
 
 
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
 class RequestTimeout(ClientError):
     """The body did not arrive in time (a client sending it very slowly)."""
 

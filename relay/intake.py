@@ -64,6 +64,7 @@ class Intake:
         notify: Callable[[set[str]], None] = lambda _d: None,
         clock: Callable[[], float] = time.time,
         new_message_id: Callable[[], str] = lambda: f"relay-{uuid.uuid4()}",
+        observe: Callable[[str, str, list[NewEvent], list[EnqueueOutcome]], None] | None = None,
     ) -> None:
         self.store = store
         self.routes = routes
@@ -72,6 +73,8 @@ class Intake:
         self.notify = notify
         self.clock = clock
         self.new_message_id = new_message_id
+        # Shown what was accepted (the live tail): kind, source, events, outcomes.
+        self.observe = observe
 
     def segment_incoming(self, msg: dict[str, Any], encoded: bytes | None = None) -> Incoming:
         message_id = msg.get("messageId")
@@ -155,4 +158,6 @@ class Intake:
             self.metrics.unrouted.labels(kind, source).inc(unrouted)
         if destinations:
             self.notify(destinations)
+        if self.observe is not None:
+            self.observe(kind, source, events, outcomes)
         return outcomes

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from relay.app import RELAY, create_app
+from relay.app import RELAY, create_app, start_admin, stop_admin
 from relay.config import parse_config
 
 SITE_ID = "site-123"
@@ -203,6 +203,7 @@ RelayFactory = Callable[..., Awaitable[tuple[str, web.Application]]]
 @pytest.fixture
 async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
     servers: list[TestServer] = []
+    admins: list[tuple[Any, web.AppRunner]] = []
 
     async def make(yaml_text: str | None = None, **kwargs: Any) -> tuple[str, web.Application]:
         if yaml_text is None:
@@ -212,9 +213,13 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
+        # As `relay serve` does: the admin endpoint, which the `relay` commands use.
+        admins.append((app[RELAY], await start_admin(app[RELAY])))
         return str(server.make_url("")).rstrip("/"), app
 
     yield make
+    for relay, runner in admins:
+        await stop_admin(relay, runner)
     for server in servers:
         await server.close()
 

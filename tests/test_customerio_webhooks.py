@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from relay import __version__
+from relay.store.base import DeadLetterFilter
 from tests.conftest import (
     WRITE_KEY,
     RelayFactory,
@@ -94,7 +95,7 @@ async def wait_for_dead(app: web.Application, count: int, timeout: float = 10.0)
     store = relay_of(app).store
     deadline = time.monotonic() + timeout
     while True:
-        dead: list[Any] = await store.dead_letters(destination="segment.main")
+        dead: list[Any] = await store.dead_letters(DeadLetterFilter(destination="segment.main"))
         if len(dead) >= count:
             return dead
         if time.monotonic() > deadline:

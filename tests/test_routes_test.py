@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import aiohttp
 import pytest
 
 from relay import USER_AGENT, __version__
-from relay.cli import _read_messages
+from relay.admin.commands import messages_of
 from relay.config import check_text
 from relay.dryrun import dry_run, dry_run_async, looks_like_customerio
 from tests.conftest import (
@@ -173,7 +174,7 @@ def test_a_missing_messages_file_is_reported(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr == (
-        "relay routes test: cannot read nope.jsonl: No such file or directory\n"
+        "relay routes test: nope.jsonl: cannot read it: No such file or directory\n"
     )
 
 
@@ -333,16 +334,36 @@ def test_messages_may_be_an_object_an_array_json_lines_or_a_batch(tmp_path: Path
         "lines.jsonl": json.dumps(one) + "\n\n" + json.dumps(two) + "\n",
         "batch.json": json.dumps({"batch": [one, two], "context": {"ip": "1.2.3.4"}}),
     }
+    forms["pretty.json"] = json.dumps([one, two], indent=2)
     read = {}
     for name, text in forms.items():
         (tmp_path / name).write_text(text)
-        read[name] = _read_messages(str(tmp_path / name))
+        problems: list[str] = []
+        read[name] = [m.value for m in messages_of(str(tmp_path / name), problems)]
+        assert problems == []
+    (tmp_path / "lines.jsonl.gz").write_bytes(gzip.compress(forms["lines.jsonl"].encode()))
+    assert [m.value for m in messages_of(str(tmp_path / "lines.jsonl.gz"), [])] == [one, two]
+    assert read["pretty.json"] == [one, two]
     assert read["object.json"] == [one]
     assert read["array.json"] == read["lines.jsonl"] == [one, two]
     assert read["batch.json"] == [
         {**one, "context": {"ip": "1.2.3.4"}},
         {**two, "context": {"ip": "1.2.3.4"}},
     ]
+
+
+def test_a_line_that_is_not_json_is_reported_with_its_place_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "lines.jsonl"
+    path.write_text('\n{"type": "track", "event": "A"}\n{"type": \n{"type": "page"}\n')
+    problems: list[str] = []
+    read = [(m.line, m.value["type"]) for m in messages_of(str(path), problems)]
+    assert read == [(2, "track"), (4, "page")]
+    [problem] = problems
+    assert problem.startswith(f"{path}:3: not valid JSON: ")
+    assert [p for p in [str(tmp_path / "absent.jsonl")] if list(messages_of(p, problems))] == []
+    assert problems[1] == f"{tmp_path / 'absent.jsonl'}: cannot read it: No such file or directory"
 
 
 def test_runs_from_the_repository_root_too() -> None:

@@ -355,3 +355,29 @@ async def test_ids_that_cannot_be_recorded_are_kept_and_recorded_later(
         assert await store.flush_ids() == 3  # ... and they are recorded once it takes them
         assert ids_on_disk(store) == 3
         assert await store.enqueue([event("b")]) == ["duplicate"]
+
+
+async def test_a_store_made_before_attempts_were_kept_gains_their_column(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, destination TEXT NOT NULL,"
+        " ordering_key TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_at REAL NOT NULL, created_at REAL NOT NULL, source TEXT NOT NULL,"
+        " kind TEXT NOT NULL, message BLOB NOT NULL, last_error TEXT);"
+        "INSERT INTO deliveries VALUES (7, 'customerio.main', 'u:u1', 'dead', 3, 50.0, 10.0,"
+        " 'web', 'segment', '{\"event\":\"E\"}', 'HTTP 400: old');"
+    )
+    conn.close()
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        [old] = await store.dead_letters()
+        assert (old.id, old.reason, old.history, old.dead_at) == (7, "HTTP 400: old", (), 50.0)
+        await store.enqueue([event("m-1")])
+        [new] = await store.lease("customerio.main", 10, time.time() + 1)
+        await store.settle(Settlement(dead=[(new.id, "HTTP 400: new")]), 60.0)
+        letters = await store.dead_letters()
+        assert [d.history for d in letters] == [(), ((60.0, "HTTP 400: new"),)]
+    finally:
+        await store.close()

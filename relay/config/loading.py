@@ -409,6 +409,7 @@ class _Reading:
             path=file,
             server=top["server"],
             storage=top["storage"],
+            admin=top["admin"],
             sources=top["sources"],
             destinations=destinations,
             routes=top["routes"],

@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, post_load, validate
 
+from relay.admin.settings import AdminSchema
 from relay.config.positions import Path
 from relay.destinations.registry import TYPES
 from relay.settings import Duration, Strict, defaults
@@ -88,6 +89,7 @@ DestinationsSchema = Strict.from_dict(
 class ConfigSchema(Strict):
     server = fields.Nested(ServerSchema, load_default=defaults(ServerSchema))
     storage = fields.Nested(StorageSchema, load_default=defaults(StorageSchema))
+    admin = fields.Nested(AdminSchema, load_default=defaults(AdminSchema))
     sources = fields.Nested(SourcesSchema, load_default=defaults(SourcesSchema))
     destinations = fields.Nested(DestinationsSchema, load_default=defaults(DestinationsSchema))
     routes = fields.List(fields.Raw(), load_default=list)

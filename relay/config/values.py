@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.admin.settings import AdminSettings
 from relay.config.positions import Path
 from relay.config.schemas import ServerSettings, SourcesSettings, StorageSettings
 from relay.destinations.registry import Destination
@@ -30,6 +31,7 @@ class Config:
     server: ServerSettings
     storage: StorageSettings
     sources: SourcesSettings
+    admin: AdminSettings
     # By key: customerio.main, segment.analytics.
     destinations: dict[str, Destination]
     routes: list[Any]

@@ -104,6 +104,11 @@ class Settlement:
         return bool(self.done or self.retries or self.dead or self.release)
 
 
+# One failed attempt of a delivery: (unix time, what went wrong — the status and the
+# destination's answer, or why there was none).
+Attempt = tuple[float, str]
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A delivery that was given up on, or a message rejected at the door."""
@@ -116,6 +121,58 @@ class DeadLetter:
     attempts: int
     created_at: float
     message: dict[str, Any]
+    dead_at: float = 0.0  # when it was given up on (a rejected message: when it came)
+    history: tuple[Attempt, ...] = ()  # every failed attempt, oldest first
+
+    @property
+    def ref(self) -> str:
+        """How operators name it: the delivery's id, or `r` and the id of a rejected message
+        (the two are numbered apart)."""
+        return f"r{self.id}" if self.destination is None else str(self.id)
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters an operator means: every one, those named by id, or those that
+    match all of the conditions given. `ids` names dead deliveries and `rejected_ids`
+    rejected messages; naming either leaves out what the other does not name."""
+
+    ids: tuple[int, ...] | None = None
+    rejected_ids: tuple[int, ...] | None = None
+    destination: str | None = None
+    reason: str | None = None  # a part of the reason, in any letter case
+    since: float | None = None  # given up on at or after this unix time
+    until: float | None = None  # ... and before this one
+    limit: int | None = None
+
+    @property
+    def by_id(self) -> bool:
+        return self.ids is not None or self.rejected_ids is not None
+
+    def takes_rejected(self) -> bool:
+        """Whether rejected messages (which have no destination) can match at all."""
+        if self.by_id:
+            return bool(self.rejected_ids)
+        return self.destination is None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """The whole rule, for backends that filter in memory; SQL backends say the same
+        in their WHERE clause (the contract suite holds them to this)."""
+        rejected = letter.destination is None
+        if self.by_id:
+            wanted = self.rejected_ids if rejected else self.ids
+            if letter.id not in (wanted or ()):
+                return False
+        if self.destination is not None and letter.destination != self.destination:
+            return False
+        if self.reason is not None and self.reason.lower() not in letter.reason.lower():
+            return False
+        if self.since is not None and letter.dead_at < self.since:
+            return False
+        return self.until is None or letter.dead_at < self.until
+
+
+EVERY_DEAD_LETTER: Final = DeadLetterFilter()
 
 
 class Store(Protocol):
@@ -138,16 +195,27 @@ class Store(Protocol):
         is pending again. A delivery already dead is left as it is."""
         ...
 
-    async def dead_letters(
-        self, limit: int = 100, destination: str | None = None
-    ) -> list[DeadLetter]: ...
+    async def dead_letters(self, which: DeadLetterFilter = EVERY_DEAD_LETTER) -> list[DeadLetter]:
+        """Dead deliveries (by id), then rejected messages (by id), up to `which.limit` in
+        all, each with its history of attempts."""
+        ...
 
-    async def replay(self, ids: list[int] | None, now: float) -> int:
-        """Put dead deliveries back in the queue (all of them when ids is None)."""
+    async def replay(self, which: DeadLetterFilter, now: float) -> int:
+        """Put the dead deliveries that match back in the queue, as new (attempts and
+        history start over); rejected messages have nowhere to go and stay."""
+        ...
+
+    async def discard(self, which: DeadLetterFilter) -> int:
+        """Delete the dead deliveries and rejected messages that match, for good."""
         ...
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Deliveries by destination and state."""
+        ...
+
+    async def oldest(self) -> dict[str, float]:
+        """Per destination with deliveries waiting (pending or leased), when the oldest of
+        them was queued (unix time)."""
         ...
 
     async def purge(self, now: float) -> None:
@@ -179,7 +247,9 @@ STORE_CALLS: Final = (
     "settle",
     "dead_letters",
     "replay",
+    "discard",
     "counts",
+    "oldest",
     "purge",
     "write_problem",
 )

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from relay.codec import decode
 from relay.errors import StoreUnavailable
 from relay.store.base import (
+    EVERY_DEAD_LETTER,
+    Attempt,
     DeadLetter,
+    DeadLetterFilter,
     Delivery,
     EnqueueOutcome,
     NewEvent,
@@ -32,6 +35,7 @@ class _Row:
     kind: str
     message: bytes
     last_error: str | None = None
+    history: tuple[Attempt, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,7 +55,8 @@ class MemoryStore:
         # delivery of that person waits behind the lowest of them.
         self._holds: dict[tuple[str, str], set[int]] = {}
         self._ids: dict[tuple[str, str, str], float] = {}  # (kind, source, id) → expiry
-        self._rejected: list[_Rejected] = []
+        self._rejected: dict[int, _Rejected] = {}
+        self._next_rejected_id = 1
         self._next_id = 1
         self._pending = 0  # deliveries not dead
         self._open = False
@@ -86,9 +91,10 @@ class MemoryStore:
                     continue
                 self._ids[key] = e.dedup_until
             if e.rejected_reason:
-                self._rejected.append(
-                    _Rejected(e.source, e.kind, e.received_at, e.rejected_reason, e.message_json)
+                self._rejected[self._next_rejected_id] = _Rejected(
+                    e.source, e.kind, e.received_at, e.rejected_reason, e.message_json
                 )
+                self._next_rejected_id += 1
                 outcomes.append("rejected")
                 continue
             for d in e.deliveries:
@@ -161,6 +167,7 @@ class MemoryStore:
             self._unhold(did, row)
             row.state, row.last_error, row.next_at = "dead", reason, now
             row.attempts += 1
+            row.history += ((now, reason),)
             self._pending -= 1
         for retry in settlement.retries:
             row = self._rows.get(retry.id)
@@ -168,6 +175,7 @@ class MemoryStore:
                 continue
             row.state, row.next_at, row.last_error = "pending", retry.next_at, retry.error
             row.attempts += 1  # the hold stays: the person waits for this retry
+            row.history += ((now, retry.error),)
         for did in settlement.done:
             row = self._rows.get(did)
             if row is None or row.state == "dead":
@@ -182,41 +190,71 @@ class MemoryStore:
             self._unhold(did, row)
             row.state = "pending"
 
-    async def dead_letters(
-        self, limit: int = 100, destination: str | None = None
-    ) -> list[DeadLetter]:
-        self._check_open()
+    def _letters(self, which: DeadLetterFilter) -> list[DeadLetter]:
         out = [
-            DeadLetter(
-                did,
-                row.destination,
-                row.source,
-                row.kind,
-                row.last_error or "",
-                row.attempts,
-                row.created_at,
-                decode(row.message),
-            )
+            letter
             for did, row in self._rows.items()
-            if row.state == "dead" and destination in (None, row.destination)
-        ][:limit]
-        if destination is None:
-            out.extend(
-                DeadLetter(i, None, r.source, r.kind, r.reason, 0, r.received_at, decode(r.message))
-                for i, r in enumerate(self._rejected[:limit], start=1)
+            if row.state == "dead"
+            and which.matches(
+                letter := DeadLetter(
+                    did,
+                    row.destination,
+                    row.source,
+                    row.kind,
+                    row.last_error or "",
+                    row.attempts,
+                    row.created_at,
+                    decode(row.message),
+                    row.next_at,
+                    row.history,
+                )
             )
-        return out
+        ]
+        if which.takes_rejected():
+            out.extend(
+                letter
+                for rid, r in self._rejected.items()
+                if which.matches(
+                    letter := DeadLetter(
+                        rid,
+                        None,
+                        r.source,
+                        r.kind,
+                        r.reason,
+                        0,
+                        r.received_at,
+                        decode(r.message),
+                        r.received_at,
+                    )
+                )
+            )
+        return out if which.limit is None else out[: which.limit]
 
-    async def replay(self, ids: list[int] | None, now: float) -> int:
+    async def dead_letters(self, which: DeadLetterFilter = EVERY_DEAD_LETTER) -> list[DeadLetter]:
         self._check_open()
-        wanted = None if ids is None else set(ids)
+        return self._letters(which)
+
+    async def replay(self, which: DeadLetterFilter, now: float) -> int:
+        self._check_open()
         count = 0
-        for did, row in self._rows.items():
-            if row.state == "dead" and (wanted is None or did in wanted):
+        for letter in self._letters(which):
+            if letter.destination is not None:
+                row = self._rows[letter.id]
                 row.state, row.attempts, row.next_at, row.created_at = "pending", 0, now, now
+                row.last_error, row.history = None, ()
                 count += 1
         self._pending += count
         return count
+
+    async def discard(self, which: DeadLetterFilter) -> int:
+        self._check_open()
+        letters = self._letters(which)
+        for letter in letters:
+            if letter.destination is None:
+                del self._rejected[letter.id]
+            else:
+                del self._rows[letter.id]
+        return len(letters)
 
     async def counts(self) -> dict[str, dict[str, int]]:
         self._check_open()
@@ -224,6 +262,14 @@ class MemoryStore:
         for row in self._rows.values():
             states = out.setdefault(row.destination, {})
             states[row.state] = states.get(row.state, 0) + 1
+        return out
+
+    async def oldest(self) -> dict[str, float]:
+        self._check_open()
+        out: dict[str, float] = {}
+        for row in self._rows.values():
+            if row.state != "dead":
+                out[row.destination] = min(out.get(row.destination, row.created_at), row.created_at)
         return out
 
     async def purge(self, now: float) -> None:

@@ -29,8 +29,10 @@ from relay.codec import decode
 from relay.errors import StoreCannotOpen, StoreFull, StoreInUse, StoreUnavailable
 from relay.runtime import tune_garbage_collector
 from relay.store.base import (
+    EVERY_DEAD_LETTER,
     STORE_CALLS,
     DeadLetter,
+    DeadLetterFilter,
     Delivery,
     EnqueueOutcome,
     NewEvent,
@@ -241,15 +243,21 @@ class ProcessStore:
         if settlement:
             await self._call("settle", settlement, now)
 
-    async def dead_letters(
-        self, limit: int = 100, destination: str | None = None
-    ) -> list[DeadLetter]:
-        found: list[DeadLetter] = await self._call("dead_letters", limit, destination)
+    async def dead_letters(self, which: DeadLetterFilter = EVERY_DEAD_LETTER) -> list[DeadLetter]:
+        found: list[DeadLetter] = await self._call("dead_letters", which)
         return found
 
-    async def replay(self, ids: list[int] | None, now: float) -> int:
-        count: int = await self._call("replay", ids, now)
+    async def replay(self, which: DeadLetterFilter, now: float) -> int:
+        count: int = await self._call("replay", which, now)
         return count
+
+    async def discard(self, which: DeadLetterFilter) -> int:
+        count: int = await self._call("discard", which)
+        return count
+
+    async def oldest(self) -> dict[str, float]:
+        found: dict[str, float] = await self._call("oldest")
+        return found
 
     async def counts(self) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = await self._call("counts")

@@ -16,7 +16,9 @@ import pytest
 
 from relay.errors import StoreFull
 from relay.store.base import (
+    EVERY_DEAD_LETTER,
     STORE_CALLS,
+    DeadLetterFilter,
     NewDelivery,
     NewEvent,
     Retry,
@@ -82,13 +84,14 @@ def event(
     source: str = "web",
     routed: dict[str, Any] | None = None,
     rejected: str | None = None,
+    at: float = NOW,
 ) -> NewEvent:
     message = {"type": "track", "userId": person, "event": name}
     return NewEvent(
         source=source,
         kind="segment",
         message_json=json.dumps(message).encode(),
-        received_at=NOW,
+        received_at=at,
         ordering_key=f"u:{person}",
         deliveries=tuple(
             NewDelivery(d, None if routed is None else json.dumps(routed).encode()) for d in to
@@ -238,7 +241,7 @@ async def test_a_dead_letter_keeps_its_reason_and_stops_holding(make: Make) -> N
         1,
     )
     assert dead.message == {"type": "track", "userId": "a", "event": "A1"}
-    assert await store.dead_letters(destination=OTHER) == []
+    assert await store.dead_letters(DeadLetterFilter(destination=OTHER)) == []
     assert await store.counts() == {DEST: {"dead": 1, "leased": 1}}
 
 
@@ -286,17 +289,124 @@ async def test_replay_puts_dead_letters_back_as_new(make: Make) -> None:
     await store.enqueue([event("a", "A1"), event("b", "B1"), event("c", "C1")])
     ids = await lease_ids(store)
     await store.settle(Settlement(dead=[(i, "HTTP 400") for i in ids.values()]), NOW)
-    assert await store.replay([ids["B1"]], NOW + 100) == 1
+    assert await store.replay(DeadLetterFilter(ids=(ids["B1"],)), NOW + 100) == 1
     [replayed] = await store.lease(DEST, 100, NOW + 100)
     assert (replayed.message["event"], replayed.attempts, replayed.created_at) == (
         "B1",
         0,
         NOW + 100,
     )
-    assert await store.replay([ids["B1"]], NOW + 100) == 0  # not dead any more
-    assert await store.replay(None, NOW + 200) == 2
+    assert (
+        await store.replay(DeadLetterFilter(ids=(ids["B1"],)), NOW + 100) == 0
+    )  # not dead any more
+    assert await store.replay(EVERY_DEAD_LETTER, NOW + 200) == 2
     assert await names(store, now=NOW + 200) == ["A1", "C1"]
     assert await store.dead_letters() == []
+
+
+async def dead_three(store: Store) -> dict[str, int]:
+    """A1 dead at NOW with a 400 after a retry, B1 at NOW + 10 with a 422, C1 (to OTHER)
+    at NOW + 20 with a 400; and one rejected message."""
+    await store.enqueue(
+        [
+            event("a", "A1"),
+            event("b", "B1"),
+            event("c", "C1", to=(OTHER,)),
+            event("d", "bad", rejected="batch[3]: field 'event' is missing"),
+        ]
+    )
+    ids = await lease_ids(store)
+    ids.update(await lease_ids(store, OTHER))
+    await store.settle(Settlement(retries=[Retry(ids["A1"], NOW - 5, "HTTP 503: busy")]), NOW - 10)
+    [again] = await store.lease(DEST, 1, NOW - 5)
+    assert again.id == ids["A1"]
+    await store.settle(Settlement(dead=[(ids["A1"], "HTTP 400: bad email")]), NOW)
+    await store.settle(Settlement(dead=[(ids["B1"], "HTTP 422: Attribute Too Long")]), NOW + 10)
+    await store.settle(Settlement(dead=[(ids["C1"], "HTTP 400: Bad Request")]), NOW + 20)
+    return ids
+
+
+def refs(letters: list[Any]) -> list[str]:
+    return [(d.message.get("event") or "?") for d in letters]
+
+
+async def test_dead_letters_are_chosen_by_destination_reason_time_ids_and_limit(
+    make: Make,
+) -> None:
+    store = await make()
+    ids = await dead_three(store)
+    every = await store.dead_letters()
+    assert refs(every) == ["A1", "B1", "C1", "bad"]
+    assert [d.ref for d in every][:3] == [str(ids[n]) for n in ("A1", "B1", "C1")]
+    assert every[3].ref.startswith("r")
+    assert [d.dead_at for d in every[:3]] == [NOW, NOW + 10, NOW + 20]
+
+    def chosen(**conditions: Any) -> Awaitable[list[Any]]:
+        return store.dead_letters(DeadLetterFilter(**conditions))
+
+    assert refs(await chosen(destination=DEST)) == ["A1", "B1"]
+    assert refs(await chosen(reason="bad ")) == ["A1", "C1"]  # any letter case
+    assert refs(await chosen(reason="MISSING")) == ["bad"]
+    assert refs(await chosen(since=NOW + 10)) == ["B1", "C1"]  # rejected: received before
+    assert refs(await chosen(until=NOW + 10)) == ["A1", "bad"]
+    assert refs(await chosen(since=NOW, until=NOW + 20, destination=DEST)) == ["A1", "B1"]
+    assert refs(await chosen(limit=2)) == ["A1", "B1"]
+    assert refs(await chosen(limit=4)) == ["A1", "B1", "C1", "bad"]
+    assert refs(await chosen(ids=(ids["C1"], ids["A1"]))) == ["A1", "C1"]
+    assert refs(await chosen(ids=(ids["C1"],), reason="nothing like it")) == []
+    assert refs(await chosen(rejected_ids=(every[3].id,))) == ["bad"]
+    assert refs(await chosen(ids=())) == []
+
+
+async def test_a_dead_letter_keeps_every_attempt_with_its_answer(make: Make) -> None:
+    store = await make()
+    ids = await dead_three(store)
+    [a1] = await store.dead_letters(DeadLetterFilter(ids=(ids["A1"],)))
+    assert a1.history == ((NOW - 10, "HTTP 503: busy"), (NOW, "HTTP 400: bad email"))
+    assert (a1.attempts, a1.reason) == (2, "HTTP 400: bad email")
+    await store.replay(DeadLetterFilter(ids=(ids["A1"],)), NOW + 100)
+    [again] = await store.lease(DEST, 10, NOW + 100)
+    await store.settle(Settlement(dead=[(again.id, "HTTP 400: still bad")]), NOW + 101)
+    [a1] = await store.dead_letters(DeadLetterFilter(ids=(ids["A1"],)))
+    assert (a1.history, a1.attempts) == (((NOW + 101, "HTTP 400: still bad"),), 1)
+
+
+async def test_replay_by_filter_takes_only_what_matches(make: Make) -> None:
+    store = await make()
+    await dead_three(store)
+    assert await store.replay(DeadLetterFilter(reason="http 400"), NOW + 100) == 2
+    assert await names(store, now=NOW + 100) == ["A1"]
+    assert [d.message["event"] for d in await store.lease(OTHER, 10, NOW + 100)] == ["C1"]
+    assert refs(await store.dead_letters()) == ["B1", "bad"]  # rejected ones stay
+    assert await store.replay(DeadLetterFilter(limit=5), NOW + 100) == 1
+    assert refs(await store.dead_letters()) == ["bad"]
+
+
+async def test_discarded_dead_letters_are_gone_and_the_queue_is_not_touched(make: Make) -> None:
+    store = await make()
+    ids = await dead_three(store)
+    await store.enqueue([event("e", "E1")])
+    assert await store.discard(DeadLetterFilter(ids=(ids["B1"],))) == 1
+    assert refs(await store.dead_letters()) == ["A1", "C1", "bad"]
+    assert await store.discard(DeadLetterFilter(destination=OTHER)) == 1
+    assert await store.discard(DeadLetterFilter(reason="missing")) == 1
+    assert refs(await store.dead_letters()) == ["A1"]
+    assert await store.discard(EVERY_DEAD_LETTER) == 1
+    assert await store.dead_letters() == []
+    assert await store.counts() == {DEST: {"pending": 1}}
+    assert await names(store, now=NOW + 100) == ["E1"]
+
+
+async def test_the_oldest_waiting_delivery_is_known_per_destination(make: Make) -> None:
+    store = await make()
+    assert await store.oldest() == {}
+    old = NOW - 100
+    await store.enqueue([event("a", "A1", at=old), event("b", "B1", at=NOW, to=(DEST, OTHER))])
+    assert await store.oldest() == {DEST: old, OTHER: NOW}
+    ids = await lease_ids(store)
+    assert await store.oldest() == {DEST: old, OTHER: NOW}  # leased is still waiting
+    await store.settle(Settlement(done=[ids["A1"]], dead=[(ids["B1"], "HTTP 400")]), NOW)
+    assert await store.oldest() == {OTHER: NOW}
 
 
 # --------------------------------------------------------------------------- dedup
@@ -358,7 +468,7 @@ async def test_rejected_messages_are_kept_for_people_to_look_at(make: Make) -> N
     )
     assert rejected.reason == "batch[0]: field 'userId' must be a string"
     assert rejected.message["event"] == "bad"
-    assert await store.dead_letters(destination=DEST) == []
+    assert await store.dead_letters(DeadLetterFilter(destination=DEST)) == []
     assert await names(store) == ["A1"]
 
 

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import sqlite3
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from relay.codec import decode
-from relay.errors import StoreCannotOpen
 from relay.store.base import (
     DeadLetter,
+    DeadLetterFilter,
     EventTuple,
 )
-from relay.store.sqlite.files import cannot_open
 
 T = TypeVar("T")
 
@@ -37,47 +34,110 @@ def placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-def dead_letter_rows(
-    conn: sqlite3.Connection, limit: int, destination: str | None
-) -> list[DeadLetter]:
-    where = "state = 'dead'" + (" AND destination = ?" if destination else "")
-    args: tuple[Any, ...] = (destination,) if destination else ()
+def _conditions(
+    which: DeadLetterFilter, reason_column: str, time_column: str
+) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions of `which` other than ids (see DeadLetterFilter.matches)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if which.reason is not None:
+        where.append(f"instr(lower({reason_column}), ?) > 0")
+        args.append(which.reason.lower())
+    if which.since is not None:
+        where.append(f"{time_column} >= ?")
+        args.append(which.since)
+    if which.until is not None:
+        where.append(f"{time_column} < ?")
+        args.append(which.until)
+    return where, args
+
+
+def _ids_and_limit(
+    where: list[str], args: list[Any], ids: tuple[int, ...] | None, limit: int | None
+) -> tuple[str, tuple[Any, ...]]:
+    if ids is not None:
+        where.append(f"id IN ({placeholders(len(ids))})" if ids else "0")
+        args.extend(ids)
+    text = " AND ".join(where) or "1"
+    if limit is not None:
+        text += " ORDER BY id LIMIT ?"
+        args.append(limit)
+    return text, tuple(args)
+
+
+def dead_where(which: DeadLetterFilter, limit: int | None = None) -> tuple[str, tuple[Any, ...]]:
+    """SQL over `deliveries` for the dead deliveries `which`
+    takes, up to `limit` (which.limit when not given). Ids are bound one by one: operators
+    name a few."""
+    where, args = _conditions(which, "last_error", "next_at")
+    where.insert(0, "state = 'dead'")
+    if which.destination is not None:
+        where.append("destination = ?")
+        args.append(which.destination)
+    ids = which.ids if which.by_id else None
+    if which.by_id and ids is None:
+        ids = ()
+    return _ids_and_limit(where, args, ids, which.limit if limit is None else limit)
+
+
+def rejected_where(
+    which: DeadLetterFilter, limit: int | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """SQL over `rejected` for the rejected messages `which` takes (when it takes any:
+    see DeadLetterFilter.takes_rejected)."""
+    where, args = _conditions(which, "reason", "received_at")
+    ids = which.rejected_ids if which.by_id else None
+    if which.by_id and ids is None:
+        ids = ()
+    return _ids_and_limit(where, args, ids, which.limit if limit is None else limit)
+
+
+def dead_letter_rows(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[DeadLetter]:
+    where, args = dead_where(which)
     out = [
-        DeadLetter(did, dest, source, kind, reason, attempts, created_at, decode(message))
-        for did, dest, source, kind, reason, attempts, created_at, message in conn.execute(
-            "SELECT id, destination, source, kind, last_error, attempts, created_at, message"
-            f" FROM deliveries WHERE {where} ORDER BY id LIMIT ?",
-            (*args, limit),
+        DeadLetter(
+            did,
+            dest,
+            source,
+            kind,
+            reason,
+            attempts,
+            created_at,
+            decode(message),
+            dead_at,
+            tuple((at, error) for at, error in decode(history or b"[]")),
+        )
+        for did, dest, source, kind, reason, attempts, created_at, message, dead_at, history in (
+            conn.execute(
+                "SELECT id, destination, source, kind, last_error, attempts, created_at, message,"
+                f" next_at, history FROM deliveries WHERE {where}",
+                args,
+            )
         )
     ]
-    if destination is None:
+    left = None if which.limit is None else which.limit - len(out)
+    if which.takes_rejected() and (left is None or left > 0):
+        where, args = rejected_where(which, left)
         out.extend(
-            DeadLetter(rid, None, source, kind, reason, 0, received_at, decode(message))
+            DeadLetter(
+                rid, None, source, kind, reason, 0, received_at, decode(message), received_at
+            )
             for rid, source, kind, reason, received_at, message in conn.execute(
                 "SELECT id, source, kind, reason, received_at, message FROM rejected"
-                " ORDER BY id LIMIT ?",
-                (limit,),
+                f" WHERE {where}",
+                args,
             )
         )
     return out
 
 
-def read_dead_letters(path: str, limit: int, destination: str | None) -> list[DeadLetter]:
-    """The dead letters, read without writing anything: safe beside a running relay, whose
-    leased deliveries a normal open would take back (and send again)."""
-    if not os.path.exists(path):
-        raise StoreCannotOpen(f"there is no event store at {path} (storage.sqlite.path)")
-    try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise cannot_open(path, exc) from None
-    try:
-        conn.execute("PRAGMA busy_timeout=5000")
-        return dead_letter_rows(conn, limit, destination)
-    except sqlite3.Error as exc:
-        raise cannot_open(path, exc) from None
-    finally:
-        conn.close()
+def oldest_queued(conn: sqlite3.Connection) -> dict[str, float]:
+    return dict(
+        conn.execute(
+            "SELECT destination, min(created_at) FROM deliveries"
+            " WHERE state IN ('pending', 'leased') GROUP BY destination"
+        )
+    )
 
 
 def count_deliveries(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:

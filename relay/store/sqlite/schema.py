@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     source       TEXT NOT NULL,
     kind         TEXT NOT NULL,
     message      BLOB NOT NULL,            -- JSON, as routed to this destination
-    last_error   TEXT
+    last_error   TEXT,
+    history      TEXT                      -- JSON [[time, error], ...]: the failed attempts
 );
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, id);
 -- Deliveries that are leased or waiting for a retry. Later deliveries of the same person
@@ -103,6 +104,21 @@ TIGHT_AUTOCHECKPOINT = 64
 # Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
 # of the dedup ids are looked over every 16 minutes.
 PURGE_SLICES = 8
+
+
+# An UPDATE's assignment that adds a failed attempt (time, error: two parameters) to the
+# delivery's history.
+ADD_ATTEMPT = "history = json_insert(coalesce(history, '[]'), '$[#]', json_array(?, ?))"
+
+# Columns added since a store's tables were first made: added to older stores when opened.
+ADDED_COLUMNS = (("deliveries", "history", "TEXT"),)
+
+
+def add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def open_connection(path: str, synchronous: str, schema: str) -> sqlite3.Connection:

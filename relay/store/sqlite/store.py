@@ -17,7 +17,9 @@ from typing import Any
 from relay.codec import decode
 from relay.errors import StoreCannotOpen, StoreFull, StoreUnavailable
 from relay.store.base import (
+    EVERY_DEAD_LETTER,
     DeadLetter,
+    DeadLetterFilter,
     Delivery,
     EnqueueOutcome,
     EventTuple,
@@ -47,11 +49,15 @@ from relay.store.sqlite.rows import (
     T,
     count_deliveries,
     dead_letter_rows,
+    dead_where,
     in_chunks,
     insert_deliveries,
+    oldest_queued,
     placeholders,
+    rejected_where,
 )
 from relay.store.sqlite.schema import (
+    ADD_ATTEMPT,
     AUTOCHECKPOINT,
     BACKGROUND_NICE,
     DEDUP_SCHEMA,
@@ -63,6 +69,7 @@ from relay.store.sqlite.schema import (
     TIGHT_AUTOCHECKPOINT,
     WAL_FRAME_HEADER,
     WAL_KEPT_BYTES,
+    add_missing_columns,
     log,
     open_connection,
 )
@@ -191,6 +198,7 @@ class SqliteStore:
 
     def _open_main(self) -> sqlite3.Connection:
         conn = open_connection(self.path, "FULL", SCHEMA)
+        add_missing_columns(conn)
         # The background writer checkpoints every second; this is the fallback if it falls
         # behind (20,000 pages, 80 MB of log, instead of SQLite's default of 1,000).
         conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
@@ -556,8 +564,8 @@ class SqliteStore:
         if settlement.retries:
             conn.executemany(
                 "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
-                " next_at = ?, last_error = ? WHERE id = ? AND state != 'dead'",
-                [(r.next_at, r.error, r.id) for r in settlement.retries],
+                f" next_at = ?, last_error = ?, {ADD_ATTEMPT} WHERE id = ? AND state != 'dead'",
+                [(r.next_at, r.error, now, r.error, r.id) for r in settlement.retries],
             )
         if settlement.done:
             self._finish(conn, settlement.done)
@@ -596,36 +604,41 @@ class SqliteStore:
         for did, reason in items:
             cur = conn.execute(
                 "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?,"
-                " next_at = ? WHERE id = ? AND state != 'dead'",
-                (reason, now, did),
+                f" next_at = ?, {ADD_ATTEMPT} WHERE id = ? AND state != 'dead'",
+                (reason, now, now, reason, did),
             )
             self._pending -= cur.rowcount
 
-    async def dead_letters(
-        self, limit: int = 100, destination: str | None = None
-    ) -> list[DeadLetter]:
-        return await self._submit(lambda conn: dead_letter_rows(conn, limit, destination))
+    async def dead_letters(self, which: DeadLetterFilter = EVERY_DEAD_LETTER) -> list[DeadLetter]:
+        return await self._submit(lambda conn: dead_letter_rows(conn, which))
 
-    async def replay(self, ids: list[int] | None, now: float) -> int:
+    async def replay(self, which: DeadLetterFilter, now: float) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            if ids is None:
-                cur = conn.execute(
-                    "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
-                    " created_at = ? WHERE state = 'dead'",
-                    (now, now),
-                )
-                count = cur.rowcount
-            else:
-                count = 0
-                for chunk in in_chunks(ids):
-                    cur = conn.execute(
-                        "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
-                        " created_at = ? WHERE state = 'dead'"
-                        f" AND id IN ({placeholders(len(chunk))})",
-                        (now, now, *chunk),
-                    )
-                    count += cur.rowcount
-            self._pending += count
+            where, args = dead_where(which)
+            cur = conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
+                " created_at = ?, last_error = NULL, history = NULL"
+                f" WHERE id IN (SELECT id FROM deliveries WHERE {where})",
+                (now, now, *args),
+            )
+            self._pending += cur.rowcount
+            return cur.rowcount
+
+        return await self._submit(run)
+
+    async def discard(self, which: DeadLetterFilter) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            where, args = dead_where(which)
+            count = conn.execute(
+                f"DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE {where})",
+                args,
+            ).rowcount
+            if which.takes_rejected():
+                where, args = rejected_where(which)
+                count += conn.execute(
+                    f"DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE {where})",
+                    args,
+                ).rowcount
             return count
 
         return await self._submit(run)
@@ -635,15 +648,16 @@ class SqliteStore:
         if counter is not None:
             counter.close()
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """Deliveries by destination and state, read beside the writer: counting a queue of
-        millions takes a while, and the commits that requests wait for go on meanwhile."""
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` on a reading connection and thread of its own, beside the writer: counting a
+        queue of millions takes a while, and the commits that requests wait for go on
+        meanwhile."""
 
-        def run() -> dict[str, dict[str, int]]:
+        def run() -> T:
             if self._counter is None:
                 self._counter = sqlite3.connect(self.path, isolation_level=None)
                 self._counter.execute("PRAGMA busy_timeout=5000")
-            return count_deliveries(self._counter)
+            return fn(self._counter)
 
         if self._read_executor is None:
             raise StoreUnavailable("the store is not open")
@@ -651,6 +665,13 @@ class SqliteStore:
             return await asyncio.get_running_loop().run_in_executor(self._read_executor, run)
         except sqlite3.Error as exc:
             raise unavailable(exc) from None
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Deliveries by destination and state (read beside the writer)."""
+        return await self._read(count_deliveries)
+
+    async def oldest(self) -> dict[str, float]:
+        return await self._read(oldest_queued)
 
     async def purge(self, now: float) -> None:
         first = self._purge_from
