@@ -443,9 +443,9 @@ READING_CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
         "anchors: {a: 1}\n" + CIO_MAIN,
         {},
         [
-            'relay.yaml:1:1: anchors: unknown key "anchors" (known keys: admin, destinations, routes,'
-            " server, sources, storage; a top-level key starting with x- is ignored (to hold"
-            " YAML anchors))"
+            'relay.yaml:1:1: anchors: unknown key "anchors" (known keys: admin, destinations,'
+            " routes, server, sources, storage; a top-level key starting with x- is ignored"
+            " (to hold YAML anchors))"
         ],
     ),
     (
