@@ -956,3 +956,51 @@ async def test_analytics_python_waits_out_503_retry_after_and_loses_nothing(
     ops = await drained(app, lambda: [op for r in accepted for op in r.body["batch"]], 8)
     assert [op.get("name") for op in ops[:2]] == ["Filler 0", "Filler 1"]
     assert ops[2:] == expected_ops("py503")
+
+
+async def test_the_status_page_shows_in_chromium_what_metrics_count(
+    relay_factory: RelayFactory, customerio: StandIn, tmp_path: Path
+) -> None:
+    """relay's status page, loaded in headless Chromium after traffic: the figures it shows
+    are those /metrics counts, and it loads nothing from anywhere else."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    node = require_clients([PLAYWRIGHT], chromium=True)
+    url, _ = await relay_factory(config_yaml(tmp_path / "relay.db", customerio.url))
+    auth = {"Authorization": basic_auth(WRITE_KEY)}
+    customerio.respond(400, {"meta": {"error": "nope"}})
+    for n in range(4):
+        status, _, _ = await post(f"{url}/v1/track", track("u1", f"E{n}", f"sp-{n}"), headers=auth)
+        assert status == 200
+        await customerio.wait_for(n + 1)
+    await asyncio.sleep(0.3)
+    admin = json.loads((tmp_path / "relay.db.admin").read_text())["url"]
+    code, report, stderr = await asyncio.to_thread(
+        run_node, node, "status_page.mjs", f"{admin}/status", "15000", timeout=60
+    )
+    assert code == 0, (report, stderr)
+    assert report["pageErrors"] == []
+    assert all(r.startswith(admin) for r in report["requests"]), report["requests"]
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+        metrics = await resp.text()
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    dest = (("destination", "customerio.main"),)
+    rows = {r[0]: r for r in report["tables"]["destinations"]}
+    assert sorted(rows) == ["customerio.main", "segment.main"]
+    name, state, queued, _oldest, delivered, dead, rate_limit = rows["customerio.main"][:7]
+    assert (name, state, queued, rate_limit) == ("customerio.main", "ok", "0", "100/s")
+    assert float(delivered) == values[("relay_delivered_events_total", dest)] == 3
+    assert float(dead) == values[("relay_dead_lettered_events_total", dest)] == 1
+    [source] = report["tables"]["sources"]
+    queued_metric = values[
+        (
+            "relay_received_events_total",
+            (("kind", "segment"), ("outcome", "queued"), ("source", "web")),
+        )
+    ]
+    assert source[:2] == ["segment.web", f"{queued_metric:g}"] and queued_metric == 4
+    assert report["summary"].startswith("accepting events")
