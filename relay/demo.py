@@ -35,7 +35,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import __version__
-from relay.app import RELAY, Relay, create_app
+from relay.app import RELAY, Relay, create_app, start_admin, stop_admin
 from relay.config import Config, check_config
 from relay.dryrun import dry_run_async
 from relay.errors import RelayError, StoreCannotOpen, StoreInUse
@@ -522,6 +522,7 @@ class Places:
     """Where a running demo is."""
 
     relay: str
+    admin: str
     customerio: str
     segment: str
     config: Path
@@ -537,6 +538,10 @@ def where_to_look(places: Places) -> list[tuple[str, str]]:
             f"{places.relay}/metrics",
             "counters: events received, delivered, dead-lettered; requests to each destination",
         ),
+        (
+            f"{places.admin}/status",
+            "the status page: each destination's state, queue and rate, each source's counts",
+        ),
         (f"{places.relay}/readyz", "whether relay takes events, and the state of each destination"),
         (
             f"{places.customerio}/  and  {places.segment}/",
@@ -544,7 +549,11 @@ def where_to_look(places: Places) -> list[tuple[str, str]]:
         ),
         (
             f"relay dlq list --config {config}",
-            "the dead letters (and any rejected messages), as JSON lines",
+            "the dead letters (and any rejected messages), through the running relay",
+        ),
+        (
+            f"relay tail --config {config}",
+            "what comes in, which routes take it, and what goes out, live",
         ),
         (
             f"relay routes test --config {config} {places.samples}",
@@ -671,8 +680,9 @@ def _load(config_path: Path) -> tuple[Config, Routes]:
     return checked.config, checked.routes
 
 
-async def _start_relay(config: Config) -> tuple[web.AppRunner, str]:
-    """relay as `relay serve` builds it, on the port the system gives."""
+async def _start_relay(config: Config) -> tuple[web.AppRunner, web.AppRunner, str, str]:
+    """relay as `relay serve` builds it, with its admin endpoint, on ports the system gives:
+    (runner, admin runner, relay's URL, the admin endpoint's URL)."""
     runner = web.AppRunner(
         create_app(config),
         handle_signals=False,
@@ -682,10 +692,11 @@ async def _start_relay(config: Config) -> tuple[web.AppRunner, str]:
     await runner.setup()  # opens the store and starts the delivery workers
     try:
         await web.TCPSite(runner, config.server.host, config.server.port).start()
+        admin = await start_admin(runner.app[RELAY])
     except BaseException:
         await runner.cleanup()
         raise
-    return runner, _url(runner)
+    return runner, admin, _url(runner), _url(admin)
 
 
 async def _wait(
@@ -771,6 +782,7 @@ async def _run(
     places = running.places
     _say(f"relay {__version__} demo: relay, and stand-ins for Customer.io and Segment, on loopback")
     _say(f"  relay                 {places.relay}")
+    _say(f"  status page           {places.admin}/status")
     _say(f"  Customer.io stand-in  {places.customerio}   (Track API; site id {SITE_ID})")
     _say(f"  Segment stand-in      {places.segment}   (HTTP Tracking API)")
     _say(f"  files                 {places.config.parent}   (config, store; removed at the end)")
@@ -805,6 +817,7 @@ async def _demo(directory: Path, keep_running: bool, timeout: float) -> int:
     customerio = StandIn("Customer.io", customerio_answer, customerio_items)
     segment = StandIn("Segment", segment_answer, segment_items)
     runner: web.AppRunner | None = None
+    admin: web.AppRunner | None = None
     try:
         await customerio.start()
         await segment.start()
@@ -819,11 +832,13 @@ async def _demo(directory: Path, keep_running: bool, timeout: float) -> int:
         # What must arrive: what `relay routes test` says the samples become.
         expected = expected_from(await dry_run_async(config, routes, samples, now))
         try:
-            runner, relay_url = await _start_relay(config)
+            runner, admin, relay_url, admin_url = await _start_relay(config)
         except (StoreInUse, StoreCannotOpen) as exc:
             print(f"relay demo: cannot open the store: {exc.message}", file=sys.stderr)
             return 1
-        places = Places(relay_url, customerio.url, segment.url, config_path, samples_path)
+        places = Places(
+            relay_url, admin_url, customerio.url, segment.url, config_path, samples_path
+        )
         running = _Running(runner.app[RELAY], customerio, segment, places)
         code = await _run(running, calls, webhooks, expected, timeout, stop)
         if code is None:
@@ -837,6 +852,8 @@ async def _demo(directory: Path, keep_running: bool, timeout: float) -> int:
             )
         return code
     finally:
+        if admin is not None and runner is not None:
+            await stop_admin(runner.app[RELAY], admin)
         if runner is not None:
             await runner.cleanup()
         await segment.close()

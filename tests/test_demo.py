@@ -116,9 +116,13 @@ def test_the_demo_delivers_both_ways_prints_what_arrived_and_exits_0(tmp_path: P
     places = _section(lines, "Where to look")
     relay_url = re.search(r"^  relay +(http://\S+)$", result.stdout, re.M)
     assert relay_url
-    assert places[:4] == [
+    status_url = re.search(r"^  status page +(http://\S+)/status$", result.stdout, re.M)
+    assert status_url
+    assert places[:6] == [
         f"  {relay_url.group(1)}/metrics",
         "      counters: events received, delivered, dead-lettered; requests to each destination",
+        f"  {status_url.group(1)}/status",
+        "      the status page: each destination's state, queue and rate, each source's counts",
         f"  {relay_url.group(1)}/readyz",
         "      whether relay takes events, and the state of each destination",
     ]
@@ -186,6 +190,11 @@ def test_keep_running_stays_up_with_live_commands_until_ctrl_c_then_removes_its_
         files = _files(shown)
         config = files / "relay.yaml"
 
+        status_url = re.search(r"^  status page +(http://127\.0\.0\.1:\d+)/status$", shown, re.M)
+        assert status_url, shown
+        status, figures = _get(status_url.group(1) + "/status.json")
+        assert status == 200
+        assert figures["destinations"]["customerio.main"]["dead_letters"] == 1
         status, ready = _get(relay_url.group(1) + "/readyz")
         assert (status, ready["status"]) == (200, "ready")
         assert ready["destinations"] == {
