@@ -233,16 +233,16 @@ def test_relay_yaml_without_its_variables_names_each_one(tmp_path: Path) -> None
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "config/relay.yaml:38:18: sources.customerio.signing_keys.marketing: environment"
+        "config/relay.yaml:45:18: sources.customerio.signing_keys.marketing: environment"
         " variable CIO_WEBHOOK_SIGNING_KEY is not set (export it before running relay;"
         " secrets belong in the environment)",
-        "config/relay.yaml:44:16: destinations.customerio.main.site_id: environment variable"
+        "config/relay.yaml:51:16: destinations.customerio.main.site_id: environment variable"
         " CIO_SITE_ID is not set (export it, or write ${CIO_SITE_ID:-default} to give a"
         " default)",
-        "config/relay.yaml:45:16: destinations.customerio.main.api_key: environment variable"
+        "config/relay.yaml:52:16: destinations.customerio.main.api_key: environment variable"
         " CIO_API_KEY is not set (export it before running relay; secrets belong in the"
         " environment)",
-        "config/relay.yaml:53:18: destinations.segment.main.write_key: environment variable"
+        "config/relay.yaml:60:18: destinations.segment.main.write_key: environment variable"
         " SEGMENT_OUT_WRITE_KEY is not set (export it before running relay; secrets belong in"
         " the environment)",
         "config/relay.yaml: 4 problems; the config is not valid",
