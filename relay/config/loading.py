@@ -27,7 +27,7 @@ from relay.config.positions import (
 from relay.config.problems import Collector, value_at
 from relay.config.schemas import ConfigSchema, field_at, is_secret_path, must_not_be_empty
 from relay.config.values import Config, ConfigCheck, MissingVariable
-from relay.config.variables import interpolate
+from relay.config.variables import Substitution, interpolate
 from relay.destinations.registry import TYPES, Destination
 from relay.errors import ConfigError, ConfigProblem
 from relay.routing import Routes, compile_routes
@@ -85,27 +85,42 @@ def parse_config(text: str, file: str, env: Mapping[str, str]) -> Config:
 
 
 def check_config(
-    path: str, env: Mapping[str, str] | None = None, *, require_env: bool = True
+    path: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    require_env: bool = True,
+    read_env: bool = True,
 ) -> ConfigCheck:
     """Every problem of a config file at once: its settings, unset environment variables
     (when `require_env`), and its routes, compiled against the destinations and sources the
-    file declares even when some of their settings are wrong."""
-    env = os.environ if env is None else env
+    file declares even when some of their settings are wrong.
+
+    With `read_env=False` (`--no-env`) the environment is not read at all (`env` is
+    ignored): every variable counts as unset, which is then no problem, and what a
+    variable's value would decide is not checked (a `${VAR:-default}` is checked with its
+    default). The typed config then holds the defaults of the settings that could not be
+    read: it describes the file, and is never one to run."""
+    env = {} if not read_env else os.environ if env is None else env
     text = _read_file(path)
     if isinstance(text, ConfigProblem):
         return ConfigCheck(None, None, [text])
-    return check_text(text, path, env, require_env=require_env)
+    return check_text(text, path, env, require_env=require_env, read_env=read_env)
 
 
 def check_text(
-    text: str, file: str, env: Mapping[str, str], *, require_env: bool = True
+    text: str,
+    file: str,
+    env: Mapping[str, str],
+    *,
+    require_env: bool = True,
+    read_env: bool = True,
 ) -> ConfigCheck:
     """`check_config` for text already read."""
-    reading = _Reading(text, file, env)
+    reading = _Reading(text, file, env, read_env=read_env)
     if reading.data is None:  # not YAML, or not a mapping: nothing more can be read
         return ConfigCheck(None, None, sorted_problems(reading.problems))
     problems = list(reading.problems)
-    missing = reading.missing if require_env else reading.blocking_missing
+    missing = reading.missing if require_env and read_env else reading.blocking_missing
     problems.extend(_missing_problem(file, reading.pos, m) for m in missing)
     routes, route_problems = _compile(
         reading.data.get("routes"),
@@ -198,13 +213,19 @@ def _names(value: Any) -> tuple[str, ...]:
 class _Reading:
     """One pass over config text: every settings problem, and what could be read anyway."""
 
-    def __init__(self, text: str, file: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, text: str, file: str, env: Mapping[str, str], *, read_env: bool = True
+    ) -> None:
         self.file = file
+        # Without the environment every variable counts as unset (read_env=False).
+        self.read_env = read_env
+        env = env if read_env else {}
         self.pos: dict[Path, tuple[int, int]] = {}
         self.problems: list[ConfigProblem] = []
         self.data: dict[str, Any] | None = None
         self.config: Config | None = None
         self.missing: list[MissingVariable] = []
+        self.variables: list[Substitution] = []
         # Unset variables whose empty value leaves a setting invalid: these are errors even
         # where unset variables are tolerated.
         self.blocking_missing: list[MissingVariable] = []
@@ -323,11 +344,13 @@ class _Reading:
         # Top-level x-… keys hold YAML anchors for use elsewhere in the file; relay reads
         # only what the aliases bring where they are used.
         raw = {k: v for k, v in raw.items() if not k.startswith("x-")}
-        missing_raw: list[tuple[str, Path]] = []
-        defaulted_raw: list[tuple[str, Path]] = []
-        empty_raw: list[tuple[str, Path]] = []
-        data = interpolate(raw, (), env, missing_raw, defaulted_raw, empty_raw)
+        found: list[Substitution] = []
+        data = interpolate(raw, (), env, found)
         self.data = data
+        self.variables = found
+        missing_raw = [(s.name, s.path) for s in found if s.unset]
+        defaulted_raw = [(s.name, s.path) for s in found if s.took_default and s.default]
+        empty_raw = [(s.name, s.path) for s in found if s.empty]
         # A variable that is set but empty, for a key or a Site ID, is as good as unset:
         # `relay check` reports it, and a running relay leaves that destination or source
         # unconfigured, exactly as when the variable is unset.
@@ -339,21 +362,6 @@ class _Reading:
         ]
         defaulted = [MissingVariable(n, p, position_of(pos, p)[0]) for n, p in defaulted_raw]
         self.missing = missing
-        missing_paths = {p for _, p in missing_raw}
-        # An unset variable is reported once, by name; what its empty value then breaks
-        # (a port that is not a number) would only repeat the same problem.
-        collector = Collector(file, pos, skip=missing_paths, empty={p: n for n, p in empty_raw})
-
-        schema = ConfigSchema()
-        top: dict[str, Any] | None = None
-        try:
-            top = schema.load(data)
-        except ValidationError as err:
-            collector.add_validation(err, (), schema)
-            # A `routes` that is not a list is also reported, with a hint, by the route
-            # compiler; `relay check` shows only that one.
-            self.routes_shape = [p for p in collector.problems if p.field == "routes"]
-            collector.problems = [p for p in collector.problems if p.field != "routes"]
 
         raw_sources = data.get("sources")
         seg = raw_sources.get("segment") if isinstance(raw_sources, dict) else None
@@ -365,6 +373,64 @@ class _Reading:
         self.declared_customerio_sources = _names(
             cio.get("signing_keys") if isinstance(cio, dict) else None
         )
+        raw_destinations = data.get("destinations")
+        self.declared_destinations = tuple(
+            f"{kind}.{name}"
+            for kind in TYPES
+            for name in _names(
+                raw_destinations.get(kind) if isinstance(raw_destinations, dict) else None
+            )
+        )
+
+        # An unset variable is reported once, by name; what its empty value then breaks
+        # (a port that is not a number) would only repeat the same problem.
+        skip = {p for _, p in missing_raw}
+        empty_by_path = {p: n for n, p in empty_raw}
+        collector = Collector(file, pos, skip=skip, empty=empty_by_path)
+        top, destinations = self._validate(data, collector, missing_raw)
+        if not self.read_env and collector.masked and not collector.problems:
+            # Without the environment, what a variable's value would decide cannot be
+            # checked: those settings are left out, so that their defaults stand in for
+            # them in the typed config, and the rest is read again.
+            masked = collector.masked
+            collector = Collector(file, pos, skip=skip, empty=empty_by_path)
+            top, destinations = self._validate(_without(data, masked), collector, missing_raw)
+        self.problems.extend(collector.problems)
+        self.blocking_missing = [m for m in missing if m.path in collector.masked]
+        if collector.problems or collector.masked or top is None:
+            return
+
+        self.config = Config(
+            path=file,
+            server=top["server"],
+            storage=top["storage"],
+            admin=top["admin"],
+            sources=top["sources"],
+            destinations=destinations,
+            routes=top["routes"],
+            missing=missing,
+            defaulted=defaulted,
+            positions=pos,
+            variables=found,
+            values=data,
+        )
+
+    def _validate(
+        self, data: dict[str, Any], collector: Collector, missing_raw: list[tuple[str, Path]]
+    ) -> tuple[dict[str, Any] | None, dict[str, Destination]]:
+        """The typed sections and destinations of interpolated data, every problem into
+        `collector`."""
+        missing_paths = collector.skip
+        schema = ConfigSchema()
+        top: dict[str, Any] | None = None
+        try:
+            top = schema.load(data)
+        except ValidationError as err:
+            collector.add_validation(err, (), schema)
+            # A `routes` that is not a list is also reported, with a hint, by the route
+            # compiler; `relay check` shows only that one.
+            self.routes_shape = [p for p in collector.problems if p.field == "routes"]
+            collector.problems = [p for p in collector.problems if p.field != "routes"]
         for path, hint in _written_empty(data, ()):
             if path not in missing_paths:
                 collector.add(path, "must not be empty", hint)
@@ -372,13 +438,11 @@ class _Reading:
         # Destinations are validated one by one, even when the rest failed, so that one run
         # of `relay check` lists every problem in the file.
         destinations: dict[str, Destination] = {}
-        declared: list[str] = []
         raw_destinations = data.get("destinations")
         for kind, dest_type in TYPES.items():
             group = raw_destinations.get(kind) if isinstance(raw_destinations, dict) else None
             dest_schema = dest_type.schema()
             for name, body in group.items() if isinstance(group, dict) else ():
-                declared.append(f"{kind}.{name}")
                 dpath: Path = ("destinations", kind, name)
                 if not isinstance(body, dict):
                     collector.add(
@@ -399,24 +463,16 @@ class _Reading:
                     sorted({n for n, p in missing_raw if p[: len(dpath)] == dpath})
                 )
                 destinations[f"{kind}.{name}"] = dest_type.settings(name, values, dest_missing)
-        self.declared_destinations = tuple(declared)
-        self.problems.extend(collector.problems)
-        self.blocking_missing = [m for m in missing if m.path in collector.masked]
-        if collector.problems or collector.masked or top is None:
-            return
+        return top, destinations
 
-        self.config = Config(
-            path=file,
-            server=top["server"],
-            storage=top["storage"],
-            admin=top["admin"],
-            sources=top["sources"],
-            destinations=destinations,
-            routes=top["routes"],
-            missing=missing,
-            defaulted=defaulted,
-            positions=pos,
-        )
+
+def _without(data: Any, paths: Collection[Path], at: Path = ()) -> Any:
+    """`data` without the values at `paths`."""
+    if isinstance(data, dict):
+        return {k: _without(v, paths, (*at, k)) for k, v in data.items() if (*at, k) not in paths}
+    if isinstance(data, list):
+        return [_without(v, paths, (*at, i)) for i, v in enumerate(data) if (*at, i) not in paths]
+    return data
 
 
 def _written_empty(data: Any, path: Path) -> list[tuple[Path, str]]:

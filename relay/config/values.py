@@ -9,6 +9,7 @@ from typing import Any
 from relay.admin.settings import AdminSettings
 from relay.config.positions import Path
 from relay.config.schemas import ServerSettings, SourcesSettings, StorageSettings
+from relay.config.variables import Substitution
 from relay.destinations.registry import Destination
 from relay.errors import ConfigProblem
 from relay.routing import Routes
@@ -39,6 +40,10 @@ class Config:
     # Variables that were unset and replaced by their ${VAR:-default}.
     defaulted: list[MissingVariable] = field(default_factory=list)
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    # Every ${VAR} of the file, where it is and what it gave, in file order.
+    variables: list[Substitution] = field(default_factory=list)
+    # The file's settings after ${VAR} substitution, secrets included (never shown).
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
