@@ -1,4 +1,5 @@
-"""The `relay` command: serve · check · routes test · dlq · demo."""
+"""The `relay` command: serve · check · config show · routes test · dlq · import · tail ·
+demo."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from relay import __version__
@@ -25,7 +27,7 @@ from relay.app import (
     start_admin,
     stop_admin,
 )
-from relay.config import Config, check_config, load_config
+from relay.config import Config, check_config, load_config, shown_config
 from relay.errors import (
     ClientError,
     ConfigError,
@@ -61,6 +63,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         f" {_plural(len(config.routes), 'route')})"
         + ("; environment variables not checked" if args.no_env else "")
     )
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    # As `relay serve` reads it: an unset variable is shown as unset, not a problem.
+    result = check_config(args.config, require_env=False, read_env=not args.no_env)
+    if result.config is None or result.problems:
+        return _not_valid(args.config, result.problems)
+    shown = shown_config(result.config)
+    if args.format == "json":
+        _print_json_line(json.dumps(shown, indent=2, ensure_ascii=False, default=str))
+    else:
+        # One line a value, however long.
+        text = yaml.safe_dump(shown, sort_keys=False, allow_unicode=True, width=float("inf"))
+        print(text, end="")
     return 0
 
 
@@ -241,6 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
         " not checked",
     )
     check.set_defaults(func=cmd_check)
+
+    config = sub.add_parser("config", parents=[common], help="config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show",
+        parents=[common],
+        help="print the config with every default filled in, secrets described",
+        description="Print the config as relay reads it: every section with its defaults"
+        " filled in and the values of variables resolved, except that each secret is"
+        " described (where it comes from, how long it is), never shown. Durations are in"
+        " seconds. A config with problems prints them, as relay check does, and exits 1.",
+    )
+    show.add_argument("--config", required=True, metavar="PATH", help="path to the YAML config")
+    show.add_argument(
+        "--no-env",
+        action="store_true",
+        help="do not read the environment: every variable is shown as unset",
+    )
+    show.add_argument("--format", choices=("yaml", "json"), default="yaml", help="default: yaml")
+    show.set_defaults(func=cmd_config_show)
 
     routes = sub.add_parser("routes", parents=[common], help="route tools")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True)

@@ -16,6 +16,7 @@ from relay.config.loading import (
     sorted_problems,
 )
 from relay.config.schemas import is_secret_path
+from relay.config.show import shown_config
 from relay.config.values import Config, ConfigCheck, MissingVariable
 from relay.errors import ConfigError
 
@@ -30,5 +31,6 @@ __all__ = [
     "is_secret_path",
     "load_config",
     "parse_config",
+    "shown_config",
     "sorted_problems",
 ]
