@@ -207,6 +207,7 @@ def required_variables(path: Path) -> set[str]:
 
 def test_the_shipped_configs_are_all_there() -> None:
     assert [p.relative_to(CONFIG_DIR).as_posix() for p in SHIPPED] == [
+        "examples/docker.yaml",
         "examples/edits.yaml",
         "examples/engagement-only.yaml",
         "examples/eu-region.yaml",
