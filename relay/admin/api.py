@@ -127,13 +127,9 @@ class Admin:
 
     async def replay(self, which: DeadLetterFilter) -> int:
         """Back in the queue, sent again through each destination's throttled worker."""
-        destinations = {
-            d.destination
-            for d in await self.relay.store.dead_letters(which)
-            if d.destination is not None
-        }
         count = await self.relay.store.replay(which, self.relay.clock())
-        self.relay.notify(destinations)
+        if count:
+            self.relay.notify(set(self.relay.workers))  # a worker with nothing due sleeps on
         return count
 
     async def discard(self, which: DeadLetterFilter) -> int:
