@@ -4,6 +4,7 @@ one), and removed when it stops."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
@@ -36,7 +37,10 @@ def remove_address(config: Config) -> None:
     except (OSError, ValueError, AttributeError):
         return
     if mine:
-        os.unlink(path)
+        # On a disk turned read-only it stays; the next relay replaces it, and a command
+        # finds nothing answering there meanwhile.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 class AdminError(Exception):
