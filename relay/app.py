@@ -24,7 +24,7 @@ from relay.destinations.registry import Destination, type_of
 from relay.destinations.transport import AiohttpTransport, Transport
 from relay.errors import ClientError, RelayError, StoreUnavailable
 from relay.intake import Intake
-from relay.logs import quiet_client_errors
+from relay.logs import REQUEST_ID, REQUEST_ID_HEADER, quiet_client_errors, request_id
 from relay.metrics import CONTENT_TYPE, Metrics
 from relay.routing import Routes
 from relay.sources.body import BODY_TIMEOUT
@@ -293,6 +293,48 @@ def _changed(prefix: str, old: Any, new: Any) -> list[str]:
 
 RELAY = web.AppKey("relay", Relay)
 LINGERING = 2.0
+# A request's id, set by request_middleware.
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# The route of a request that matched no route: never its path, which is the client's to
+# choose.
+UNMATCHED = "unmatched"
+
+
+def route_path(request: web.Request) -> str:
+    """The canonical path of the route a request matched (`/webhooks/customerio/{source}`),
+    the path of a known route asked with the wrong method, or `unmatched`."""
+    match_info = request.match_info
+    resource = match_info.route.resource
+    if resource is not None:
+        return resource.canonical
+    if isinstance(getattr(match_info, "http_exception", None), web.HTTPMethodNotAllowed):
+        for known in request.app.router.resources():
+            if isinstance(known, web.PlainResource) and known.canonical == request.path:
+                return known.canonical
+    return UNMATCHED
+
+
+@web.middleware
+async def request_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The outermost middleware: gives the request its id, for every line logged while it is
+    handled (the contextvar is not reset: the request runs in a task of its own, and
+    aiohttp's own line about a fault, written after the handler, must carry it too). The
+    answer, whoever makes it, gets the id in `_answered`."""
+    rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+    REQUEST_ID.set(rid)
+    request[REQUEST_ID_KEY] = rid
+    return await handler(request)
+
+
+async def _answered(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer as it goes out: refusals, the middlewares' own answers and aiohttp's
+    (a 500 for a fault) included."""
+    rid = request.get(REQUEST_ID_KEY)
+    if rid is None:  # not through the middlewares
+        return
+    response.headers[REQUEST_ID_HEADER] = rid
 
 
 def _error_body(code: str, message: str) -> dict[str, Any]:
@@ -307,6 +349,11 @@ async def errors_middleware(
     try:
         return await handler(request)
     except (ClientError, StoreUnavailable) as exc:  # the client's mistake, or the store's 503
+        # Only at DEBUG: a client that keeps getting it wrong must not flood the log. The
+        # route's canonical path, not the request's: a path may carry a write key.
+        log.debug(
+            "refused %s %s: %d %s", request.method, route_path(request), exc.status, exc.message
+        )
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         response = web.json_response(
             _error_body(exc.code, exc.message), status=exc.status, headers=headers
@@ -418,7 +465,9 @@ def create_app(
     # answer given before the whole body came (a 413, a 408), the rest is read for at most
     # LINGERING seconds, so that the client sees the answer, then the connection is closed.
     app = web.Application(
-        middlewares=[cors_middleware, errors_middleware],
+        # request_middleware first, so that every line logged while handling a request,
+        # in the other two as well, carries its id.
+        middlewares=[request_middleware, cors_middleware, errors_middleware],
         client_max_size=8 * 1024 * 1024,
         handler_args={
             "auto_decompress": False,
@@ -428,6 +477,7 @@ def create_app(
     )
     app[RELAY] = relay
     app[BODY_TIMEOUT] = config.server.body_timeout
+    app.on_response_prepare.append(_answered)
     quiet_client_errors()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from relay import __version__
+from relay import __version__, logs
 from relay.admin.commands import CommandError, import_files, messages_of, tail
 from relay.admin.commands import dlq as dlq_command
 from relay.app import (
@@ -131,6 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("not starting: fix the config (relay check --config %s)", args.config)
         return 2
     config = result.config
+    if args.log_format is None:  # the flag wins over the file
+        _log_to_stderr(args, config.server.log_format)
     try:
         asyncio.run(_serve(config))
     except StoreInUse as exc:
@@ -227,10 +229,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep_running=args.keep_running, timeout=args.timeout)
 
 
+def _choice(what: str, choices: Sequence[str], case: Callable[[str], str]) -> Any:
+    """An argparse type that takes one of `choices` (after `case`), or says what to write."""
+    words = ", ".join(choices[:-1]) + " or " + choices[-1]
+
+    def parse(value: str) -> str:
+        if case(value) not in choices:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {what}: write {words}")
+        return case(value)
+
+    return parse
+
+
+def _log_to_stderr(args: argparse.Namespace, log_format: str) -> None:
+    logs.configure(getattr(args, "log_level", "INFO"), log_format)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING or ERROR"
+        "--log-level",
+        type=_choice("log level", logs.LEVELS, str.upper),
+        default=argparse.SUPPRESS,
+        metavar="LEVEL",
+        help="DEBUG, INFO (the default), WARNING or ERROR, in any case",
     )
     parser = argparse.ArgumentParser(prog="relay", description=__doc__, parents=[common])
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -238,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="run the relay until SIGTERM or SIGINT")
     serve.add_argument("--config", required=True, help="path to the YAML config")
+    serve.add_argument(
+        "--log-format",
+        type=_choice("log format", logs.FORMATS, str.lower),
+        default=None,
+        metavar="FORMAT",
+        help="json (one object a line) or text; default: server.log_format, whose default"
+        " is text when stderr is a terminal and JSON otherwise",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(
@@ -414,11 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(getattr(args, "log_level", "INFO")).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Until serve has read its config, its lines are as its flag says, else as on `auto`;
+    # the other commands print what they have to say, and their few log lines stay text.
+    _log_to_stderr(args, (args.log_format or "auto") if args.command == "serve" else "text")
     code: int = args.func(args)
     return code
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import time
@@ -28,6 +29,7 @@ from typing import Protocol
 
 from relay.destinations.outcome import Dead, Done, Hold, Outcome, Pause, Retry, Skipped
 from relay.errors import StoreUnavailable
+from relay.logs import about_deliveries
 from relay.metrics import Metrics
 from relay.store.base import Delivery, Settlement, Store
 from relay.store.base import Retry as StoreRetry
@@ -107,10 +109,19 @@ class DestinationWorker:
 
     def start(self) -> None:
         if self.sink is None:
-            log.warning("destination %s is paused: %s", self.key, self.paused_reason)
+            log.warning(
+                "destination %s is paused: %s",
+                self.key,
+                self.paused_reason,
+                extra=about_deliveries(self.key),
+            )
             return
+        # In a context of their own: lanes started while a request is handled (a reload
+        # asked for over HTTP) must not carry that request's id on every line they write.
         self._lanes = [
-            asyncio.create_task(self._lane(), name=f"relay-deliver-{self.key}-{i}")
+            asyncio.create_task(
+                self._lane(), name=f"relay-deliver-{self.key}-{i}", context=contextvars.Context()
+            )
             for i in range(self.concurrency)
         ]
 
@@ -178,12 +189,14 @@ class DestinationWorker:
             leased = await self.store.lease(self.key, size, now)
         except Exception as exc:  # the store may be briefly unwritable; keep the lane alive
             if not self._lease_failing:
-                log.error("lease failed for %s: %s", self.key, exc)
+                log.error(
+                    "lease failed for %s: %s", self.key, exc, extra=about_deliveries(self.key)
+                )
             self._lease_failing = True
             await self._sleep(self.poll_interval)
             return []
         if self._lease_failing:
-            log.warning("leasing for %s works again", self.key)
+            log.warning("leasing for %s works again", self.key, extra=about_deliveries(self.key))
             self._lease_failing = False
         if not leased:
             await self._sleep(self.poll_interval)
@@ -200,7 +213,11 @@ class DestinationWorker:
             )
             raise
         except Exception:
-            log.exception("unexpected failure delivering to %s; will retry", self.key)
+            log.exception(
+                "unexpected failure delivering to %s; will retry",
+                self.key,
+                extra=about_deliveries(self.key, [d.id for d in leased]),
+            )
             outcomes = {d.id: Retry("internal error while sending") for d in leased}
         while True:
             try:
@@ -209,13 +226,21 @@ class DestinationWorker:
             except StoreUnavailable as exc:
                 # The outcome must be recorded, or these deliveries stay leased until the
                 # next start: keep trying, unless shutting down (a start releases them).
-                log.error("could not record deliveries to %s, will retry: %s", self.key, exc)
+                log.error(
+                    "could not record deliveries to %s, will retry: %s",
+                    self.key,
+                    exc,
+                    extra=about_deliveries(self.key, [d.id for d in leased]),
+                )
                 if self._stopping:
                     return
                 await asyncio.sleep(1.0)
 
-    def _failed(self, now: float, error: str, retry_after: float, probe: bool) -> None:
-        """A request failed as a whole: probe the destination until one succeeds."""
+    def _failed(
+        self, now: float, error: str, retry_after: float, probe: bool, ids: Sequence[int]
+    ) -> None:
+        """A request failed as a whole (carrying `ids`): probe the destination until one
+        succeeds."""
         if self.failing is None:
             self.failing_since = now
             self._probe_step = PROBE_FIRST
@@ -224,6 +249,7 @@ class DestinationWorker:
                 "destination %s is failing (%s); probing it with one request at a time",
                 self.key,
                 error,
+                extra=about_deliveries(self.key, ids),
             )
         self.failing = error
         if probe or self.probe_at <= now:
@@ -237,6 +263,7 @@ class DestinationWorker:
             "destination %s accepts requests again, after %.1f s of failures",
             self.key,
             now - self.failing_since,
+            extra=about_deliveries(self.key),
         )
         self.failing = None
         self.probe_at = 0.0
@@ -261,6 +288,7 @@ class DestinationWorker:
         dead: list[tuple[int, str]] = []
         release: list[int] = []
         pause: str | None = None
+        paused_ids: list[int] = []
         skipped = 0
         for d in leased:
             outcome = outcomes.get(d.id, Hold())
@@ -289,11 +317,12 @@ class DestinationWorker:
                     retries.append(StoreRetry(d.id, now + delay, outcome.error))
             elif isinstance(outcome, Pause):
                 pause = outcome.reason
+                paused_ids.append(d.id)
                 release.append(d.id)
             else:
                 release.append(d.id)
         if retries and not done:  # the request failed as a whole: the destination fails
-            self._failed(now, retries[0].error, retry_after, probe)
+            self._failed(now, retries[0].error, retry_after, probe, [r.id for r in retries])
         elif done and self.failing is not None:
             self._recovered(now)
         await self.store.settle(Settlement(done, retries, dead, release), now)
@@ -305,7 +334,11 @@ class DestinationWorker:
         if done:
             self.metrics.delivered.labels(self.key).inc(len(done) - skipped)
             if self.paused_reason and pause is None:
-                log.info("destination %s accepts requests again", self.key)
+                log.info(
+                    "destination %s accepts requests again",
+                    self.key,
+                    extra=about_deliveries(self.key),
+                )
                 self.paused_reason = None
                 self._pause_step = PAUSE_FIRST
                 self.metrics.paused.labels(self.key).set(0)
@@ -318,11 +351,16 @@ class DestinationWorker:
                 self.key,
                 len(retries),
                 retries[0].error,
+                extra=about_deliveries(self.key, [r.id for r in retries]),
             )
         if dead:
             self.metrics.dead.labels(self.key).inc(len(dead))
             log.warning(
-                "destination %s: %d deliveries dead-lettered (%s)", self.key, len(dead), dead[0][1]
+                "destination %s: %d deliveries dead-lettered (%s)",
+                self.key,
+                len(dead),
+                dead[0][1],
+                extra=about_deliveries(self.key, [i for i, _ in dead]),
             )
         if pause is not None:
             self.paused_reason = pause
@@ -334,4 +372,5 @@ class DestinationWorker:
                 self.key,
                 self.paused_until - now,
                 pause,
+                extra=about_deliveries(self.key, paused_ids),
             )

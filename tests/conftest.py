@@ -6,9 +6,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,21 @@ from aiohttp.test_utils import TestServer
 
 from relay.app import RELAY, create_app, start_admin, stop_admin
 from relay.config import parse_config
-
-SITE_ID = "site-123"
-API_KEY = "k" * 20
-WRITE_KEY = "wk-web-0123456789"
-BACKEND_KEY = "wk-backend-0123456789"
-SEGMENT_OUT_KEY = "wk-out-0123456789"
+from relay.logs import ContextFields, JsonFormatter, TextFormatter
+from tests.helpers import (
+    API_KEY,
+    BACKEND_KEY,
+    OLD_SIGNING_KEY,
+    OTHER_SIGNING_KEY,
+    SEGMENT_OUT_KEY,
+    SEGMENT_WEBHOOK_SECRET,
+    SIGNING_KEY,
+    SITE_ID,
+    WRITE_KEY,
+    leaked_lines,
+    masked,
+    secrets_in,
+)
 
 
 def basic(user: str, password: str = "") -> str:
@@ -167,6 +177,9 @@ def config_yaml(
     to: [segment.main]
 """
     )
+    signing_keys = (
+        f'{{marketing: ["{OLD_SIGNING_KEY}", "{SIGNING_KEY}"], other: "{OTHER_SIGNING_KEY}"}}'
+    )
     return f"""
 server: {{host: 127.0.0.1, port: 0, shutdown_timeout: 5}}
 storage:
@@ -174,10 +187,10 @@ storage:
 sources:
   segment:
     write_keys: {{web: "{WRITE_KEY}", backend: "{BACKEND_KEY}"}}
-    webhook_secret: "segment-hook-secret"
+    webhook_secret: "{SEGMENT_WEBHOOK_SECRET}"
 {sources_extra}
   customerio:
-    signing_keys: {{marketing: ["old-signing-key", "signing-key"], other: "other-key"}}
+    signing_keys: {signing_keys}
 destinations:
   customerio:
     main:
@@ -233,3 +246,40 @@ def free_port() -> int:
 
 def relay_of(app: web.Application) -> Any:
     return app[RELAY]
+
+
+class SecretWatch(logging.Handler):
+    """Formats every record of the session in both of relay's formats, and keeps the lines
+    that hold one of the suite's secrets."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(ContextFields())
+        self.formatters = [JsonFormatter(), TextFormatter()]
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for formatter in self.formatters:
+            line = formatter.format(record)
+            if secrets_in(line):
+                self.leaks.append(masked(line))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_line() -> Iterator[SecretWatch]:
+    """Every log line the suite makes relay write, at every level (relay's loggers are set
+    to DEBUG for the session), and the output of the relay processes it runs."""
+    watch = SecretWatch()
+    root, relay_logger = logging.getLogger(), logging.getLogger("relay")
+    level = relay_logger.level
+    relay_logger.setLevel(logging.DEBUG)
+    root.addHandler(watch)
+    yield watch
+    root.removeHandler(watch)
+    relay_logger.setLevel(level)
+    leaks = watch.leaks + leaked_lines()
+    if leaks:
+        pytest.fail(
+            f"{len(leaks)} log lines hold a secret (shown masked):\n" + "\n".join(leaks[:20]),
+            pytrace=False,
+        )

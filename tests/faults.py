@@ -46,7 +46,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import WRITE_KEY, Recorded, StandIn, basic, config_yaml
-from tests.helpers import sign, track, webhook
+from tests.helpers import RELAY_LOG_FILES, sign, track, webhook
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("RELAY_FAULT_SCALE") or 1)
@@ -315,6 +315,7 @@ class RelayProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.store_pids: set[int] = set()  # every store process seen, to clean up after
+        RELAY_LOG_FILES.append(log)  # no secret may appear in it (see conftest)
 
     def start(self) -> None:
         with self.log.open("ab") as out:

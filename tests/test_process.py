@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, free_port
-from tests.helpers import sent_ops, track, wait_ready
+from tests.helpers import sent_ops, track, wait_ready, watch_output
 
 
 def start_relay(config: Path) -> subprocess.Popen[bytes]:
@@ -113,6 +113,7 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, customerio: StandIn
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         output = proc.stdout.read().decode() if proc.stdout else ""
+        watch_output("relay serve", output)
         assert "shutting down" in output and "stopped" in output
         assert "Traceback" not in output
     finally:

@@ -11,6 +11,7 @@ from marshmallow import Schema, fields, post_load, validate
 from relay.admin.settings import AdminSchema
 from relay.config.positions import Path
 from relay.destinations.registry import TYPES
+from relay.logs import FORMAT_SETTINGS
 from relay.settings import Duration, Strict, defaults
 from relay.sources.customerio.settings import CustomerIOSource, CustomerIOSourceSchema
 from relay.sources.segment.settings import SegmentSource, SegmentSourceSchema
@@ -26,6 +27,7 @@ class ServerSettings:
     # headers slowly) is closed; a body must arrive within body_timeout (408 otherwise).
     idle_timeout: float
     body_timeout: float
+    log_format: str  # auto | json | text (relay.logs)
 
 
 class ServerSchema(Strict):
@@ -34,6 +36,7 @@ class ServerSchema(Strict):
     shutdown_timeout = Duration(load_default=10.0)
     idle_timeout = Duration(load_default=15.0, validate=validate.Range(min=0, min_inclusive=False))
     body_timeout = Duration(load_default=30.0, validate=validate.Range(min=0, min_inclusive=False))
+    log_format = fields.String(load_default="auto", validate=validate.OneOf(FORMAT_SETTINGS))
 
     @post_load
     def settings(self, data: dict[str, Any], **kwargs: Any) -> ServerSettings:
