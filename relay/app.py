@@ -203,7 +203,12 @@ class Relay:
         await asyncio.gather(*(w.stop(effective.server.shutdown_timeout) for w in stopping))
         for key in removed:
             self.limiters.pop(key, None)
-            for gauge in (self.metrics.paused, self.metrics.rate, self.metrics.retrying):
+            for gauge in (
+                self.metrics.paused,
+                self.metrics.rate,
+                self.metrics.retrying,
+                self.metrics.oldest,
+            ):
                 with contextlib.suppress(KeyError):
                     gauge.remove(key)
         for key in (*changed, *added):
@@ -224,15 +229,29 @@ class Relay:
         return changes
 
     async def _housekeeping(self) -> None:
+        # The queue's gauges are there from the start, not only after the first period.
+        try:
+            await self._count_queue()
+        except Exception as exc:
+            log.error("counting the queue failed: %s", exc)
         while True:
             await asyncio.sleep(30)
             try:
                 await self.store.purge(self.clock())
-                for dest, states in (await self.store.counts()).items():
-                    for state in ("pending", "leased", "dead"):
-                        self.metrics.queue.labels(dest, state).set(states.get(state, 0))
+                await self._count_queue()
             except Exception as exc:
                 log.error("housekeeping failed: %s", exc)
+
+    async def _count_queue(self) -> None:
+        counts = await self.store.counts()
+        oldest = await self.store.oldest()
+        now = self.clock()
+        # A configured destination with nothing queued shows its zeros.
+        for dest in {*self.config.destinations, *counts}:
+            states = counts.get(dest, {})
+            for state in ("pending", "leased", "dead"):
+                self.metrics.queue.labels(dest, state).set(states.get(state, 0))
+            self.metrics.oldest.labels(dest).set(max(0.0, now - oldest.get(dest, now)))
 
     def delivered_totals(self) -> dict[str, float]:
         """Deliveries completed so far, by destination (what /metrics counts)."""
@@ -293,10 +312,11 @@ def _changed(prefix: str, old: Any, new: Any) -> list[str]:
 
 RELAY = web.AppKey("relay", Relay)
 LINGERING = 2.0
-# A request's id, set by request_middleware.
+# A request's id and when its head had arrived (time.monotonic()), set by request_middleware.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
-# The route of a request that matched no route: never its path, which is the client's to
-# choose.
+STARTED_KEY = web.RequestKey("started", float)
+# The route label of a request that matched no route: never its path, which is the
+# client's to choose (a metric's label values must stay few).
 UNMATCHED = "unmatched"
 
 
@@ -321,10 +341,11 @@ async def request_middleware(
     """The outermost middleware: gives the request its id, for every line logged while it is
     handled (the contextvar is not reset: the request runs in a task of its own, and
     aiohttp's own line about a fault, written after the handler, must carry it too). The
-    answer, whoever makes it, gets the id in `_answered`."""
+    answer, whoever makes it, gets the id and is counted in `_answered`."""
     rid = request_id(request.headers.get(REQUEST_ID_HEADER))
     REQUEST_ID.set(rid)
     request[REQUEST_ID_KEY] = rid
+    request[STARTED_KEY] = time.monotonic()
     return await handler(request)
 
 
@@ -335,6 +356,10 @@ async def _answered(request: web.Request, response: web.StreamResponse) -> None:
     if rid is None:  # not through the middlewares
         return
     response.headers[REQUEST_ID_HEADER] = rid
+    path = route_path(request)
+    metrics = request.app[RELAY].metrics
+    metrics.http_requests.labels(path, str(response.status)).inc()
+    metrics.http_request_seconds.labels(path).observe(time.monotonic() - request[STARTED_KEY])
 
 
 def _error_body(code: str, message: str) -> dict[str, Any]:

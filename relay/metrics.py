@@ -1,10 +1,32 @@
-"""Prometheus metrics, named once here; each app gets its own registry (no globals)."""
+"""Prometheus metrics, named once here; each app gets its own registry (no globals).
+
+Every name ends in its unit (`_seconds`, `_requests_per_second`) or says what it counts
+(`_events_total`, `_deliveries`). Counters and histograms are exposed without their
+`_created` series: prometheus_client's switch for that (`disable_created_metrics`, or the
+PROMETHEUS_DISABLE_CREATED_SERIES variable) is process-wide, so `render` leaves them out
+of this registry's page instead.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from relay import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_WITH_CREATED = ("counter", "histogram", "summary")
 
 
 class Metrics:
@@ -69,7 +91,7 @@ class Metrics:
             registry=r,
         )
         self.rate = Gauge(
-            "relay_destination_rate_limit",
+            "relay_destination_rate_limit_requests_per_second",
             "Requests/s allowed to a destination (its rate_limit)",
             ["destination"],
             registry=r,
@@ -81,5 +103,41 @@ class Metrics:
             registry=r,
         )
 
+        self.http_requests = Counter(
+            "relay_http_requests_total",
+            "Requests answered, refusals included, by route (its canonical path, or"
+            " 'unmatched') and status",
+            ["path", "status"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "relay_http_request_duration_seconds",
+            "Time from a request's head to its answer, by route",
+            ["path"],
+            registry=r,
+        )
+        Gauge(
+            "relay_build_info",
+            "Always 1; the labels say which relay runs, on which Python",
+            ["version", "python"],
+            registry=r,
+        ).labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _WithoutCreated:
+    """A registry's metrics without the `_created` series of its counters and histograms."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            if family.type in _WITH_CREATED:
+                created = family.name + "_created"
+                family.samples = [s for s in family.samples if s.name != created]
+            yield family

@@ -72,10 +72,13 @@ class Sender:
                 timeout=self.timeout,
             )
         except TransportError as exc:
+            # A timeout or a broken connection took its time too: leaving it out would make
+            # a destination that hangs look fast.
+            self.metrics.request_seconds.labels(self.key).observe(time.monotonic() - started)
             self.metrics.requests.labels(self.key, "error").inc()
             return Retry(f"no answer from {self.base_url}: {exc}"), None
-        self.metrics.requests.labels(self.key, str(response.status)).inc()
         self.metrics.request_seconds.labels(self.key).observe(time.monotonic() - started)
+        self.metrics.requests.labels(self.key, str(response.status)).inc()
         outcome = classify(response, self.clock())
         if response.status == 429:
             self.limiter.throttled(outcome.after if isinstance(outcome, Retry) else None)
