@@ -103,6 +103,13 @@ class Metrics:
             registry=r,
         )
 
+        self.oldest = Gauge(
+            "relay_queue_oldest_age_seconds",
+            "How long the oldest delivery waiting for a destination (queued or in flight) has"
+            " waited; 0 when none waits",
+            ["destination"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "relay_http_requests_total",
             "Requests answered, refusals included, by route (its canonical path, or"

@@ -36,7 +36,9 @@ OLD_SIGNING_KEY = "old-signing-key"
 OTHER_SIGNING_KEY = "other-key"
 # A key a client sends by mistake is no less a secret.
 WRONG_WRITE_KEY = "wk-wrong-0123456789"
+ADMIN_TOKEN = "tok-s3cret-admin"
 SECRETS = {
+    "ADMIN_TOKEN": ADMIN_TOKEN,
     "API_KEY": API_KEY,
     "WRITE_KEY": WRITE_KEY,
     "BACKEND_KEY": BACKEND_KEY,

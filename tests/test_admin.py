@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, relay_of
-from tests.helpers import ROOT, post, run_relay, track
+from tests.helpers import ADMIN_TOKEN, ROOT, post, run_relay, track
 
 AUTH = {"Authorization": basic(WRITE_KEY)}
 
@@ -269,7 +269,7 @@ async def test_an_exposed_admin_endpoint_needs_its_token(
         'admin: {host: 0.0.0.0, port: 0, token: "${ADMIN_TOKEN}"}\n'
     )
     config = tmp_path / "cli.yaml"
-    config.write_text(text.replace("${ADMIN_TOKEN}", "tok-" + "s3cret-admin"))
+    config.write_text(text.replace("${ADMIN_TOKEN}", ADMIN_TOKEN))
     await relay_factory(config.read_text())
     url = json.loads((tmp_path / "relay.db.admin").read_text())["url"]
     async with aiohttp.ClientSession() as session:
@@ -278,14 +278,14 @@ async def test_an_exposed_admin_endpoint_needs_its_token(
             assert resp.headers["WWW-Authenticate"] == 'Basic realm="relay admin"'
             assert "tok-" not in await resp.text()
         async with session.get(
-            f"{url}/status.json", headers={"Authorization": basic("any", "tok-s3cret-admin")}
+            f"{url}/status.json", headers={"Authorization": basic("any", ADMIN_TOKEN)}
         ) as resp:
             assert resp.status == 200
         async with session.get(
             f"{url}/status.json", headers={"Authorization": "Bearer tok-s3cret-adminX"}
         ) as resp:
             assert resp.status == 401
-    assert (await admin_status(tmp_path, "tok-s3cret-admin"))["accepting"] is True
+    assert (await admin_status(tmp_path, ADMIN_TOKEN))["accepting"] is True
     listed = await relay_cli(tmp_path, "dlq", "list", "--config", str(config))
     assert (listed.returncode, listed.stdout, listed.stderr) == (0, "", "")
     no_token = tmp_path / "no-token.yaml"
@@ -295,3 +295,23 @@ async def test_an_exposed_admin_endpoint_needs_its_token(
     assert "admin.token: admin.host 0.0.0.0 is not a loopback address: set admin.token" in (
         checked.stderr
     )
+
+
+async def test_the_oldest_waiting_delivery_has_an_age_in_metrics(
+    relay_factory: RelayFactory, customerio: StandIn, tmp_path: Path
+) -> None:
+    _, url, app = await served(relay_factory, customerio, tmp_path)
+    relay = relay_of(app)
+    customerio.hold()  # the first request hangs: its delivery waits
+    assert (await post(f"{url}/v1/track", track("u1", "Held", "o-1"), headers=AUTH))[0] == 200
+    await customerio.wait_for(1)
+    await asyncio.sleep(0.5)
+    await relay._count_queue()
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+        metrics = await resp.text()
+    age = metric_value(metrics, "relay_queue_oldest_age_seconds", destination="customerio.main")
+    assert 0.4 <= age < 10
+    assert metric_value(metrics, "relay_queue_oldest_age_seconds", destination="segment.main") == 0
+    status = await admin_status(tmp_path)
+    assert status["destinations"]["customerio.main"]["oldest_queued_seconds"] >= 0.4
+    customerio.released.set()

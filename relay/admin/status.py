@@ -59,11 +59,9 @@ async def status(relay: Relay) -> dict[str, Any]:
         name = f"{s.labels['kind']}.{s.labels['source']}"
         sources.setdefault(name, {"queued": 0, "duplicate": 0, "rejected": 0})
         sources[name][s.labels["outcome"]] = s.value
-    refused = getattr(relay.metrics, "http_requests", None)
-    requests = []
-    if refused is not None:
-        for s in _metric_samples(refused):
-            requests.append({**s.labels, "count": s.value})
+    requests = [
+        {**s.labels, "count": s.value} for s in _metric_samples(relay.metrics.http_requests)
+    ]
     return {
         "version": __version__,
         "now": round(now, 3),
