@@ -69,12 +69,17 @@ server:
   shutdown_timeout: 30
   idle_timeout: 15
   body_timeout: 30
+  log_format: auto
 storage:
   sqlite:
     path: var/relay.db
     max_pending: 5000000
     max_size_mb: null
     min_free_mb: 100
+admin:
+  host: 127.0.0.1
+  port: 0
+  token: null
 sources:
   segment:
     write_keys:
@@ -125,7 +130,8 @@ SMALL_JSON = """\
     "port": 9000,
     "shutdown_timeout": 30,
     "idle_timeout": 15,
-    "body_timeout": 30
+    "body_timeout": 30,
+    "log_format": "auto"
   },
   "storage": {
     "sqlite": {
@@ -134,6 +140,11 @@ SMALL_JSON = """\
       "max_size_mb": null,
       "min_free_mb": 100
     }
+  },
+  "admin": {
+    "host": "127.0.0.1",
+    "port": 0,
+    "token": null
   },
   "sources": {
     "segment": {
