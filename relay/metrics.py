@@ -136,10 +136,14 @@ class Metrics:
         return generate_latest(_WithoutCreated(self.registry))
 
 
-class _WithoutCreated:
-    """A registry's metrics without the `_created` series of its counters and histograms."""
+class _WithoutCreated(CollectorRegistry):
+    """A registry's metrics without the `_created` series of its counters and histograms.
+
+    A registry itself only because older prometheus-client releases type `generate_latest`
+    as taking one; it registers nothing."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(auto_describe=False)
         self.registry = registry
 
     def collect(self) -> Iterator[Any]:
