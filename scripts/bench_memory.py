@@ -1,0 +1,331 @@
+"""Benchmark: memory and disk taken by a backlog of queued deliveries.
+
+relay runs in its own process with a SQLite store (which runs in a child process of its
+own) and a Customer.io destination whose key is left unset, so the destination is paused
+and every event stays queued. This process queues mixed identify/track/page events through
+`/v1/batch`, 500 a request with several in flight, up to each of `--sizes` queued events.
+At each checkpoint, after `--settle` seconds (the store records dedup ids and checkpoints its
+write-ahead log about once a second), it reports the resident memory (VmRSS) of relay's
+process and of its store's process(es), their sum, the disk the database files take (the
+.db, -wal, -shm, .dedup and every other file whose name starts with the database's; blocks
+allocated), and disk bytes per queued event; then the growth per event between checkpoints.
+The baseline, measured in the same run, is the same processes' RSS just after start with
+nothing queued: the ratio is RSS at each checkpoint / RSS at start.
+
+    python scripts/bench_memory.py [--sizes 100000,500000,1000000] [--concurrency 8]
+                                   [--settle 2] [--timeout 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+PER_REQUEST = 500
+
+CONFIG = """
+server: {{host: 127.0.0.1, port: {port}}}
+storage:
+  sqlite: {{path: "{db}"}}
+sources:
+  segment:
+    write_keys: {{bench: "bench-write-key"}}
+destinations:
+  customerio:
+    main:
+      site_id: bench
+      api_key: "${{{unset}}}"
+routes:
+  - {{from: segment, to: [customerio.main]}}
+"""
+UNSET_KEY = "RELAY_BENCH_UNSET_API_KEY"
+MB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_batch(size: int) -> bytes:
+    """`size` events, a quarter identify, half track, a quarter page."""
+    batch: list[dict[str, Any]] = []
+    for i in range(size):
+        user = f"user-{uuid.uuid4().hex[:8]}"
+        common = {
+            "userId": user,
+            "messageId": str(uuid.uuid4()),
+            "timestamp": "2024-05-06T07:08:09.123Z",
+            "context": {
+                "library": {"name": "analytics-python", "version": "2.3.0"},
+                "ip": "203.0.113.9",
+            },
+        }
+        if i % 4 == 0:
+            batch.append({**common, "type": "identify", "traits": {"email": f"{user}@example.com"}})
+        elif i % 4 == 3:
+            batch.append(
+                {
+                    **common,
+                    "type": "page",
+                    "name": "Home",
+                    "properties": {"url": "https://shop.example/", "title": "Shop"},
+                }
+            )
+        else:
+            batch.append(
+                {
+                    **common,
+                    "type": "track",
+                    "event": "Order Completed",
+                    "properties": {
+                        "order_id": f"o-{i}",
+                        "total": 42.5,
+                        "currency": "EUR",
+                        "products": [{"sku": "a-1", "price": 10.0, "quantity": 2}],
+                    },
+                }
+            )
+    return json.dumps({"batch": batch, "sentAt": "2024-05-06T07:08:10.000Z"}).encode()
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid`, from /proc/PID/task/*/children."""
+    found = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                found.extend(int(c) for c in fh.read().split())
+    return found + [g for c in found for g in children(c)]
+
+
+def rss(pid: int) -> int:
+    """Resident memory of `pid` in bytes (VmRSS), 0 once it is gone."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def disk(db: Path) -> tuple[int, list[str]]:
+    """Bytes allocated to the database's files, and their names."""
+    total, names = 0, []
+    for f in sorted(db.parent.iterdir()):
+        if f.name.startswith(db.name):
+            with contextlib.suppress(OSError):
+                total += f.stat().st_blocks * 512
+                names.append(f.name)
+    return total, names
+
+
+def measure(relay: int, db: Path) -> dict[str, Any]:
+    store = children(relay)
+    used, names = disk(db)
+    return {
+        "relay_rss": rss(relay),
+        "store_rss": sum(rss(p) for p in store),
+        "store_pids": len(store),
+        "disk": used,
+        "files": names,
+    }
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 60 s; relay's store child exits once relay is gone."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+async def wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30.0
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    tail = log.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"{url} did not come up:\n{tail}")
+
+
+class Queuer:
+    """Sends `/v1/batch` requests of up to 500 events, `concurrency` in flight."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, concurrency: int) -> None:
+        self.session = session
+        self.url = url
+        self.concurrency = concurrency
+        self.bodies = [make_batch(PER_REQUEST) for _ in range(16)]  # reused round-robin
+        self.headers = {
+            "Authorization": "Basic " + base64.b64encode(b"bench-write-key:").decode(),
+            "Content-Type": "application/json",
+        }
+        self.queued = 0
+        self.counter = 0
+
+    async def fill_to(self, target: int, deadline: float) -> float:
+        """Queue events until `target` are acknowledged; the seconds it took."""
+        started = time.monotonic()
+        planned = self.queued
+
+        async def worker() -> None:
+            nonlocal planned
+            while planned < target:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.queued:,} events queued when --timeout ran out")
+                size = min(PER_REQUEST, target - planned)
+                planned += size
+                self.counter += 1
+                body = (
+                    self.bodies[self.counter % len(self.bodies)]
+                    if size == PER_REQUEST
+                    else (make_batch(size))
+                )
+                # a fresh messageId prefix per request: every event is new and stays queued
+                body = body.replace(b'"messageId": "', f'"messageId": "{self.counter}-'.encode())
+                async with self.session.post(self.url, data=body, headers=self.headers) as resp:
+                    text = await resp.text()
+                    if resp.status != 200:
+                        raise RuntimeError(f"relay answered {resp.status}: {text[:300]}")
+                self.queued += size
+
+        async with asyncio.TaskGroup() as group:  # one failing request stops them all
+            for _ in range(self.concurrency):
+                group.create_task(worker())
+        return time.monotonic() - started
+
+
+async def run(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if k != UNSET_KEY}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    deadline = time.monotonic() + args.timeout
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="relay-bench-mem-", ignore_cleanup_errors=True) as t:
+        tmp = Path(t)
+        db = tmp / "data" / "bench.db"
+        db.parent.mkdir()
+        port = free_port()
+        config = tmp / "bench.yaml"
+        config.write_text(CONFIG.format(port=port, db=db, unset=UNSET_KEY))
+        log = tmp / "relay.log"
+        with open(log, "wb") as fh:
+            relay = subprocess.Popen(
+                [sys.executable, "-m", "relay", "serve", "--config", str(config)]
+                + ["--log-level", "ERROR"],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        store: list[int] = []
+        try:
+            await wait_up(f"http://127.0.0.1:{port}/healthz", relay, log)
+            await asyncio.sleep(args.settle)
+            store = children(relay.pid)
+            rows.append({"queued": 0, "rate": None, **measure(relay.pid, db)})
+            connector = aiohttp.TCPConnector(limit=args.concurrency)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                queuer = Queuer(session, f"http://127.0.0.1:{port}/v1/batch", args.concurrency)
+                for size in sizes:
+                    before = queuer.queued
+                    seconds = await queuer.fill_to(size, deadline)
+                    await asyncio.sleep(args.settle)
+                    if relay.poll() is not None:
+                        raise RuntimeError(f"relay exited:\n{log.read_text()[-2000:]}")
+                    store = children(relay.pid) or store
+                    rate = (queuer.queued - before) / seconds
+                    rows.append({"queued": queuer.queued, "rate": rate})
+                    rows[-1].update(measure(relay.pid, db))
+        finally:
+            stop(relay)
+            wait_gone(store)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        default="100000,500000,1000000",
+        help="queued events at each checkpoint, comma-separated; default 100000,500000,1000000",
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds to wait before measuring; default 2"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="give up queueing after this long"
+    )
+    args = parser.parse_args()
+    sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
+    if not sizes or sizes[0] <= 0:
+        parser.error("--sizes needs positive numbers")
+
+    rows = asyncio.run(run(args, sizes))
+
+    start = rows[0]
+    start_total = start["relay_rss"] + start["store_rss"]
+    print(
+        f"{'queued':>10}{'queue ev/s':>12}{'relay MB':>10}{'store MB':>10}{'total MB':>10}"
+        f"{'x start':>9}{'disk MB':>10}{'disk B/event':>14}"
+    )
+    for r in rows:
+        total = r["relay_rss"] + r["store_rss"]
+        rate = f"{r['rate']:>12,.0f}" if r["rate"] else f"{'-':>12}"
+        per_event = f"{r['disk'] / r['queued']:>14,.0f}" if r["queued"] else f"{'-':>14}"
+        print(
+            f"{r['queued']:>10,}{rate}{r['relay_rss'] / MB:>10.1f}{r['store_rss'] / MB:>10.1f}"
+            f"{total / MB:>10.1f}{total / start_total:>9.2f}{r['disk'] / MB:>10.1f}{per_event}"
+        )
+    print()
+    print(f"{'growth per event':<24}{'relay B':>10}{'store B':>10}{'total B':>10}{'disk B':>10}")
+    for before, after in zip(rows, rows[1:], strict=False):
+        n = after["queued"] - before["queued"]
+        relay = (after["relay_rss"] - before["relay_rss"]) / n
+        store = (after["store_rss"] - before["store_rss"]) / n
+        print(
+            f"{before['queued']:>10,} to {after['queued']:<10,}{relay:>10.1f}{store:>10.1f}"
+            f"{relay + store:>10.1f}{(after['disk'] - before['disk']) / n:>10.1f}"
+        )
+    last = rows[-1]
+    print(
+        f"store processes: {last['store_pids']}; database files: {', '.join(last['files'])}"
+        f"\nbaseline (nothing queued): {start_total / MB:.1f} MB resident; ratio at"
+        f" {last['queued']:,} queued: {(last['relay_rss'] + last['store_rss']) / start_total:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
