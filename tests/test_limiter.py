@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.destinations.limiter import WINDOW, Budget, DestinationLimiter
+from relay.destinations.limiter import WINDOW, WINDOW_MARGIN, Budget, DestinationLimiter
 
 
 def busiest_window(times: list[float], length: float = WINDOW) -> int:
@@ -50,10 +50,11 @@ def test_no_one_second_window_holds_more_than_the_rate(
 
 def test_a_backlog_is_sent_at_the_full_rate_though_every_request_is_late() -> None:
     # Each request goes 3 ms after its turn (a busy event loop): a bucket of one loses those
-    # 3 ms every time (77 requests/s of 100); the schedule makes them up.
+    # 3 ms every time (77 requests/s of 100); the schedule makes them up, to the window's
+    # 100 requests in 1.02 s.
     sent = run(100, [0.0] * 1000, [0.003])
     rate = (len(sent) - 1) / (sent[-1] - sent[0])
-    assert 99 <= rate <= 100
+    assert 97.5 <= rate <= 100 / (WINDOW + WINDOW_MARGIN)
     assert busiest_window(sent) == 100
 
 

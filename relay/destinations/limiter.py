@@ -26,8 +26,10 @@ from collections import deque
 from collections.abc import Callable
 
 WINDOW = 1.0
-# Sends that are a full window apart at relay may arrive closer together at the other end.
-WINDOW_MARGIN = 0.005
+# Sends that are a full window apart at relay may arrive closer together at the other end
+# (a loopback stand-in on a busy 2-core machine saw 101 in a second with 5 ms): the rate a
+# backlog drains at is `rate` / 1.02, 98 requests/s of 100.
+WINDOW_MARGIN = 0.02
 
 
 class Budget:
