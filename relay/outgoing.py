@@ -8,7 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class OutgoingRequest:
-    """A request relative to a destination's base URL; `body` is JSON-serialisable or None."""
+    """A request relative to a destination's base URL; `body` is JSON-serialisable, JSON
+    already written (bytes, sent as they are), or None."""
 
     method: str
     path: str

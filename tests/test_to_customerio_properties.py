@@ -12,6 +12,7 @@ from urllib.parse import unquote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay.codec import encode
 from relay.mapping import Rejection, Skip
 from relay.mapping.dates import iso_to_millis, iso_to_seconds
 from relay.mapping.to_customerio import (
@@ -26,6 +27,7 @@ from relay.mapping.to_customerio import (
     encode_v1,
     encode_v2,
     map_and_check,
+    map_and_encode_v2,
     map_message,
 )
 from relay.outgoing import OutgoingRequest
@@ -188,7 +190,7 @@ def utf8(text: str) -> int:
 def value_size(value: Any) -> int:
     if isinstance(value, str):
         return utf8(value)
-    return utf8(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return len(encode(value))  # as relay writes it
 
 
 def assert_well_formed(result: Any) -> None:
@@ -217,8 +219,7 @@ def assert_attributes_within_limits(attributes: Mapping[str, Any]) -> None:
 
 def assert_v2_body_within_limits(body: dict[str, Any]) -> None:
     """What check_limits(op, "v2") promises, measured again on the encoded v2 op."""
-    compact = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    assert utf8(compact) <= MAX_OPERATION_BYTES
+    assert len(encode(body)) <= MAX_OPERATION_BYTES
     identifier_sets = [
         body.get("identifiers", {}),
         body.get("primary", {}),
@@ -249,8 +250,7 @@ def assert_v1_within_limits(op: Operation) -> None:
     for request in encode_v1(op):
         body = request.body
         assert isinstance(body, dict)
-        compact = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-        assert utf8(compact) <= MAX_OPERATION_BYTES
+        assert len(encode(body)) <= MAX_OPERATION_BYTES
         if request.path == "/api/v2/entity":
             assert_v2_body_within_limits(body)
             continue
@@ -311,6 +311,19 @@ def test_map_and_check_passes_only_ops_within_limits(
             assert result == map_message(message, received_at=received_at)
             for op in result:
                 assert check_limits(op, api) is None
+
+
+@SETTINGS
+@given(message=segment_messages | json_objects, received_at=received_times)
+def test_a_v2_batch_sends_what_map_and_check_passes_written_once(
+    message: dict[str, Any], received_at: float
+) -> None:
+    checked = map_and_check(message, received_at=received_at)
+    encoded = map_and_encode_v2(message, received_at=received_at)
+    if isinstance(checked, list):
+        assert encoded == [encode(encode_v2(op)) for op in checked]
+    else:
+        assert encoded == checked
 
 
 @SETTINGS

@@ -61,7 +61,9 @@ class Sender:
         await self.limiter.acquire()
         if not isinstance(request, OutgoingRequest):
             request = request(self.clock())
-        body = None if request.body is None else encode(request.body)
+        body = request.body
+        if body is not None and not isinstance(body, bytes):
+            body = encode(body)
         started = time.monotonic()
         try:
             response = await self.transport.send(

@@ -3,7 +3,6 @@ requests, with Customer.io's limits checked before sending."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
+from relay.codec import encode
 from relay.mapping import Rejection, Skip, json_type
 from relay.mapping.dates import convert_dates, iso_to_millis, iso_to_seconds
 from relay.mapping.ulid import deterministic_ulid
@@ -32,6 +32,7 @@ __all__ = [
     "encode_v2",
     "map_alias",
     "map_and_check",
+    "map_and_encode_v2",
     "map_delete",
     "map_group",
     "map_identify",
@@ -754,10 +755,11 @@ def _utf8_size(text: str) -> int:
 
 
 def _json_size(value: Any) -> int:
-    """Bytes of `value` as compact JSON in UTF-8; a string counts its characters only."""
+    """Bytes of `value` as relay writes it (compact JSON, `relay.codec.encode`); a string
+    counts its characters only."""
     if isinstance(value, str):
         return _utf8_size(value)
-    return _utf8_size(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    return len(encode(value))
 
 
 def _check_identifiers(label: str, identifiers: Mapping[str, str]) -> str | None:
@@ -798,22 +800,22 @@ def _check_attributes(
     return None
 
 
-def check_limits(op: Operation, api: str = "v2") -> str | None:
+def check_limits(op: Operation, api: str = "v2", encoded: bytes | None = None) -> str | None:
     """Which Customer.io limit `op` breaks as `api` ("v1" or "v2") would send it, with the
-    field and the size found, or None.
+    field and the size found, or None. `encoded`: `encode_v2(op)` as written already.
 
     Sizes are UTF-8 bytes. An attribute value that is a string counts its own bytes (no
-    quotes); any other value counts its compact JSON (`separators=(",", ":")`, non-ASCII
-    unescaped). Attributes are counted as the encoder writes them: v1 puts an identify's
-    attributes flat into its body next to `_timestamp`, so that key counts towards the 300
-    there. The whole op is measured as `encode_v2(op)` in compact JSON, for v1 too: every v1
-    body is smaller than the v2 op it comes from (the identifiers move to the path), so a sink
-    should send UTF-8 JSON, not `\\u`-escaped. Profile-style attributes (a person's or an
-    object's, a device's, a relationship's) are held to the attribute limits; event data is
-    not: Customer.io bounds it by its total size (100 KB), which the op size covers. A page's
-    name is its URL and is not held to the event-name limit: Customer.io's own web snippet
-    sends the full URL as the name of every page view, and URLs are often longer than 100
-    bytes, so refusing them would drop ordinary page views.
+    quotes); any other value counts its JSON as relay writes it (compact, non-ASCII
+    unescaped; `\\u`-escaped only where it holds a lone surrogate). Attributes are counted
+    as the encoder writes them: v1 puts an identify's attributes flat into its body next to
+    `_timestamp`, so that key counts towards the 300 there. The whole op is measured as
+    `encode_v2(op)` written as relay writes it, for v1 too: every v1 body is smaller than the
+    v2 op it comes from (the identifiers move to the path). Profile-style attributes (a
+    person's or an object's, a device's, a relationship's) are held to the attribute limits;
+    event data is not: Customer.io bounds it by its total size (100 KB), which the op size
+    covers. A page's name is its URL and is not held to the event-name limit: Customer.io's
+    own web snippet sends the full URL as the name of every page view, and URLs are often
+    longer than 100 bytes, so refusing them would drop ordinary page views.
     """
     identifier_sets = [("identifiers", op.identifiers)]
     if op.primary is not None:
@@ -850,7 +852,7 @@ def check_limits(op: Operation, api: str = "v2") -> str | None:
             problem = _check_attributes(label, attributes, added)
             if problem is not None:
                 return problem
-        size = _json_size(encode_v2(op))
+        size = len(encoded) if encoded is not None else _json_size(encode_v2(op))
     except (TypeError, ValueError, RecursionError) as error:
         return f"operation cannot be written as JSON: {error}"
     if size > MAX_OPERATION_BYTES:
@@ -870,10 +872,34 @@ def map_and_check(message: Mapping[str, Any], *, received_at: float, api: str = 
     for index, op in enumerate(operations):
         problem = check_limits(op, api)
         if problem is not None:
-            where = (
-                f"{op.kind} {op.action}"
-                if len(operations) == 1
-                else f"op {index} ({op.kind} {op.action})"
-            )
-            return Rejection(f"{where}: {problem}")
+            return _refused(operations, index, problem)
     return operations
+
+
+def map_and_encode_v2(
+    message: Mapping[str, Any], *, received_at: float
+) -> list[bytes] | Rejection | Skip:
+    """`map_and_check` for a v2 batch: each op written once, as the JSON that is sent, and
+    its size checked on those bytes."""
+    operations = map_message(message, received_at=received_at)
+    if isinstance(operations, Rejection | Skip):
+        return operations
+    out = []
+    for index, op in enumerate(operations):
+        try:
+            raw = encode(encode_v2(op))
+        except ValueError as error:
+            return _refused(operations, index, f"operation cannot be written as JSON: {error}")
+        problem = check_limits(op, "v2", raw)
+        if problem is not None:
+            return _refused(operations, index, problem)
+        out.append(raw)
+    return out
+
+
+def _refused(operations: Sequence[Operation], index: int, problem: str) -> Rejection:
+    op = operations[index]
+    where = (
+        f"{op.kind} {op.action}" if len(operations) == 1 else f"op {index} ({op.kind} {op.action})"
+    )
+    return Rejection(f"{where}: {problem}")

@@ -12,9 +12,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from relay.codec import encode
 from relay.destinations.batching import pack
 from relay.destinations.customerio.settings import CustomerIODestination
 from relay.destinations.limiter import DestinationLimiter
@@ -22,7 +20,12 @@ from relay.destinations.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, R
 from relay.destinations.sender import Sender, json_headers
 from relay.destinations.transport import Response, Transport
 from relay.mapping import Rejection, Skip
-from relay.mapping.to_customerio import encode_v1, encode_v2, map_and_check
+from relay.mapping.to_customerio import (
+    Operation,
+    encode_v1,
+    map_and_check,
+    map_and_encode_v2,
+)
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.store.base import Delivery
@@ -37,8 +40,7 @@ class Planned:
     """The Customer.io operations for one delivery, or why it cannot be sent."""
 
     delivery: Delivery
-    ops: list[dict[str, Any]] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
+    ops: list[bytes] = field(default_factory=list)  # v2 ops, each as the JSON sent
     requests: list[OutgoingRequest] = field(default_factory=list)
     rejection: str | None = None
     skipped: str | None = None  # nothing to send, and why
@@ -49,18 +51,20 @@ def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
     out = []
     for d in deliveries:
         # Limits are checked on what this API will send: v1 adds keys of its own to a body.
-        mapped = map_and_check(d.message, received_at=d.created_at, api=api)
+        mapped: list[bytes] | list[Operation] | Rejection | Skip
+        if api == "v1":
+            mapped = map_and_check(d.message, received_at=d.created_at, api=api)
+        else:
+            mapped = map_and_encode_v2(d.message, received_at=d.created_at)
         if isinstance(mapped, Rejection):
             out.append(Planned(d, rejection=mapped.reason))
-            continue
-        if isinstance(mapped, Skip):
+        elif isinstance(mapped, Skip):
             out.append(Planned(d, skipped=mapped.reason))
-            continue
-        if api == "v1":
-            out.append(Planned(d, requests=[r for op in mapped for r in encode_v1(op)]))
+        elif api == "v1":
+            ops = [op for op in mapped if isinstance(op, Operation)]
+            out.append(Planned(d, requests=[r for op in ops for r in encode_v1(op)]))
         else:
-            ops = [encode_v2(op) for op in mapped]
-            out.append(Planned(d, ops=ops, sizes=[len(encode(op)) for op in ops]))
+            out.append(Planned(d, ops=[op for op in mapped if isinstance(op, bytes)]))
     return out
 
 
@@ -74,12 +78,14 @@ def pack_v2(
     two ops even with `batch_size: 1`) goes whole in a request of its own: it is settled by
     one outcome, so its ops must succeed or fail together."""
     with_ops = [p for p in planned if p.ops]
-    sizes = [(len(p.ops), sum(p.sizes) + len(p.sizes) - 1) for p in with_ops]
+    sizes = [(len(p.ops), sum(map(len, p.ops)) + len(p.ops) - 1) for p in with_ops]
     return [[with_ops[i] for i in r] for r in pack(sizes, batch_size, max_bytes, _BATCH_OVERHEAD)]
 
 
 def batch_request(group: Sequence[Planned]) -> OutgoingRequest:
-    return OutgoingRequest("POST", "/api/v2/batch", {"batch": [op for p in group for op in p.ops]})
+    """The batch carrying `group`'s ops, its body joined from the ops as written."""
+    body = b",".join([op for p in group for op in p.ops])
+    return OutgoingRequest("POST", "/api/v2/batch", b'{"batch":[' + body + b"]}")
 
 
 def batch_outcomes(
