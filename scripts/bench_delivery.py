@@ -9,7 +9,7 @@ window. The baseline, measured in the same run, is relay with `api: v1` (one cla
 per request, as per-call clients send) under the same limit, so the ratio shows what v2
 batching buys under Customer.io's rate limit.
 
-    python scripts/bench_delivery.py [--events 20000] [--batch-size 100] [--rate 100]
+    python scripts/bench_delivery.py [--events 60000] [--batch-size 1000] [--rate 100]
 """
 
 from __future__ import annotations
@@ -196,8 +196,8 @@ routes: [{{from: segment, to: [customerio.main]}}]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20000)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--events", type=int, default=60000)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
     args = parser.parse_args()

@@ -105,7 +105,7 @@ destinations:
       base_url: https://track-eu.customer.io
       rate_limit: 20
       api: v2
-      batch_size: 100
+      batch_size: 1000
       concurrency: 4
       timeout: 5
       max_age: 86400
@@ -177,7 +177,7 @@ SMALL_JSON = """\
         "base_url": "https://track-eu.customer.io",
         "rate_limit": 20,
         "api": "v2",
-        "batch_size": 100,
+        "batch_size": 1000,
         "concurrency": 4,
         "timeout": 5,
         "max_age": 86400

@@ -53,7 +53,7 @@ class CustomerIODestinationSchema(Strict):
         load_default=100.0, validate=validate.Range(min=0, min_inclusive=False)
     )
     api = fields.String(load_default="v2", validate=validate.OneOf(["v1", "v2"]))
-    batch_size = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    batch_size = fields.Integer(load_default=1000, validate=validate.Range(1, 5000))
     concurrency = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 64))
     timeout = Duration(load_default=10.0)
     max_age = Duration(load_default=86400.0)
