@@ -762,9 +762,23 @@ def _json_size(value: Any) -> int:
     return len(encode(value))
 
 
+# A character is at most 4 bytes of UTF-8: text this short is within a limit unmeasured.
+def _short(text: str, limit: int) -> bool:
+    return len(text) * 4 <= limit
+
+
+# Floats, booleans and null as JSON are far shorter than any limit; so are integers of up
+# to about 900 digits.
+_SMALL_VALUES = frozenset({float, bool, type(None)})
+_SMALL_INT_BITS = 3000
+
+
 def _check_identifiers(label: str, identifiers: Mapping[str, str]) -> str | None:
     for key, value in identifiers.items():
-        size = _utf8_size(str(value))
+        text = str(value)
+        if _short(text, MAX_IDENTIFIER_BYTES):
+            continue
+        size = _utf8_size(text)
         if size > MAX_IDENTIFIER_BYTES:
             return (
                 f"{label}.{key} is {size} bytes; Customer.io accepts identifiers of at most "
@@ -785,12 +799,20 @@ def _check_attributes(
             f"{MAX_ATTRIBUTES} per call"
         )
     for name, value in attributes.items():
-        name_size = _utf8_size(str(name))
+        name = str(name)
+        name_size = 0 if _short(name, MAX_ATTRIBUTE_NAME_BYTES) else _utf8_size(name)
         if name_size > MAX_ATTRIBUTE_NAME_BYTES:
             return (
                 f"{label} name {str(name)[:40]!r}… is {name_size} bytes; Customer.io accepts "
                 f"attribute names of at most {MAX_ATTRIBUTE_NAME_BYTES} bytes"
             )
+        kind = type(value)
+        if (
+            kind in _SMALL_VALUES
+            or (kind is str and _short(value, MAX_ATTRIBUTE_VALUE_BYTES))
+            or (kind is int and value.bit_length() < _SMALL_INT_BITS)
+        ):
+            continue
         value_size = _json_size(value)
         if value_size > MAX_ATTRIBUTE_VALUE_BYTES:
             return (
