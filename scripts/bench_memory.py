@@ -6,7 +6,8 @@ and every event stays queued. This process queues mixed identify/track/page even
 `/v1/batch`, 500 a request with several in flight, up to each of `--sizes` queued events.
 At each checkpoint, after `--settle` seconds (the store records dedup ids and checkpoints its
 write-ahead log about once a second), it reports the resident memory (VmRSS) of relay's
-process and of its store's process(es), their sum, the disk the database files take (the
+process and of its store's process(es), their sum (and the store's own memory apart from the
+pages of files it maps), the disk the database files take (the
 .db, -wal, -shm, .dedup and every other file whose name starts with the database's; blocks
 allocated), and disk bytes per queued event; then the growth per event between checkpoints.
 The baseline, measured in the same run, is the same processes' RSS just after start with
@@ -116,11 +117,12 @@ def children(pid: int) -> list[int]:
     return found + [g for c in found for g in children(c)]
 
 
-def rss(pid: int) -> int:
-    """Resident memory of `pid` in bytes (VmRSS), 0 once it is gone."""
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of `pid` in bytes (VmRSS; or RssAnon, the process's own, or RssFile,
+    pages of files it maps, such as SQLite's memory-mapped database), 0 once it is gone."""
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -142,6 +144,8 @@ def measure(relay: int, db: Path) -> dict[str, Any]:
     return {
         "relay_rss": rss(relay),
         "store_rss": sum(rss(p) for p in store),
+        "store_anon": sum(rss(p, "RssAnon") for p in store),
+        "store_file": sum(rss(p, "RssFile") for p in store),
         "store_pids": len(store),
         "disk": used,
         "files": names,
@@ -299,7 +303,7 @@ def main() -> None:
     start_total = start["relay_rss"] + start["store_rss"]
     print(
         f"{'queued':>10}{'queue ev/s':>12}{'relay MB':>10}{'store MB':>10}{'total MB':>10}"
-        f"{'x start':>9}{'disk MB':>10}{'disk B/event':>14}"
+        f"{'x start':>9}{'disk MB':>10}{'disk B/event':>14}{'store anon/file MB':>20}"
     )
     for r in rows:
         total = r["relay_rss"] + r["store_rss"]
@@ -308,6 +312,7 @@ def main() -> None:
         print(
             f"{r['queued']:>10,}{rate}{r['relay_rss'] / MB:>10.1f}{r['store_rss'] / MB:>10.1f}"
             f"{total / MB:>10.1f}{total / start_total:>9.2f}{r['disk'] / MB:>10.1f}{per_event}"
+            f"{r['store_anon'] / MB:>14.1f} / {r['store_file'] / MB:.1f}"
         )
     print()
     print(f"{'growth per event':<24}{'relay B':>10}{'store B':>10}{'total B':>10}{'disk B':>10}")

@@ -126,9 +126,10 @@ def open_connection(path: str, synchronous: str, schema: str) -> sqlite3.Connect
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=5000")
-    # A page cache large enough for a busy day's dedup index, and memory-mapped reads:
-    # lookups and inserts at random keys then cost no system call.
-    conn.execute("PRAGMA cache_size=-131072")
-    conn.execute("PRAGMA mmap_size=1073741824")
+    # SQLite's own page cache (2 MB) and no memory-mapped reads: the queue's pages are
+    # written once and read once, and the id filter spares most dedup lookups, so a larger
+    # cache bought no ingest or delivery speed, only resident memory (a 128 MB cache and a
+    # 1 GB map per connection: 271 MB in the store's process with a million queued, 96 MB
+    # without them; scripts/bench_memory.py).
     conn.executescript(schema)
     return conn
