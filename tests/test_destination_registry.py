@@ -38,7 +38,7 @@ def test_each_type_describes_its_credentials_and_can_drop_them() -> None:
     assert result.problems == [] and result.config is not None
     dests = result.config.destinations
     lease = {key: type_of(dest).lease_size(dest) for key, dest in dests.items()}
-    assert lease == {"customerio.main": 100, "customerio.classic": 10, "segment.main": 500}
+    assert lease == {"customerio.main": 1000, "customerio.classic": 10, "segment.main": 500}
     for key, dest in dests.items():
         kind = type_of(dest)
         shown = kind.credentials_shown(dest)
