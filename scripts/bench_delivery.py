@@ -48,7 +48,7 @@ async def stats(request):
     return web.json_response({"arrivals": arrivals, "ops": ops})
 app = web.Application(client_max_size=10 * 1024 * 1024)
 app.router.add_get("/stats", stats)
-app.router.add_route("POST", "/{tail:.*}", batch)
+app.router.add_route("*", "/{tail:.*}", batch)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
 
