@@ -20,12 +20,7 @@ from relay.destinations.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, R
 from relay.destinations.sender import Sender, json_headers
 from relay.destinations.transport import Response, Transport
 from relay.mapping import Rejection, Skip
-from relay.mapping.to_customerio import (
-    Operation,
-    encode_v1,
-    map_and_check,
-    map_and_encode_v2,
-)
+from relay.mapping.to_customerio import encode_v1, map_and_check, map_and_encode_v2
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.store.base import Delivery
@@ -48,24 +43,26 @@ class Planned:
 
 def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
     """Map each delivery's Segment message to v2 ops or v1 requests (pure)."""
-    out = []
-    for d in deliveries:
-        # Limits are checked on what this API will send: v1 adds keys of its own to a body.
-        mapped: list[bytes] | list[Operation] | Rejection | Skip
-        if api == "v1":
-            mapped = map_and_check(d.message, received_at=d.created_at, api=api)
-        else:
-            mapped = map_and_encode_v2(d.message, received_at=d.created_at)
-        if isinstance(mapped, Rejection):
-            out.append(Planned(d, rejection=mapped.reason))
-        elif isinstance(mapped, Skip):
-            out.append(Planned(d, skipped=mapped.reason))
-        elif api == "v1":
-            ops = [op for op in mapped if isinstance(op, Operation)]
-            out.append(Planned(d, requests=[r for op in ops for r in encode_v1(op)]))
-        else:
-            out.append(Planned(d, ops=[op for op in mapped if isinstance(op, bytes)]))
-    return out
+    return [_plan_v1(d) if api == "v1" else _plan_v2(d) for d in deliveries]
+
+
+def _plan_v2(d: Delivery) -> Planned:
+    mapped = map_and_encode_v2(d.message, received_at=d.created_at)
+    if isinstance(mapped, Rejection):
+        return Planned(d, rejection=mapped.reason)
+    if isinstance(mapped, Skip):
+        return Planned(d, skipped=mapped.reason)
+    return Planned(d, ops=mapped)
+
+
+def _plan_v1(d: Delivery) -> Planned:
+    # Limits are checked on what v1 will send: it adds keys of its own to a body.
+    mapped = map_and_check(d.message, received_at=d.created_at, api="v1")
+    if isinstance(mapped, Rejection):
+        return Planned(d, rejection=mapped.reason)
+    if isinstance(mapped, Skip):
+        return Planned(d, skipped=mapped.reason)
+    return Planned(d, requests=[r for op in mapped for r in encode_v1(op)])
 
 
 def pack_v2(
