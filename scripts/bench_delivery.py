@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,41 +25,9 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+import benchlib
 from relay.app import create_app
 from relay.config import parse_config
-
-# The Customer.io stand-in runs in a process of its own, so that it neither takes relay's
-# CPU nor stamps arrivals late while relay's event loop is busy. It only counts.
-STAND_IN = """
-import json, sys, time
-from aiohttp import web
-arrivals, ops = [], 0
-async def batch(request):
-    global ops
-    body = json.loads(await request.read())
-    arrivals.append(time.monotonic())
-    ops += len(body["batch"]) if isinstance(body, dict) and "batch" in body else 1
-    return web.json_response({})
-async def stats(request):
-    return web.json_response({"arrivals": arrivals, "ops": ops})
-app = web.Application(client_max_size=10 * 1024 * 1024)
-app.router.add_get("/stats", stats)
-app.router.add_route("*", "/{tail:.*}", batch)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def stand_in_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(f"{url}/stats") as resp:
-        stats: dict[str, Any] = await resp.json()
-        return stats
 
 
 def messages(n: int) -> list[dict[str, Any]]:
@@ -120,77 +84,46 @@ def messages(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def busiest_second(arrivals: list[float]) -> int:
-    times = sorted(arrivals)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        while j < len(times) and times[j] < start + 1.0:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
 async def run(
     events: int, batch_size: int, rate: float, seconds: float, api: str
 ) -> dict[str, float]:
-    port = free_port()
-    cio_url = f"http://127.0.0.1:{port}"
-    cio = subprocess.Popen([sys.executable, "-c", STAND_IN, str(port)])
-    try:
-        return await _run(cio_url, events, batch_size, rate, seconds, api)
-    finally:
-        cio.terminate()
-        cio.wait()
-
-
-async def _run(
-    cio_url: str, events: int, batch_size: int, rate: float, seconds: float, api: str
-) -> dict[str, float]:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                await stand_in_stats(session, cio_url)
-                break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    with tempfile.TemporaryDirectory() as tmp:
-        text = f"""
-storage: {{sqlite: {{path: "{Path(tmp) / "bench.db"}"}}}}
-sources: {{segment: {{write_keys: {{bench: bench-key}}}}}}
-destinations:
-  customerio:
-    main: {{site_id: bench, api_key: "{"k" * 20}", base_url: "{cio_url}",
-            rate_limit: {rate}, batch_size: {batch_size}, api: {api}}}
-routes: [{{from: segment, to: [customerio.main]}}]
-"""
-        app = create_app(parse_config(text, "bench.yaml", {}))
-        relay = TestServer(app, host="127.0.0.1")
-        await relay.start_server()
-        url = str(relay.make_url("/v1/batch"))
-        auth = {"Authorization": "Basic " + base64.b64encode(b"bench-key:").decode()}
-        batch = messages(events)
-        async with aiohttp.ClientSession() as session:
+    async with benchlib.stand_in() as cio, aiohttp.ClientSession() as session:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = benchlib.relay_config(
+                Path(tmp) / "bench.db",
+                api_key="k" * 20,
+                base_url=cio.url,
+                rate_limit=rate,
+                batch_size=batch_size,
+                api=api,
+            )
+            app = create_app(parse_config(text, "bench.yaml", {}))
+            relay = TestServer(app, host=benchlib.HOST)
+            await relay.start_server()
+            url = str(relay.make_url("/v1/batch"))
+            batch = messages(events)
             for i in range(0, len(batch), 500):
                 async with session.post(
-                    url, json={"batch": batch[i : i + 500]}, headers=auth
+                    url, json={"batch": batch[i : i + 500]}, headers=benchlib.HEADERS
                 ) as resp:
                     assert resp.status == 200, await resp.text()
             deadline = time.monotonic() + seconds
-            stats = await stand_in_stats(session, cio_url)
-            while stats["ops"] < events and time.monotonic() < deadline:
+            await cio.poll(session)
+            while cio.ops + cio.other < events and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-                stats = await stand_in_stats(session, cio_url)
-        await relay.close()
+                await cio.poll(session)
+            await relay.close()
 
-    arrivals = stats["arrivals"]
+    arrivals = cio.arrivals
+    delivered = cio.ops + cio.other  # a v1 call is one op
     span = max(arrivals[-1] - arrivals[0], 1e-9)
     return {
-        "events": stats["ops"],
+        "events": delivered,
         "seconds": span,
-        "events_per_s": stats["ops"] / span,
+        "events_per_s": delivered / span,
         "requests_per_s": (len(arrivals) - 1) / span,
-        "ops_per_request": stats["ops"] / len(arrivals),
-        "busiest_second": busiest_second(arrivals),
+        "ops_per_request": delivered / len(arrivals),
+        "busiest_second": benchlib.busiest_second(arrivals),
     }
 
 

@@ -21,110 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
+import benchlib
+from benchlib import MB, children, rss
+
 PER_REQUEST = 500
-
-CONFIG = """
-server: {{host: 127.0.0.1, port: {port}}}
-storage:
-  sqlite: {{path: "{db}"}}
-sources:
-  segment:
-    write_keys: {{bench: "bench-write-key"}}
-destinations:
-  customerio:
-    main:
-      site_id: bench
-      api_key: "${{{unset}}}"
-routes:
-  - {{from: segment, to: [customerio.main]}}
-"""
-UNSET_KEY = "RELAY_BENCH_UNSET_API_KEY"
-MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def make_batch(size: int) -> bytes:
-    """`size` events, a quarter identify, half track, a quarter page."""
-    batch: list[dict[str, Any]] = []
-    for i in range(size):
-        user = f"user-{uuid.uuid4().hex[:8]}"
-        common = {
-            "userId": user,
-            "messageId": str(uuid.uuid4()),
-            "timestamp": "2024-05-06T07:08:09.123Z",
-            "context": {
-                "library": {"name": "analytics-python", "version": "2.3.0"},
-                "ip": "203.0.113.9",
-            },
-        }
-        if i % 4 == 0:
-            batch.append({**common, "type": "identify", "traits": {"email": f"{user}@example.com"}})
-        elif i % 4 == 3:
-            batch.append(
-                {
-                    **common,
-                    "type": "page",
-                    "name": "Home",
-                    "properties": {"url": "https://shop.example/", "title": "Shop"},
-                }
-            )
-        else:
-            batch.append(
-                {
-                    **common,
-                    "type": "track",
-                    "event": "Order Completed",
-                    "properties": {
-                        "order_id": f"o-{i}",
-                        "total": 42.5,
-                        "currency": "EUR",
-                        "products": [{"sku": "a-1", "price": 10.0, "quantity": 2}],
-                    },
-                }
-            )
-    return json.dumps({"batch": batch, "sentAt": "2024-05-06T07:08:10.000Z"}).encode()
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of `pid`, from /proc/PID/task/*/children."""
-    found = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                found.extend(int(c) for c in fh.read().split())
-    return found + [g for c in found for g in children(c)]
-
-
-def rss(pid: int, field: str = "VmRSS") -> int:
-    """Resident memory of `pid` in bytes (VmRSS; or RssAnon, the process's own, or RssFile,
-    pages of files it maps, such as SQLite's memory-mapped database), 0 once it is gone."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def disk(db: Path) -> tuple[int, list[str]]:
@@ -152,38 +60,6 @@ def measure(relay: int, db: Path) -> dict[str, Any]:
     }
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 60 s; relay's store child exits once relay is gone."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_gone(pids: list[int], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-async def wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30.0
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    tail = log.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"{url} did not come up:\n{tail}")
-
-
 class Queuer:
     """Sends `/v1/batch` requests of up to 500 events, `concurrency` in flight."""
 
@@ -191,11 +67,7 @@ class Queuer:
         self.session = session
         self.url = url
         self.concurrency = concurrency
-        self.bodies = [make_batch(PER_REQUEST) for _ in range(16)]  # reused round-robin
-        self.headers = {
-            "Authorization": "Basic " + base64.b64encode(b"bench-write-key:").decode(),
-            "Content-Type": "application/json",
-        }
+        self.bodies = [benchlib.make_batch(PER_REQUEST) for _ in range(16)]  # round-robin
         self.queued = 0
         self.counter = 0
 
@@ -215,11 +87,11 @@ class Queuer:
                 body = (
                     self.bodies[self.counter % len(self.bodies)]
                     if size == PER_REQUEST
-                    else (make_batch(size))
+                    else benchlib.make_batch(size)
                 )
-                # a fresh messageId prefix per request: every event is new and stays queued
-                body = body.replace(b'"messageId": "', f'"messageId": "{self.counter}-'.encode())
-                async with self.session.post(self.url, data=body, headers=self.headers) as resp:
+                # every event new: it stays queued
+                body = benchlib.fresh(body, self.counter)
+                async with self.session.post(self.url, data=body, headers=benchlib.HEADERS) as resp:
                     text = await resp.text()
                     if resp.status != 200:
                         raise RuntimeError(f"relay answered {resp.status}: {text[:300]}")
@@ -232,49 +104,27 @@ class Queuer:
 
 
 async def run(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if k != UNSET_KEY}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     deadline = time.monotonic() + args.timeout
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-mem-", ignore_cleanup_errors=True) as t:
         tmp = Path(t)
         db = tmp / "data" / "bench.db"
         db.parent.mkdir()
-        port = free_port()
-        config = tmp / "bench.yaml"
-        config.write_text(CONFIG.format(port=port, db=db, unset=UNSET_KEY))
-        log = tmp / "relay.log"
-        with open(log, "wb") as fh:
-            relay = subprocess.Popen(
-                [sys.executable, "-m", "relay", "serve", "--config", str(config)]
-                + ["--log-level", "ERROR"],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO,
-            )
-        store: list[int] = []
-        try:
-            await wait_up(f"http://127.0.0.1:{port}/healthz", relay, log)
+        async with benchlib.serve_relay(tmp, db) as relay:
+            pid = relay.proc.pid
             await asyncio.sleep(args.settle)
-            store = children(relay.pid)
-            rows.append({"queued": 0, "rate": None, **measure(relay.pid, db)})
+            rows.append({"queued": 0, "rate": None, **measure(pid, db)})
             connector = aiohttp.TCPConnector(limit=args.concurrency)
             async with aiohttp.ClientSession(connector=connector) as session:
-                queuer = Queuer(session, f"http://127.0.0.1:{port}/v1/batch", args.concurrency)
+                queuer = Queuer(session, f"{relay.url}/v1/batch", args.concurrency)
                 for size in sizes:
                     before = queuer.queued
                     seconds = await queuer.fill_to(size, deadline)
                     await asyncio.sleep(args.settle)
-                    if relay.poll() is not None:
-                        raise RuntimeError(f"relay exited:\n{log.read_text()[-2000:]}")
-                    store = children(relay.pid) or store
+                    relay.check()
                     rate = (queuer.queued - before) / seconds
                     rows.append({"queued": queuer.queued, "rate": rate})
-                    rows[-1].update(measure(relay.pid, db))
-        finally:
-            stop(relay)
-            wait_gone(store)
+                    rows[-1].update(measure(pid, db))
     return rows
 
 

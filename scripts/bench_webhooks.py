@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
-import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,9 +37,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+import benchlib
+from benchlib import HOST, free_port, stop, wait_up
+
 SIGNING_KEY = "bench-signing-key"
 SOURCE = "bench"
-HOST = "127.0.0.1"
 
 CONFIG = """
 server: {{host: {host}, port: {port}, shutdown_timeout: 5}}
@@ -157,10 +155,9 @@ class Result:
         return self.accepted / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        """The `q` quantile of the latencies, in ms."""
+        value = benchlib.percentile(self.latencies, q * 100)
+        return float("nan") if value is None else value * 1000
 
 
 def sign(timestamp: str, raw: bytes) -> str:
@@ -227,47 +224,9 @@ async def load(
 # --------------------------------------------------------------------------- orchestration
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def spawn(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    repo = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        stdout=out,
-        stderr=out,
-        env=env,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server for {url} exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")
+    """This script with `args`, in a process of its own."""
+    return benchlib.start([str(Path(__file__).resolve()), *args], log)
 
 
 async def relay_counts(base: str) -> dict[str, float]:
@@ -275,15 +234,11 @@ async def relay_counts(base: str) -> dict[str, float]:
     async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as resp:
         text = await resp.text()
     counts = {"queued": 0.0, "duplicate": 0.0, "rejected": 0.0, "delivered": 0.0}
-    for line in text.splitlines():
-        received = re.match(r"relay_received_events_total\{(.*)\} (\S+)$", line)
-        if received and f'source="{SOURCE}"' in received.group(1):
-            outcome = re.search(r'outcome="(\w+)"', received.group(1))
-            if outcome:
-                counts[outcome.group(1)] = float(received.group(2))
-        delivered = re.match(r"relay_delivered_events_total\{.*\} (\S+)$", line)
-        if delivered:
-            counts["delivered"] += float(delivered.group(1))
+    for labels, value in benchlib.metric_samples(text, "relay_received_events_total"):
+        if labels.get("source") == SOURCE and "outcome" in labels:
+            counts[labels["outcome"]] = value
+    for _, value in benchlib.metric_samples(text, "relay_delivered_events_total"):
+        counts["delivered"] += value
     return counts
 
 
@@ -303,7 +258,7 @@ async def bench(args: argparse.Namespace) -> int:
             url = f"http://{HOST}:{port}/webhooks/customerio"
             results.append(await load("baseline", url, run_id="b", **common))
         finally:
-            stop(baseline)
+            stop(baseline, timeout=10)
 
         segment_port = free_port()
         standin = None
@@ -324,14 +279,14 @@ async def bench(args: argparse.Namespace) -> int:
         relay = spawn("--serve", "relay", "--config", str(config), log=Path(tmp) / "relay.log")
         try:
             base = f"http://{HOST}:{port}"
-            await wait_up(base + "/healthz", relay)
+            await wait_up(base + "/healthz", relay, Path(tmp) / "relay.log")
             results.append(await load("relay", base + "/webhooks/customerio", run_id="r", **common))
             await asyncio.sleep(1.5)  # let delivery catch up a little before counting
             counts = await relay_counts(base)
         finally:
-            stop(relay)
+            stop(relay, timeout=10)
             if standin is not None:
-                stop(standin)
+                stop(standin, timeout=10)
         db_dir = Path(tmp).resolve()
 
     print(

@@ -40,214 +40,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
-import json
-import os
-import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
-RATE_LIMIT = 100
+import benchlib
+from benchlib import MB, RATE_LIMIT, busiest_second, cell, children, percentile, rss
+
 DESTINATION = "customerio.main"
 LAST_WINDOWS = 3
-MB = 1024 * 1024
-
-# The stand-in Customer.io. `GET /stats?from=N` gives its counts and the arrival times
-# (time.monotonic()) of its v2 batch requests from the N-th on, so that they are fetched once.
-STAND_IN = """
-import json, sys, time
-from aiohttp import web
-arrivals = []
-counts = {"requests": 0, "ops": 0, "other": 0}
-async def batch(request):
-    body = json.loads(await request.read())
-    arrivals.append(time.monotonic())
-    counts["requests"] += 1
-    counts["ops"] += len(body["batch"])
-    return web.json_response({})
-async def other(request):
-    await request.read()
-    counts["other"] += 1
-    return web.json_response({})
-async def stats(request):
-    start = int(request.query.get("from", "0"))
-    return web.json_response({**counts, "arrivals": arrivals[start:]})
-app = web.Application(client_max_size=16 * 1024 * 1024)
-app.router.add_post("/api/v2/batch", batch)
-app.router.add_get("/stats", stats)
-app.router.add_route("*", "/{tail:.*}", other)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-"""
-
-CONFIG = """
-server: {{host: 127.0.0.1, port: {port}}}
-storage:
-  sqlite: {{path: "{db}"}}
-sources:
-  segment:
-    write_keys: {{soak: "soak-write-key"}}
-destinations:
-  customerio:
-    main:
-      site_id: soak
-      api_key: "{api_key}"
-      base_url: "http://127.0.0.1:{cio_port}"
-routes:
-  - {{from: segment, to: [customerio.main]}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def make_batch(size: int) -> bytes:
-    """`size` events, a quarter identify, half track, a quarter page."""
-    batch: list[dict[str, Any]] = []
-    for i in range(size):
-        user = f"user-{uuid.uuid4().hex[:8]}"
-        common = {
-            "userId": user,
-            "messageId": str(uuid.uuid4()),
-            "timestamp": "2024-05-06T07:08:09.123Z",
-            "context": {
-                "library": {"name": "analytics-python", "version": "2.3.0"},
-                "ip": "203.0.113.9",
-            },
-        }
-        if i % 4 == 0:
-            batch.append({**common, "type": "identify", "traits": {"email": f"{user}@example.com"}})
-        elif i % 4 == 3:
-            batch.append(
-                {
-                    **common,
-                    "type": "page",
-                    "name": "Home",
-                    "properties": {"url": "https://shop.example/", "title": "Shop"},
-                }
-            )
-        else:
-            batch.append(
-                {
-                    **common,
-                    "type": "track",
-                    "event": "Order Completed",
-                    "properties": {
-                        "order_id": f"o-{i}",
-                        "total": 42.5,
-                        "currency": "EUR",
-                        "products": [{"sku": "a-1", "price": 10.0, "quantity": 2}],
-                    },
-                }
-            )
-    return json.dumps({"batch": batch, "sentAt": "2024-05-06T07:08:10.000Z"}).encode()
-
-
-def busiest_second(arrivals: list[float]) -> int:
-    """The most arrivals in any one-second window starting at an arrival."""
-    times = sorted(arrivals)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        while j < len(times) and times[j] < start + 1.0:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * p // 100))  # ceil
-    return ordered[int(rank) - 1]
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of `pid`, from /proc/PID/task/*/children."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                found.extend(int(c) for c in fh.read().split())
-    return found + [g for c in found for g in children(c)]
-
-
-def rss(pid: int) -> int:
-    """Resident memory (VmRSS) of `pid` in bytes, 0 once it is gone."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as fh:
-        return subprocess.Popen(
-            [sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 60 s; relay's store child exits once relay is gone."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_gone(pids: list[int], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-async def wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30.0
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    tail = log.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"{url} did not come up:\n{tail}")
-
-
-LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def pending_gauge(text: str) -> int | None:
     """The pending deliveries of DESTINATION from relay's /metrics page, if it is there."""
-    for line in text.splitlines():
-        if not line.startswith("relay_queue_deliveries{"):
-            continue
-        labels, _, value = line.rpartition("}")
-        found = dict(LABEL.findall(labels))
-        if found.get("destination") == DESTINATION and found.get("state") == "pending":
-            return int(float(value))
+    for labels, value in benchlib.metric_samples(text, "relay_queue_deliveries"):
+        if labels.get("destination") == DESTINATION and labels.get("state") == "pending":
+            return int(value)
     return None
 
 
@@ -286,34 +100,27 @@ class Row:
 
 
 class Soak:
-    def __init__(self, args: argparse.Namespace, port: int, cio_port: int) -> None:
+    def __init__(
+        self, args: argparse.Namespace, relay: benchlib.Relay, cio: benchlib.StandIn
+    ) -> None:
         self.args = args
-        self.url = f"http://127.0.0.1:{port}/v1/batch"
-        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        self.stats_url = f"http://127.0.0.1:{cio_port}/stats"
-        self.bodies = [make_batch(args.batch) for _ in range(64)]  # reused round-robin
-        self.headers = {
-            "Authorization": "Basic " + base64.b64encode(b"soak-write-key:").decode(),
-            "Content-Type": "application/json",
-        }
+        self.relay = relay
+        self.cio = cio  # its ops are the events delivered
+        self.url = f"{relay.url}/v1/batch"
+        self.metrics_url = f"{relay.url}/metrics"
+        self.bodies = [benchlib.make_batch(args.batch) for _ in range(64)]  # round-robin
         self.window = Window(time.monotonic())
         self.acknowledged = 0
         self.sent = 0
-        self.arrivals: list[float] = []
-        self.delivered = 0
-        self.other = 0
         self.rows: list[Row] = []
         self.started = 0.0
         self.until = 0.0
 
     async def send(self, session: aiohttp.ClientSession, n: int, due: float) -> None:
-        # a fresh messageId prefix per request: every event is new, and is delivered
-        body = self.bodies[n % len(self.bodies)].replace(
-            b'"messageId": "', f'"messageId": "{n}-'.encode()
-        )
+        body = benchlib.fresh(self.bodies[n % len(self.bodies)], n)  # every event delivered
         ok = False
         try:
-            async with session.post(self.url, data=body, headers=self.headers) as resp:
+            async with session.post(self.url, data=body, headers=benchlib.HEADERS) as resp:
                 await resp.read()
                 ok = resp.status == 200
         except (TimeoutError, aiohttp.ClientError):
@@ -346,32 +153,18 @@ class Soak:
         if open_requests:
             await asyncio.gather(*open_requests)
 
-    async def stand_in(self, session: aiohttp.ClientSession) -> list[float]:
-        """Fetch the stand-in's counts and its new arrivals; those arrivals."""
-        params = {"from": str(len(self.arrivals))}
-        async with session.get(self.stats_url, params=params) as resp:
-            stats: dict[str, Any] = await resp.json()
-        new: list[float] = stats["arrivals"]
-        self.arrivals.extend(new)
-        self.delivered = stats["ops"]
-        self.other = stats["other"]
-        return new
-
     async def pending(self, session: aiohttp.ClientSession) -> int | None:
         async with session.get(self.metrics_url) as resp:
             return pending_gauge(await resp.text())
 
-    async def sample(
-        self, session: aiohttp.ClientSession, relay: subprocess.Popen[bytes], log: Path
-    ) -> Row:
+    async def sample(self, session: aiohttp.ClientSession) -> Row:
         """Close the current window and print its row."""
         now = time.monotonic()
         window, self.window = self.window, Window(now)
         acknowledged = self.acknowledged
-        if relay.poll() is not None:
-            raise RuntimeError(f"relay exited:\n{log.read_text(errors='replace')[-2000:]}")
-        before = self.delivered
-        new = await self.stand_in(session)
+        self.relay.check()
+        before = self.cio.ops
+        new = await self.cio.poll(session)
         pending = await self.pending(session)
         row = Row(
             elapsed=now - self.started,
@@ -381,28 +174,26 @@ class Soak:
             latencies=window.latencies,
             failures=window.failures,
             skipped=window.skipped,
-            relay_rss=rss(relay.pid),
-            store_rss=sum(rss(p) for p in children(relay.pid)),
+            relay_rss=rss(self.relay.proc.pid),
+            store_rss=sum(rss(p) for p in children(self.relay.proc.pid)),
             pending=pending,
-            delivered_total=self.delivered,
-            delivered=self.delivered - before,
+            delivered_total=self.cio.ops,
+            delivered=self.cio.ops - before,
             busiest=busiest_second(new),
         )
         self.rows.append(row)
         print_row(row)
         return row
 
-    async def report(
-        self, session: aiohttp.ClientSession, relay: subprocess.Popen[bytes], log: Path
-    ) -> None:
+    async def report(self, session: aiohttp.ClientSession) -> None:
         """A row at every `--every` seconds strictly inside the load."""
         k = 1
         while (boundary := self.started + k * self.args.every) < self.until - 1e-6:
             await asyncio.sleep(max(0.0, boundary - time.monotonic()))
-            await self.sample(session, relay, log)
+            await self.sample(session)
             k += 1
 
-    async def run(self, relay: subprocess.Popen[bytes], log: Path) -> float | None:
+    async def run(self) -> float | None:
         """The load, its rows, then the drain; seconds from the load's end until every
         acknowledged event had arrived (None if they did not within --drain-timeout)."""
         connector = aiohttp.TCPConnector(limit=self.args.in_flight)
@@ -411,10 +202,10 @@ class Soak:
             aiohttp.ClientSession(connector=connector, timeout=timeout) as posts,
             aiohttp.ClientSession(timeout=timeout) as session,
         ):
-            await self.stand_in(session)
+            await self.cio.poll(session)
             print(
-                f"at start: relay {rss(relay.pid) / MB:.1f} MB, store"
-                f" {sum(rss(p) for p in children(relay.pid)) / MB:.1f} MB;"
+                f"at start: relay {rss(self.relay.proc.pid) / MB:.1f} MB, store"
+                f" {sum(rss(p) for p in children(self.relay.proc.pid)) / MB:.1f} MB;"
                 f" {self.args.rate:,g} events/s in requests of {self.args.batch}"
                 f" for {self.args.minutes:g} min"
             )
@@ -424,21 +215,17 @@ class Soak:
             self.window = Window(self.started)
             async with asyncio.TaskGroup() as group:  # relay exiting stops the load too
                 group.create_task(self.load(posts, self.until))
-                group.create_task(self.report(session, relay, log))
+                group.create_task(self.report(session))
             # the last window: to the end of the load and its last answers
-            await self.sample(session, relay, log)
+            await self.sample(session)
             ended = time.monotonic()
             deadline = ended + self.args.drain_timeout
-            while self.delivered < self.acknowledged and time.monotonic() < deadline:
+            while self.cio.ops < self.acknowledged and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-                await self.stand_in(session)
+                await self.cio.poll(session)
             drained = time.monotonic() - ended
-            await self.stand_in(session)
-            return drained if self.delivered >= self.acknowledged else None
-
-
-def cell(value: float | None, width: int, spec: str) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+            await self.cio.poll(session)
+            return drained if self.cio.ops >= self.acknowledged else None
 
 
 def print_header() -> None:
@@ -469,7 +256,7 @@ def summarize(soak: Soak, drained: float | None, args: argparse.Namespace) -> bo
     """Print the summary; whether the run passed."""
     rows = soak.rows
     full = [r for r in rows if r.seconds >= args.every * 0.95]
-    acked, arrived = soak.acknowledged, soak.delivered
+    acked, arrived = soak.acknowledged, soak.cio.ops
     skipped = sum(r.skipped for r in rows)
     failures = sum(r.failures for r in rows)
     print(
@@ -517,11 +304,11 @@ def summarize(soak: Soak, drained: float | None, args: argparse.Namespace) -> bo
         )
     else:
         print("fewer than 2 full windows: no comparison (a longer --minutes or shorter --every)")
-    busiest = busiest_second(soak.arrivals)
+    busiest = busiest_second(soak.cio.arrivals)
     verdict = "within" if busiest <= RATE_LIMIT else "ABOVE"
     print(f"busiest second overall: {busiest} requests, {verdict} rate_limit {RATE_LIMIT}")
-    if soak.other:
-        print(f"warning: {soak.other} requests to the stand-in were not v2 batches")
+    if soak.cio.other:
+        print(f"warning: {soak.cio.other} requests to the stand-in were not v2 batches")
     if drained is None:
         print(
             f"INCOMPLETE: {arrived:,} of {acked:,} acknowledged events arrived within"
@@ -533,36 +320,14 @@ def summarize(soak: Soak, drained: float | None, args: argparse.Namespace) -> bo
 
 
 async def run(args: argparse.Namespace) -> tuple[Soak, float | None]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="relay-soak-", ignore_cleanup_errors=True) as t:
         tmp = Path(t)
-        cio_port, port = free_port(), free_port()
-        config = tmp / "soak.yaml"
-        config.write_text(
-            CONFIG.format(port=port, db=tmp / "soak.db", api_key="k" * 20, cio_port=cio_port)
-        )
-        cio = start(["-c", STAND_IN, str(cio_port)], tmp / "stand-in.log", env)
-        relay = None
-        store: list[int] = []
-        try:
-            await wait_up(f"http://127.0.0.1:{cio_port}/stats", cio, tmp / "stand-in.log")
-            log = tmp / "relay.log"
-            relay = start(
-                ["-m", "relay", "serve", "--config", str(config), "--log-level", "ERROR"],
-                log,
-                env,
-            )
-            await wait_up(f"http://127.0.0.1:{port}/healthz", relay, log)
-            store = children(relay.pid)
-            soak = Soak(args, port, cio_port)
-            drained = await soak.run(relay, log)
-        finally:
-            if relay is not None:
-                store = children(relay.pid) or store
-                stop(relay)
-                wait_gone(store)
-            stop(cio)
+        async with (
+            benchlib.stand_in(tmp / "stand-in.log") as cio,
+            benchlib.serve_relay(tmp, api_key="k" * 20, base_url=cio.url) as relay,
+        ):
+            soak = Soak(args, relay, cio)
+            drained = await soak.run()
     return soak, drained
 
 
@@ -579,12 +344,7 @@ def main() -> None:
     parser.add_argument(
         "--in-flight", type=int, default=64, help="requests open at most; default 64"
     )
-    parser.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=120.0,
-        help="seconds to wait after the load for every event to arrive; default 120",
-    )
+    benchlib.add_drain_timeout(parser)
     args = parser.parse_args()
     if min(args.minutes, args.rate, args.batch, args.every, args.in_flight) <= 0:
         parser.error("--minutes, --rate, --batch, --every and --in-flight must be positive")

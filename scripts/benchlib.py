@@ -1,0 +1,410 @@
+"""What the benchmark and soak scripts in scripts/ share, so that each fact is stated once.
+
+Free loopback ports; Segment `/v1/batch` bodies to load relay with, and a closed-loop load of
+them; relay's config for a run (Segment in, one Customer.io destination out, SQLite), relay
+and a stand-in Customer.io each started in a process of its own (`python` run in this
+checkout, with PYTHONPATH starting at it, so that this checkout is what is measured), waited
+for and stopped; the resident memory of a process and its descendants from /proc; the
+busiest second of a list of arrivals, percentiles, samples from a /metrics page.
+
+The scripts are run as `python scripts/NAME.py`, which puts scripts/ on sys.path: they
+`import benchlib`. Neither relay nor its tests use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+MB = 1024 * 1024
+# The Customer.io destination's default `rate_limit`: requests a second, at most.
+RATE_LIMIT = 100
+
+WRITE_KEY = "bench-write-key"
+HEADERS = {
+    "Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode(),
+    "Content-Type": "application/json",
+}
+# An api_key taken from a variable that relay_env() leaves unset: the destination is paused
+# and every delivery stays queued.
+UNSET_KEY = "RELAY_BENCH_UNSET_API_KEY"
+PAUSED = f"${{{UNSET_KEY}}}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- load
+
+# A quarter identify, half track, a quarter page.
+MIX = ("identify", "track", "track", "page")
+CONTEXT = {"library": {"name": "analytics-python", "version": "2.3.0"}, "ip": "203.0.113.9"}
+
+
+def make_batch(size: int, kinds: Sequence[str] = MIX, *, uniform: bool = False) -> bytes:
+    """A `/v1/batch` body of `size` events, each with a userId and a messageId of its own.
+
+    Event i is of type `kinds[i % len(kinds)]` and has that type's fields (identify: an
+    email; track: an order; page: a name and a URL), or, with `uniform`, all of them (the
+    order's event and properties, and an email and a plan as traits) whatever its type.
+    """
+    batch: list[dict[str, Any]] = []
+    for i in range(size):
+        user = f"user-{uuid.uuid4().hex[:8]}"
+        kind = kinds[i % len(kinds)]
+        event: dict[str, Any] = {
+            "type": kind,
+            "userId": user,
+            "messageId": str(uuid.uuid4()),
+            "timestamp": "2024-05-06T07:08:09.123Z",
+            "context": CONTEXT,
+        }
+        order = {
+            "event": "Order Completed",
+            "properties": {
+                "order_id": f"o-{i}",
+                "total": 42.5,
+                "currency": "EUR",
+                "products": [{"sku": "a-1", "price": 10.0, "quantity": 2}],
+            },
+        }
+        traits = {"email": f"{user}@example.com"}
+        if uniform:
+            event.update(order, traits={**traits, "plan": "pro"})
+        elif kind == "identify":
+            event["traits"] = traits
+        elif kind == "track":
+            event.update(order)
+        elif kind == "page":
+            event.update(name="Home", properties={"url": "https://shop.example/", "title": "Shop"})
+        else:
+            raise ValueError(f"make_batch has no fields for {kind!r} events")
+        batch.append(event)
+    return json.dumps({"batch": batch, "sentAt": "2024-05-06T07:08:10.000Z"}).encode()
+
+
+def fresh(body: bytes, n: int) -> bytes:
+    """`body` (from make_batch) with `n` put before every messageId: sent with an `n` of its
+    own each time, its events are new every time, so that de-duplication short-cuts nothing
+    (and a live destination gets every one)."""
+    return body.replace(b'"messageId": "', f'"messageId": "{n}-'.encode())
+
+
+@dataclass
+class Load:
+    """What a closed-loop load did: times are time.monotonic(), latencies in seconds."""
+
+    started: float = 0.0
+    ended: float = 0.0
+    requests: int = 0
+    ok: int = 0  # 200 answers
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        return self.requests - self.ok
+
+
+async def closed_loop(url: str, bodies: list[bytes], seconds: float, concurrency: int) -> Load:
+    """POST `bodies` (round-robin, each made fresh) to `url` for `seconds`, with `concurrency`
+    requests in flight, a new one as soon as one is answered."""
+    result = Load()
+    deadline = time.monotonic() + seconds
+    counter = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal counter
+        while time.monotonic() < deadline:
+            counter += 1
+            body = fresh(bodies[counter % len(bodies)], counter)
+            begin = time.perf_counter()
+            async with session.post(url, data=body, headers=HEADERS) as resp:
+                await resp.read()
+                result.requests += 1
+                result.ok += resp.status == 200
+            result.latencies.append(time.perf_counter() - begin)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        result.started = time.monotonic()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        result.ended = time.monotonic()
+    return result
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def relay_config(
+    db: Path, *, port: int | None = None, api_key: str = PAUSED, **settings: Any
+) -> str:
+    """relay's config for a run: Segment in through `/v1/batch` (WRITE_KEY), routed to one
+    Customer.io destination, `customerio.main`, with `api_key` (by default paused) and the
+    further `settings` given (base_url, rate_limit, batch_size, api); SQLite at `db`. The
+    server section only with a `port`."""
+    lines = [] if port is None else [f"server: {{host: {HOST}, port: {port}}}"]
+    lines += [
+        f"storage: {{sqlite: {{path: {json.dumps(str(db))}}}}}",
+        f"sources: {{segment: {{write_keys: {{bench: {json.dumps(WRITE_KEY)}}}}}}}",
+        "destinations:",
+        "  customerio:",
+        "    main:",
+        "      site_id: bench",
+        f"      api_key: {json.dumps(api_key)}",
+        *(f"      {name}: {json.dumps(value)}" for name, value in settings.items()),
+        "routes: [{from: segment, to: [customerio.main]}]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def relay_env() -> dict[str, str]:
+    """This process's environment, with PYTHONPATH starting at this checkout and UNSET_KEY
+    removed."""
+    env = {k: v for k, v in os.environ.items() if k != UNSET_KEY}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def start(args: Sequence[str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`python ARGS` in a process of its own, in this checkout with relay_env(); its output to
+    `log`, or nowhere."""
+    with open(log, "wb") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        return subprocess.Popen(
+            [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, env=relay_env(), cwd=REPO
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; relay's store child exits once relay is
+    gone."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def tail(log: Path | None) -> str:
+    return log.read_text(errors="replace")[-2000:] if log else ""
+
+
+async def wait_up(
+    url: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Until GET `url` answers below 500; an error, with the end of `log`, if `proc` exits
+    first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            await asyncio.sleep(0.05)
+    exited = "" if proc is None or proc.poll() is None else f" (exit status {proc.returncode})"
+    raise RuntimeError(f"{url} did not come up{exited}:\n{tail(log)}")
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid`, from /proc/PID/task/*/children."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                found.extend(int(c) for c in fh.read().split())
+    return found + [g for c in found for g in children(c)]
+
+
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of `pid` in bytes (VmRSS; or RssAnon, the process's own, or RssFile,
+    pages of files it maps, such as SQLite's memory-mapped database), 0 once it is gone."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Relay:
+    """relay serving in a process of its own (see serve_relay)."""
+
+    proc: subprocess.Popen[bytes]
+    url: str  # http://127.0.0.1:PORT
+    log: Path
+
+    def check(self) -> None:
+        """An error, with the end of its log, if relay has exited."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"relay exited:\n{tail(self.log)}")
+
+
+@contextlib.asynccontextmanager
+async def serve_relay(tmp: Path, db: Path | None = None, **config: Any) -> AsyncIterator[Relay]:
+    """`relay serve` on a free port with relay_config(db, **config) (the database by default
+    in `tmp`, as are the config and relay.log), up (its /healthz answers) for the body of the
+    `async with`; stopped after it, and its store's process(es) gone."""
+    port = free_port()
+    path, log = tmp / "bench.yaml", tmp / "relay.log"
+    path.write_text(relay_config(db or tmp / "bench.db", port=port, **config))
+    proc = start(["-m", "relay", "serve", "--config", str(path), "--log-level", "ERROR"], log)
+    relay = Relay(proc, f"http://{HOST}:{port}", log)
+    store: list[int] = []
+    try:
+        await wait_up(f"{relay.url}/healthz", proc, log)
+        store = children(proc.pid)
+        yield relay
+    finally:
+        store = children(proc.pid) or store
+        stop(proc)
+        wait_gone(store)
+
+
+# --------------------------------------------------------------------------- stand-in
+
+# The stand-in Customer.io, in a process of its own so that it neither takes relay's CPU nor
+# stamps arrivals late while relay is busy. It answers 200 `{}` to every request and stamps
+# each one's arrival with time.monotonic(), the system-wide CLOCK_MONOTONIC on Linux, so that
+# they compare with this process's own; it counts v2 batches and their ops, and every other
+# request (a v1 call: one op each). `GET /stats?from=N` gives its counts and the arrivals from
+# the N-th on, so that each is fetched once.
+STAND_IN = """
+import json, sys, time
+from aiohttp import web
+arrivals = []
+counts = {"batches": 0, "ops": 0, "other": 0}
+async def batch(request):
+    body = json.loads(await request.read())
+    arrivals.append(time.monotonic())
+    counts["batches"] += 1
+    counts["ops"] += len(body["batch"])
+    return web.json_response({})
+async def other(request):
+    await request.read()
+    arrivals.append(time.monotonic())
+    counts["other"] += 1
+    return web.json_response({})
+async def stats(request):
+    start = int(request.query.get("from", "0"))
+    return web.json_response({**counts, "arrivals": arrivals[start:]})
+app = web.Application(client_max_size=16 * 1024 * 1024)
+app.router.add_post("/api/v2/batch", batch)
+app.router.add_get("/stats", stats)
+app.router.add_route("*", "/{tail:.*}", other)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+class StandIn:
+    """The stand-in as this process last saw it: its counts, and every arrival so far."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.arrivals: list[float] = []
+        self.batches = 0  # v2 batch requests
+        self.ops = 0  # in the v2 batches
+        self.other = 0  # other requests
+
+    async def poll(self, session: aiohttp.ClientSession) -> list[float]:
+        """Fetch the counts and the new arrivals; those arrivals."""
+        params = {"from": str(len(self.arrivals))}
+        async with session.get(f"{self.url}/stats", params=params) as resp:
+            stats: dict[str, Any] = await resp.json()
+        new: list[float] = stats["arrivals"]
+        self.arrivals.extend(new)
+        self.batches, self.ops, self.other = stats["batches"], stats["ops"], stats["other"]
+        return new
+
+
+@contextlib.asynccontextmanager
+async def stand_in(log: Path | None = None) -> AsyncIterator[StandIn]:
+    """The stand-in Customer.io on a free port, up for the body of the `async with`."""
+    port = free_port()
+    proc = start(["-c", STAND_IN, str(port)], log)
+    try:
+        await wait_up(f"http://{HOST}:{port}/stats", proc, log)
+        yield StandIn(f"http://{HOST}:{port}")
+    finally:
+        stop(proc)
+
+
+def add_drain_timeout(parser: argparse.ArgumentParser) -> None:
+    """--drain-timeout: how long to wait after a load for every event to arrive."""
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait after the load for every event to arrive; default 120",
+    )
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most arrivals in any one-second window starting at an arrival."""
+    times = sorted(arrivals)
+    best, j = 0, 0
+    for i, begin in enumerate(times):
+        while j < len(times) and times[j] < begin + 1.0:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))  # ceil
+    return ordered[int(rank) - 1]
+
+
+def cell(value: float | None, width: int, spec: str) -> str:
+    """`value` formatted right-aligned in `width`, or `-` for None."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def metric_samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
+    """The labels and value of each labelled sample of metric `name` in a /metrics page."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line.rpartition("}")
+            yield dict(_LABEL.findall(labels)), float(value)
