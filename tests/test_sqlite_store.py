@@ -101,6 +101,28 @@ async def test_ids_survive_a_restart(tmp_path: Path) -> None:
         await again.close()
 
 
+async def test_a_flush_records_every_id_in_slices_each_written_in_key_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[list[bytes]] = []
+    real_insert = sqlite_dedup.insert_rows
+
+    def insert(conn: sqlite3.Connection, head: str, row: str, rows: Any, largest: int) -> None:
+        written.append([key for key, _ in rows])
+        real_insert(conn, head, row, rows, largest)
+
+    monkeypatch.setattr(sqlite_dedup, "insert_rows", insert)
+    count = 3 * sqlite_dedup._RECORD_SLICE + 5
+    async with opened(store_at(tmp_path)) as store:
+        ids = [f"id-{i}" for i in range(count)]
+        assert await store.enqueue([event(i) for i in ids]) == ["queued"] * count
+        assert await store.flush_ids() == count
+        assert ids_on_disk(store) == count
+        assert [len(keys) for keys in written] == [sqlite_dedup._RECORD_SLICE] * 3 + [5]
+        assert all(keys == sorted(keys) for keys in written)
+        assert await store.enqueue([event(i) for i in ids[::1000]]) == ["duplicate"] * 13
+
+
 async def test_an_expired_id_is_accepted_again_wherever_it_is_kept(tmp_path: Path) -> None:
     async with opened(store_at(tmp_path)) as store:
         past = time.time() - 1
