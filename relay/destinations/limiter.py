@@ -36,7 +36,6 @@ class Budget:
     """When the next request may go, given the times the earlier ones went (pure)."""
 
     def __init__(self, rate: float) -> None:
-        self.rate = rate
         self.interval = 1.0 / rate
         # How early a request may go, and so how late one may be without slowing the rate:
         # half a slot, which covers a busy event loop's lateness at Customer.io's rates.

@@ -803,7 +803,7 @@ def _check_attributes(
         name_size = 0 if _short(name, MAX_ATTRIBUTE_NAME_BYTES) else _utf8_size(name)
         if name_size > MAX_ATTRIBUTE_NAME_BYTES:
             return (
-                f"{label} name {str(name)[:40]!r}… is {name_size} bytes; Customer.io accepts "
+                f"{label} name {name[:40]!r}… is {name_size} bytes; Customer.io accepts "
                 f"attribute names of at most {MAX_ATTRIBUTE_NAME_BYTES} bytes"
             )
         kind = type(value)
