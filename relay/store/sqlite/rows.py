@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from relay.codec import decode
@@ -92,7 +92,9 @@ def rejected_where(
     return _ids_and_limit(where, args, ids, which.limit if limit is None else limit)
 
 
-def dead_letter_rows(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[DeadLetter]:
+def dead_letter_rows(
+    conn: sqlite3.Connection, which: DeadLetterFilter, unpack: Callable[[bytes], bytes]
+) -> list[DeadLetter]:
     where, args = dead_where(which)
     out = [
         DeadLetter(
@@ -103,7 +105,7 @@ def dead_letter_rows(conn: sqlite3.Connection, which: DeadLetterFilter) -> list[
             reason,
             attempts,
             created_at,
-            decode(message),
+            decode(unpack(message)),
             dead_at,
             tuple((at, error) for at, error in decode(history or b"[]")),
         )
@@ -195,8 +197,14 @@ def _rows_insert(head: str, row: str, rows: int) -> str:
     return head + ",".join([row] * rows)
 
 
-def insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_id: int) -> int:
-    """Insert a delivery row for each destination of each event; returns the next id."""
+def insert_deliveries(
+    conn: sqlite3.Connection,
+    events: list[EventTuple],
+    next_id: int,
+    pack: Callable[[bytes], bytes],
+) -> int:
+    """Insert a delivery row for each destination of each event, its message packed (see
+    packing.py); returns the next id."""
     if not events:
         return next_id
     source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
@@ -215,7 +223,7 @@ def insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_i
             values: list[Any] = [source, kind, received_at, *destinations]
             for e in chunk:
                 for message in routed:
-                    values += (next_id, e[4], e[2] if message is None else message)
+                    values += (next_id, e[4], pack(e[2] if message is None else message))
                     next_id += 1
             conn.execute(_shared_insert(len(chunk), len(destinations)), values)
         return next_id
@@ -231,7 +239,7 @@ def insert_deliveries(conn: sqlite3.Connection, events: list[EventTuple], next_i
                     e[3],
                     e[0],
                     e[1],
-                    e[2] if message is None else message,
+                    pack(e[2] if message is None else message),
                 )
             )
             next_id += 1

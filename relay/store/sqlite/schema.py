@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at   REAL NOT NULL,
     source       TEXT NOT NULL,
     kind         TEXT NOT NULL,
-    message      BLOB NOT NULL,            -- JSON, as routed to this destination
+    message      BLOB NOT NULL,            -- JSON as routed to this destination, packed
     last_error   TEXT,
     history      TEXT                      -- JSON [[time, error], ...]: the failed attempts
 );
@@ -41,6 +41,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value
 ) WITHOUT ROWID;
+-- The dictionaries messages are packed with (packing.py), by zstd's id of each.
+CREATE TABLE IF NOT EXISTS dictionaries (
+    id      INTEGER PRIMARY KEY,
+    data    BLOB NOT NULL,
+    made_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejected (
     id          INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,

@@ -44,6 +44,7 @@ from relay.store.sqlite.files import (
     take_lock,
     unavailable,
 )
+from relay.store.sqlite.packing import Packer, dictionary_id, train
 from relay.store.sqlite.rows import (
     LeasedRow,
     T,
@@ -142,6 +143,8 @@ class SqliteStore:
         self._checkpoint_failing = False
         self._next_delivery_id = 1
         self._pending = 0
+        self._packer = Packer()
+        self._training: asyncio.Task[None] | None = None
 
     @property
     def commits(self) -> int:
@@ -206,6 +209,9 @@ class SqliteStore:
         # that a burst does not keep its disk space for good.
         conn.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        self._packer = Packer(
+            data for (data,) in conn.execute("SELECT data FROM dictionaries ORDER BY made_at")
+        )
         # Read in the main writer's thread, by the operation that checks ids.
         self._dedup_reader = open_connection(self.dedup_path, "NORMAL", "")
         if self.max_size_mb:
@@ -232,6 +238,11 @@ class SqliteStore:
         ).fetchone()[0]
 
     async def close(self) -> None:
+        training, self._training = self._training, None
+        if training is not None:
+            training.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await training
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -330,6 +341,43 @@ class SqliteStore:
         for key, expires in ids.items():
             self._recent.setdefault(key, expires)
 
+    async def train_dictionary(self) -> bool:
+        """Train a dictionary on the messages sampled since the last one, record it and pack
+        with it from then on (see packing.py); whether one was made."""
+        samples = await self._main.submit(lambda _conn: self._packer.take_samples())
+        data = await asyncio.to_thread(train, samples)
+        if data is None:
+            return False
+
+        def record(conn: sqlite3.Connection) -> bool:
+            added = conn.execute(
+                "INSERT OR IGNORE INTO dictionaries VALUES (?, ?, ?)",
+                (dictionary_id(data), data, time.time()),
+            ).rowcount
+            return bool(added)
+
+        # Committed before any message is packed with it.
+        if not await self._main.submit(record):
+            return False  # the rare id made twice: the next samples make another
+        await self._main.submit(lambda _conn: self._packer.adopt(data))
+        return True
+
+    def _train_when_sampled(self) -> None:
+        """Train in the background once the samples are in: until then, messages are stored
+        as they came."""
+        if self._packer.wants_training and self._training is None:
+            self._training = asyncio.create_task(self._train(), name="relay-store-dictionary")
+
+    async def _train(self) -> None:
+        try:
+            await self.train_dictionary()
+        except StoreUnavailable:
+            pass
+        except Exception as exc:  # messages are stored as they are meanwhile
+            log.warning("could not make a dictionary for packing messages: %s", exc)
+        finally:
+            self._training = None
+
     async def _background_work(self) -> None:
         while True:
             await asyncio.sleep(self.dedup_flush_interval)
@@ -406,7 +454,9 @@ class SqliteStore:
             )
         keys = [None if e[6] is None else dedup_key(e[1], e[0], e[6]) for e in events]
         now = time.time()
-        return await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
+        outcomes = await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
+        self._train_when_sampled()
+        return outcomes
 
     def _enqueue(
         self,
@@ -435,7 +485,7 @@ class SqliteStore:
                 continue
             stored.append(e)
             outcomes.append("queued")
-        delivery_id = insert_deliveries(conn, stored, self._next_delivery_id)
+        delivery_id = insert_deliveries(conn, stored, self._next_delivery_id, self._packer.pack)
         if rejected:
             conn.executemany(
                 "INSERT INTO rejected (source, kind, received_at, reason, message)"
@@ -541,9 +591,13 @@ class SqliteStore:
     def _lease(
         self, conn: sqlite3.Connection, destination: str, limit: int, now: float
     ) -> list[LeasedRow]:
-        rows: list[LeasedRow] = conn.execute(
-            LEASE, {"dest": destination, "now": now, "limit": limit}
-        ).fetchall()
+        unpack = self._packer.unpack
+        rows: list[LeasedRow] = [
+            (did, okey, attempts, created_at, source, kind, unpack(message))
+            for did, okey, attempts, created_at, source, kind, message in conn.execute(
+                LEASE, {"dest": destination, "now": now, "limit": limit}
+            )
+        ]
         if rows:
             conn.executemany(
                 "UPDATE deliveries SET state = 'leased' WHERE id = ?", [(r[0],) for r in rows]
@@ -610,7 +664,7 @@ class SqliteStore:
             self._pending -= cur.rowcount
 
     async def dead_letters(self, which: DeadLetterFilter = EVERY_DEAD_LETTER) -> list[DeadLetter]:
-        return await self._submit(lambda conn: dead_letter_rows(conn, which))
+        return await self._submit(lambda conn: dead_letter_rows(conn, which, self._packer.unpack))
 
     async def replay(self, which: DeadLetterFilter, now: float) -> int:
         def run(conn: sqlite3.Connection) -> int:

@@ -1,0 +1,177 @@
+"""Messages are packed on disk with a dictionary the store trains on its own messages: every
+message reads back exactly as it was queued, before, during and after a dictionary, across
+restarts, in leases and in dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.store.base import NewDelivery, NewEvent, Settlement
+from relay.store.sqlite import SqliteStore, packing
+from relay.store.sqlite.packing import SAMPLES, ZSTD_MAGIC, Packer, train
+
+DEST = "customerio.main"
+
+
+def message(i: int) -> bytes:
+    return json.dumps(
+        {
+            "type": "track",
+            "userId": f"user-{i:06d}",
+            "messageId": f"4b1f0c9e-{i:08d}-4d6b-9f52-0c2a7d1e5b3a",
+            "timestamp": "2024-05-06T07:08:09.123Z",
+            "context": {"library": {"name": "analytics-python", "version": "2.3.0"}},
+            "event": ("Order Completed", "Product Viewed", "Signed Up")[i % 3],
+            "properties": {"order_id": f"o-{i}", "total": i % 97 + 0.5, "currency": "EUR"},
+        }
+    ).encode()
+
+
+def trained_packer() -> Packer:
+    data = train([message(i) for i in range(SAMPLES)])
+    assert data is not None
+    return Packer([data])
+
+
+def test_without_a_dictionary_messages_are_stored_as_they_are_and_sampled() -> None:
+    packer = Packer()
+    stored = [packer.pack(message(i)) for i in range(SAMPLES)]
+    assert stored == [message(i) for i in range(SAMPLES)]
+    assert packer.wants_training
+    samples = packer.take_samples()
+    assert samples == stored
+    assert not packer.wants_training and packer.take_samples() == []
+
+
+def test_with_a_dictionary_a_message_takes_a_fraction_of_its_size() -> None:
+    packer = trained_packer()
+    raw = message(10**6)  # not among the samples
+    packed = packer.pack(raw)
+    assert packed.startswith(ZSTD_MAGIC)
+    assert len(packed) * 3 < len(raw), (len(packed), len(raw))
+    assert packer.unpack(packed) == raw
+    assert packer.unpack(raw) == raw  # stored before the dictionary
+
+
+def test_a_message_that_would_not_shrink_is_stored_as_it_is() -> None:
+    packer = trained_packer()
+    assert packer.pack(b"{}") == b"{}"
+
+
+def test_a_packed_message_reads_back_with_the_dictionary_it_was_packed_with() -> None:
+    first = train([message(i) for i in range(SAMPLES)])
+    second = train([message(i).replace(b"track", b"page") for i in range(SAMPLES)])
+    assert first is not None and second is not None
+    old = Packer([first]).pack(message(1))
+    packer = Packer([first, second])  # the second is the current one
+    new = packer.pack(message(1))
+    assert new != old
+    assert packer.unpack(old) == packer.unpack(new) == message(1)
+    with pytest.raises(ValueError, match="names dictionary .* not stored"):
+        Packer([second]).unpack(old)
+
+
+def test_after_enough_messages_with_one_dictionary_the_next_one_is_sampled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(packing, "RETRAIN_AFTER", 10)
+    packer = trained_packer()
+    for i in range(10):
+        assert packer.pack(message(i)).startswith(ZSTD_MAGIC)
+    assert packer.take_samples() == []
+    later = [packer.pack(message(i)) for i in range(10, 20)]
+    assert all(p.startswith(ZSTD_MAGIC) for p in later)  # still packed meanwhile
+    assert packer.take_samples() == [message(i) for i in range(10, 20)]
+
+
+def test_too_few_samples_make_no_dictionary() -> None:
+    assert train([b"{}"] * 3) is None
+
+
+_PACKER = trained_packer()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_any_message_reads_back_exactly(rest: bytes) -> None:
+    raw = b"{" + rest  # a message is a JSON object
+    assert _PACKER.unpack(_PACKER.pack(raw)) == raw
+
+
+def new_event(i: int, now: float) -> NewEvent:
+    return NewEvent(
+        source="web",
+        kind="segment",
+        message_json=message(i),
+        received_at=now,
+        ordering_key=f"u:{i}",
+        deliveries=(NewDelivery(DEST),),
+        dedup_id=f"m-{i}",
+        dedup_until=now + 3600,
+    )
+
+
+def stored_messages(path: Path) -> list[bytes]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT message FROM deliveries ORDER BY id")]
+
+
+async def test_the_store_trains_a_dictionary_and_every_message_reads_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(str(path), dedup_flush_interval=3600)
+    await store.open()
+    now = time.time()
+    await store.enqueue([new_event(i, now) for i in range(SAMPLES)])
+    assert await store.train_dictionary()
+    await store.enqueue([new_event(i, now) for i in range(SAMPLES, SAMPLES + 100)])
+    on_disk = stored_messages(path)
+    assert on_disk[:SAMPLES] == [message(i) for i in range(SAMPLES)]
+    packed = on_disk[SAMPLES:]
+    assert all(p.startswith(ZSTD_MAGIC) for p in packed)
+    assert sum(map(len, packed)) * 3 < sum(len(message(i)) for i in range(100))
+    leased = await store.lease(DEST, 2 * SAMPLES, now + 1)
+    await store.settle(Settlement(dead=[(leased[-1].id, "refused")]), now + 1)
+    await store.close()
+
+    store = SqliteStore(str(path), dedup_flush_interval=3600)  # a restart
+    await store.open()
+    try:
+        everything = await store.lease(DEST, 2 * SAMPLES, now + 2)
+        assert [json.dumps(d.message).encode() for d in everything] == [
+            message(i) for i in range(SAMPLES + 100) if i != SAMPLES + 99
+        ]
+        (dead,) = await store.dead_letters()
+        assert dead.message == json.loads(message(SAMPLES + 99))
+        await store.enqueue([new_event(10**6, now)])  # packed with the stored dictionary
+        assert stored_messages(path)[-1].startswith(ZSTD_MAGIC)
+    finally:
+        await store.close()
+
+
+async def test_the_store_samples_and_trains_by_itself(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=0.05)
+    await store.open()
+    try:
+        now = time.time()
+        await store.enqueue([new_event(i, now) for i in range(SAMPLES)])
+        deadline = time.monotonic() + 30
+        more = itertools.count(SAMPLES)
+        while not stored_messages(tmp_path / "relay.db")[-1].startswith(ZSTD_MAGIC):
+            assert time.monotonic() < deadline, "no dictionary was made"
+            await store.enqueue([new_event(next(more), now)])
+            await asyncio.sleep(0.05)
+        with sqlite3.connect(tmp_path / "relay.db") as conn:
+            assert conn.execute("SELECT count(*) FROM dictionaries").fetchone()[0] == 1
+    finally:
+        await store.close()
