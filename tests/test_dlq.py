@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from relay.store.sqlite.schema import STATES
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, relay_of
 from tests.faults import busiest_window
 from tests.helpers import post, run_relay, track
@@ -18,7 +19,7 @@ AUTH = {"Authorization": basic(WRITE_KEY)}
 
 def states(db: Path) -> list[str]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return [row[0] for row in conn.execute("SELECT state FROM deliveries ORDER BY id")]
+        return [STATES[row[0]] for row in conn.execute("SELECT state FROM queue ORDER BY id")]
 
 
 async def relay_cli(tmp_path: Path, *args: str) -> Any:

@@ -487,7 +487,7 @@ async def delivery_ids(app: Any) -> list[int]:
     """The ids of every delivery in the store, read beside the running relay."""
     path = relay_of(app).config.storage.sqlite.path
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return [row[0] for row in conn.execute("SELECT id FROM deliveries")]
+        return [row[0] for row in conn.execute("SELECT id FROM queue")]
 
 
 # --------------------------------------------------------------------------- no secret

@@ -122,7 +122,7 @@ def new_event(i: int, now: float) -> NewEvent:
 
 def stored_messages(path: Path) -> list[bytes]:
     with sqlite3.connect(path) as conn:
-        return [row[0] for row in conn.execute("SELECT message FROM deliveries ORDER BY id")]
+        return [row[0] for row in conn.execute("SELECT message FROM queue ORDER BY id")]
 
 
 async def test_the_store_trains_a_dictionary_and_every_message_reads_back(

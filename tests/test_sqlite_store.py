@@ -379,15 +379,24 @@ async def test_ids_that_cannot_be_recorded_are_kept_and_recorded_later(
         assert await store.enqueue([event("b")]) == ["duplicate"]
 
 
+OLD_DELIVERIES = (
+    "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, destination TEXT NOT NULL,"
+    " ordering_key TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_at REAL NOT NULL, created_at REAL NOT NULL, source TEXT NOT NULL,"
+    " kind TEXT NOT NULL, message BLOB NOT NULL, last_error TEXT{history});"
+    "CREATE INDEX deliveries_queue ON deliveries (destination, state, id);"
+    "CREATE TABLE holds (destination TEXT NOT NULL, ordering_key TEXT NOT NULL,"
+    " delivery_id INTEGER NOT NULL, PRIMARY KEY (destination, ordering_key, delivery_id))"
+    " WITHOUT ROWID;"
+)
+
+
 async def test_a_store_made_before_attempts_were_kept_gains_their_column(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     conn = sqlite3.connect(path)
     conn.executescript(
-        "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, destination TEXT NOT NULL,"
-        " ordering_key TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " next_at REAL NOT NULL, created_at REAL NOT NULL, source TEXT NOT NULL,"
-        " kind TEXT NOT NULL, message BLOB NOT NULL, last_error TEXT);"
-        "INSERT INTO deliveries VALUES (7, 'customerio.main', 'u:u1', 'dead', 3, 50.0, 10.0,"
+        OLD_DELIVERIES.format(history="")
+        + "INSERT INTO deliveries VALUES (7, 'customerio.main', 'u:u1', 'dead', 3, 50.0, 10.0,"
         " 'web', 'segment', '{\"event\":\"E\"}', 'HTTP 400: old');"
     )
     conn.close()
@@ -403,3 +412,68 @@ async def test_a_store_made_before_attempts_were_kept_gains_their_column(tmp_pat
         assert [d.history for d in letters] == [(), ((60.0, "HTTP 400: new"),)]
     finally:
         await store.close()
+
+
+async def test_a_store_made_before_names_were_numbers_keeps_its_queue(tmp_path: Path) -> None:
+    """Every delivery of the old tables is moved over as it was: state, attempts, history,
+    the hold of a delivery waiting for its retry, ids going on from the last one."""
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path)
+    rows = [
+        (1, "customerio.main", "u:a", "pending", 0, 5.0, 5.0, "web", "segment", b'{"n":1}', None),
+        (
+            2,
+            "customerio.main",
+            "u:b",
+            "pending",
+            1,
+            5.0,
+            4.0,
+            "web",
+            "segment",
+            b'{"n":2}',
+            "HTTP 500",
+        ),
+        (3, "customerio.main", "u:b", "pending", 0, 5.0, 5.0, "web", "segment", b'{"n":3}', None),
+        (4, "segment.main", "c:1", "leased", 0, 6.0, 6.0, "cio", "customerio", b'{"n":4}', None),
+        (5, "customerio.main", "u:c", "dead", 3, 50.0, 1.0, "web", "segment", b'{"n":5}', "400"),
+    ]
+    conn.executescript(OLD_DELIVERIES.format(history=", history TEXT"))
+    conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", rows)
+    conn.execute("INSERT INTO holds VALUES ('customerio.main', 'u:b', 2)")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        assert await store.counts() == {
+            "customerio.main": {"pending": 3, "dead": 1},
+            "segment.main": {"pending": 1},  # leased when the store closed: pending again
+        }
+        leased = await store.lease("customerio.main", 10, 10.0)
+        # u:b's retry is due first; its later delivery waits behind the hold.
+        assert [(d.id, d.attempts, d.source, d.kind, d.message) for d in leased] == [
+            (1, 0, "web", "segment", {"n": 1}),
+            (2, 1, "web", "segment", {"n": 2}),
+        ]
+        [other] = await store.lease("segment.main", 10, 10.0)
+        assert (other.id, other.source, other.kind, other.message) == (
+            4,
+            "cio",
+            "customerio",
+            {"n": 4},
+        )
+        [dead] = await store.dead_letters()
+        assert (dead.id, dead.destination, dead.reason, dead.message) == (
+            5,
+            "customerio.main",
+            "400",
+            {"n": 5},
+        )
+        await store.enqueue([event("m-1")])
+        assert max(d.id for d in await store.lease("customerio.main", 10, time.time() + 1)) == 6
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema")}
+    assert "deliveries" not in tables and "holds" not in tables

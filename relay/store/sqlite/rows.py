@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from relay.codec import decode
@@ -16,6 +16,7 @@ from relay.store.base import (
     DeadLetterFilter,
     EventTuple,
 )
+from relay.store.sqlite.schema import DEAD, PENDING, STATES
 
 T = TypeVar("T")
 
@@ -66,13 +67,13 @@ def _ids_and_limit(
 
 
 def dead_where(which: DeadLetterFilter, limit: int | None = None) -> tuple[str, tuple[Any, ...]]:
-    """SQL over `deliveries` for the dead deliveries `which`
+    """SQL over `queue` for the dead deliveries `which`
     takes, up to `limit` (which.limit when not given). Ids are bound one by one: operators
     name a few."""
     where, args = _conditions(which, "last_error", "next_at")
-    where.insert(0, "state = 'dead'")
+    where.insert(0, f"state = {DEAD}")
     if which.destination is not None:
-        where.append("destination = ?")
+        where.append("destination = (SELECT id FROM names WHERE name = ?)")
         args.append(which.destination)
     ids = which.ids if which.by_id else None
     if which.by_id and ids is None:
@@ -111,8 +112,9 @@ def dead_letter_rows(
         )
         for did, dest, source, kind, reason, attempts, created_at, message, dead_at, history in (
             conn.execute(
-                "SELECT id, destination, source, kind, last_error, attempts, created_at, message,"
-                f" next_at, history FROM deliveries WHERE {where}",
+                f"SELECT id, {_name_of('destination')}, {_name_of('source')},"
+                f" {_name_of('kind')}, last_error, attempts, created_at, message, next_at,"
+                f" history FROM queue WHERE {where}",
                 args,
             )
         )
@@ -133,11 +135,16 @@ def dead_letter_rows(
     return out
 
 
+def _name_of(column: str) -> str:
+    """SQL for the name a `queue` column holds the number of."""
+    return f"(SELECT name FROM names WHERE names.id = queue.{column})"
+
+
 def oldest_queued(conn: sqlite3.Connection) -> dict[str, float]:
     return dict(
         conn.execute(
-            "SELECT destination, min(created_at) FROM deliveries"
-            " WHERE state IN ('pending', 'leased') GROUP BY destination"
+            f"SELECT {_name_of('destination')}, min(created_at) FROM queue"
+            f" WHERE state != {DEAD} GROUP BY destination"
         )
     )
 
@@ -145,9 +152,9 @@ def oldest_queued(conn: sqlite3.Connection) -> dict[str, float]:
 def count_deliveries(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for dest, state, n in conn.execute(
-        "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
+        f"SELECT {_name_of('destination')}, state, count(*) FROM queue GROUP BY destination, state"
     ):
-        out.setdefault(dest, {})[state] = n
+        out.setdefault(dest, {})[STATES[state]] = n
     return out
 
 
@@ -163,7 +170,7 @@ _ROWS_PER_STATEMENT = 64
 _MAX_PARAMETERS = 2000
 
 _INSERT_DELIVERIES = (
-    "INSERT INTO deliveries (id, destination, ordering_key, next_at, created_at, source, kind,"
+    "INSERT INTO queue (id, destination, ordering_key, next_at, created_at, source, kind,"
     " message, state) VALUES "
 )
 
@@ -188,7 +195,7 @@ def _shared_insert(events: int, destinations: int) -> str:
     for row in range(events * destinations):
         n = first + 3 * row
         dest = 4 + row % destinations
-        rows.append(f"(?{n}, ?{dest}, ?{n + 1}, ?3, ?3, ?1, ?2, ?{n + 2}, 'pending')")
+        rows.append(f"(?{n}, ?{dest}, ?{n + 1}, ?3, ?3, ?1, ?2, ?{n + 2}, {PENDING})")
     return _INSERT_DELIVERIES + ",".join(rows)
 
 
@@ -202,9 +209,10 @@ def insert_deliveries(
     events: list[EventTuple],
     next_id: int,
     pack: Callable[[bytes], bytes],
+    codes: Mapping[str, int],
 ) -> int:
     """Insert a delivery row for each destination of each event, its message packed (see
-    packing.py); returns the next id."""
+    packing.py) and its names as their numbers in `codes`; returns the next id."""
     if not events:
         return next_id
     source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
@@ -214,13 +222,13 @@ def insert_deliveries(
     ):
         # The usual request: every event from one source at one time, routed alike. What
         # the rows share is bound once, not once a row.
-        destinations = [d for d, _ in deliveries]
+        destinations = [codes[d] for d, _ in deliveries]
         routed = [r for _, r in deliveries]
         largest = _ROWS_PER_STATEMENT
         while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
             largest //= 2
         for chunk in _fixed_chunks(events, largest):
-            values: list[Any] = [source, kind, received_at, *destinations]
+            values: list[Any] = [codes[source], codes[kind], received_at, *destinations]
             for e in chunk:
                 for message in routed:
                     values += (next_id, e[4], pack(e[2] if message is None else message))
@@ -233,17 +241,17 @@ def insert_deliveries(
             rows.append(
                 (
                     next_id,
-                    destination,
+                    codes[destination],
                     e[4],
                     e[3],
                     e[3],
-                    e[0],
-                    e[1],
+                    codes[e[0]],
+                    codes[e[1]],
                     pack(e[2] if message is None else message),
                 )
             )
             next_id += 1
-    insert_rows(conn, _INSERT_DELIVERIES, "(?, ?, ?, ?, ?, ?, ?, ?, 'pending')", rows)
+    insert_rows(conn, _INSERT_DELIVERIES, f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})", rows)
     return next_id
 
 

@@ -61,17 +61,20 @@ from relay.store.sqlite.schema import (
     ADD_ATTEMPT,
     AUTOCHECKPOINT,
     BACKGROUND_NICE,
+    DEAD,
     DEDUP_SCHEMA,
     DEFAULT_MIN_FREE_MB,
     FILTER_MIN_IDS,
     LEASE,
+    LEASED,
+    PENDING,
     PURGE_SLICES,
     SCHEMA,
     TIGHT_AUTOCHECKPOINT,
     WAL_FRAME_HEADER,
     WAL_KEPT_BYTES,
-    add_missing_columns,
     log,
+    move_old_tables,
     open_connection,
 )
 from relay.store.sqlite.writer import Writer
@@ -144,6 +147,10 @@ class SqliteStore:
         self._next_delivery_id = 1
         self._pending = 0
         self._packer = Packer()
+        # The numbers names (destinations, sources, kinds) are stored as, both ways (main
+        # writer's thread; a name is added in a commit of its own before rows use it).
+        self._codes: dict[str, int] = {}
+        self._names: dict[int, str] = {}
         self._training: asyncio.Task[None] | None = None
 
     @property
@@ -201,7 +208,11 @@ class SqliteStore:
 
     def _open_main(self) -> sqlite3.Connection:
         conn = open_connection(self.path, "FULL", SCHEMA)
-        add_missing_columns(conn)
+        moved = move_old_tables(conn)
+        if moved:
+            log.info("moved %d queued deliveries to the store's compact tables", moved)
+        self._names = dict(conn.execute("SELECT id, name FROM names"))
+        self._codes = {name: code for code, name in self._names.items()}
         # The background writer checkpoints every second; this is the fallback if it falls
         # behind (20,000 pages, 80 MB of log, instead of SQLite's default of 1,000).
         conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
@@ -220,21 +231,19 @@ class SqliteStore:
             )
         # Whatever was leased when the last process died goes back to the queue; only the
         # deliveries waiting for a retry keep holding back their person.
-        conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'leased'")
-        conn.execute("DELETE FROM holds")
+        conn.execute(f"UPDATE queue SET state = {PENDING} WHERE state = {LEASED}")
+        conn.execute("DELETE FROM held")
         conn.execute(
-            "INSERT INTO holds SELECT destination, ordering_key, id FROM deliveries"
-            " WHERE state = 'pending' AND attempts > 0"
+            "INSERT INTO held SELECT destination, ordering_key, id FROM queue"
+            f" WHERE state = {PENDING} AND attempts > 0"
         )
         self._resync(conn)
         return conn
 
     def _resync(self, conn: sqlite3.Connection) -> None:
-        self._next_delivery_id = (
-            conn.execute("SELECT max(id) FROM deliveries").fetchone()[0] or 0
-        ) + 1
+        self._next_delivery_id = (conn.execute("SELECT max(id) FROM queue").fetchone()[0] or 0) + 1
         self._pending = conn.execute(
-            "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'leased')"
+            f"SELECT count(*) FROM queue WHERE state != {DEAD}"
         ).fetchone()[0]
 
     async def close(self) -> None:
@@ -452,11 +461,37 @@ class SqliteStore:
             raise StoreFull(
                 f"{no_room}; nothing acknowledged was lost, retry later", retry_after=30
             )
+        unknown = self._unknown_names(events)
+        if unknown:
+            added = await self._main.submit(lambda conn: self._add_names(conn, unknown))
+            # Known once committed, before any row that uses them is written.
+            self._codes.update(added)
+            self._names.update({code: name for name, code in added.items()})
         keys = [None if e[6] is None else dedup_key(e[1], e[0], e[6]) for e in events]
         now = time.time()
         outcomes = await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
         self._train_when_sampled()
         return outcomes
+
+    def _unknown_names(self, events: list[EventTuple]) -> set[str]:
+        codes = self._codes
+        unknown: set[str] = set()
+        seen: set[int] = set()
+        for e in events:
+            if e[0] not in codes or e[1] not in codes:
+                unknown.update(n for n in e[:2] if n not in codes)
+            if id(e[5]) not in seen:  # events routed alike share their deliveries
+                seen.add(id(e[5]))
+                unknown.update(d for d, _ in e[5] if d not in codes)
+        return unknown
+
+    @staticmethod
+    def _add_names(conn: sqlite3.Connection, names: set[str]) -> dict[str, int]:
+        added = {}
+        for name in sorted(names):
+            conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (name,))
+            (added[name],) = conn.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
+        return added
 
     def _enqueue(
         self,
@@ -485,7 +520,9 @@ class SqliteStore:
                 continue
             stored.append(e)
             outcomes.append("queued")
-        delivery_id = insert_deliveries(conn, stored, self._next_delivery_id, self._packer.pack)
+        delivery_id = insert_deliveries(
+            conn, stored, self._next_delivery_id, self._packer.pack, self._codes
+        )
         if rejected:
             conn.executemany(
                 "INSERT INTO rejected (source, kind, received_at, reason, message)"
@@ -591,20 +628,23 @@ class SqliteStore:
     def _lease(
         self, conn: sqlite3.Connection, destination: str, limit: int, now: float
     ) -> list[LeasedRow]:
-        unpack = self._packer.unpack
+        code = self._codes.get(destination)
+        if code is None:
+            return []  # nothing was ever queued for it
+        unpack, names = self._packer.unpack, self._names
         rows: list[LeasedRow] = [
-            (did, okey, attempts, created_at, source, kind, unpack(message))
+            (did, okey, attempts, created_at, names[source], names[kind], unpack(message))
             for did, okey, attempts, created_at, source, kind, message in conn.execute(
-                LEASE, {"dest": destination, "now": now, "limit": limit}
+                LEASE, {"dest": code, "now": now, "limit": limit}
             )
         ]
         if rows:
             conn.executemany(
-                "UPDATE deliveries SET state = 'leased' WHERE id = ?", [(r[0],) for r in rows]
+                f"UPDATE queue SET state = {LEASED} WHERE id = ?", [(r[0],) for r in rows]
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO holds VALUES (?, ?, ?)",
-                [(destination, r[1], r[0]) for r in rows],
+                "INSERT OR IGNORE INTO held VALUES (?, ?, ?)",
+                [(code, r[1], r[0]) for r in rows],
             )
         return rows
 
@@ -617,8 +657,8 @@ class SqliteStore:
             self._dead(conn, settlement.dead, now)
         if settlement.retries:
             conn.executemany(
-                "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
-                f" next_at = ?, last_error = ?, {ADD_ATTEMPT} WHERE id = ? AND state != 'dead'",
+                f"UPDATE queue SET state = {PENDING}, attempts = attempts + 1,"
+                f" next_at = ?, last_error = ?, {ADD_ATTEMPT} WHERE id = ? AND state != {DEAD}",
                 [(r.next_at, r.error, now, r.error, r.id) for r in settlement.retries],
             )
         if settlement.done:
@@ -631,14 +671,14 @@ class SqliteStore:
             marks = placeholders(len(chunk))
             self._unhold(conn, chunk)
             cur = conn.execute(
-                f"DELETE FROM deliveries WHERE id IN ({marks}) AND state != 'dead'", chunk
+                f"DELETE FROM queue WHERE id IN ({marks}) AND state != {DEAD}", chunk
             )
             self._pending -= cur.rowcount
 
     def _unhold(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         conn.execute(
-            "DELETE FROM holds WHERE (destination, ordering_key, delivery_id) IN"
-            f" (SELECT destination, ordering_key, id FROM deliveries"
+            "DELETE FROM held WHERE (destination, ordering_key, delivery_id) IN"
+            f" (SELECT destination, ordering_key, id FROM queue"
             f" WHERE id IN ({placeholders(len(ids))}))",
             ids,
         )
@@ -647,8 +687,8 @@ class SqliteStore:
         for chunk in in_chunks(ids):
             self._unhold(conn, chunk)
             conn.execute(
-                f"UPDATE deliveries SET state = 'pending' WHERE id IN ({placeholders(len(chunk))})"
-                " AND state = 'leased'",
+                f"UPDATE queue SET state = {PENDING} WHERE id IN ({placeholders(len(chunk))})"
+                f" AND state = {LEASED}",
                 chunk,
             )
 
@@ -657,8 +697,8 @@ class SqliteStore:
             self._unhold(conn, chunk)
         for did, reason in items:
             cur = conn.execute(
-                "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?,"
-                f" next_at = ?, {ADD_ATTEMPT} WHERE id = ? AND state != 'dead'",
+                f"UPDATE queue SET state = {DEAD}, attempts = attempts + 1, last_error = ?,"
+                f" next_at = ?, {ADD_ATTEMPT} WHERE id = ? AND state != {DEAD}",
                 (reason, now, now, reason, did),
             )
             self._pending -= cur.rowcount
@@ -670,9 +710,9 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> int:
             where, args = dead_where(which)
             cur = conn.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?,"
+                f"UPDATE queue SET state = {PENDING}, attempts = 0, next_at = ?,"
                 " created_at = ?, last_error = NULL, history = NULL"
-                f" WHERE id IN (SELECT id FROM deliveries WHERE {where})",
+                f" WHERE id IN (SELECT id FROM queue WHERE {where})",
                 (now, now, *args),
             )
             self._pending += cur.rowcount
@@ -684,7 +724,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> int:
             where, args = dead_where(which)
             count = conn.execute(
-                f"DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE {where})",
+                f"DELETE FROM queue WHERE id IN (SELECT id FROM queue WHERE {where})",
                 args,
             ).rowcount
             if which.takes_rejected():
