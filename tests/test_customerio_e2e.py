@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from relay import USER_AGENT
 from relay.config import parse_config
 from relay.destinations.customerio.sink import (
     MAX_BATCH_BYTES,
@@ -529,3 +530,161 @@ async def test_an_alias_of_a_person_to_itself_is_counted_and_never_dead_lettered
             "identify",
             "event",
         ]
+
+
+# --- delivery metrics and content events, end to end -----------------------------------------
+
+
+def cio_headers(request: Recorded) -> dict[str, str]:
+    """The headers relay chose for a request to Customer.io (not those aiohttp adds)."""
+    names = ("Authorization", "Content-Type", "User-Agent", "Accept")
+    return {name: request.headers[name] for name in names}
+
+
+CIO_HEADERS = {
+    "Authorization": basic(SITE_ID, API_KEY),
+    "Content-Type": "application/json",
+    "User-Agent": USER_AGENT,
+    "Accept": "application/json",
+}
+
+
+def delivery_event(message_id: str, **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "anonymousId": "device-1",
+        "event": "Report Delivery Event",
+        "messageId": message_id,
+        "timestamp": TRACK_AT,
+        "properties": properties,
+    }
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_delivery_metric_goes_to_the_metrics_endpoint_as_a_request_of_its_own(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url, api=api)
+    opened = delivery_event(
+        "m-metric", deliveryId="RPILAgABcRhIBqSp7kiPekGBIeVh", metric="opened", recipient="tok-1"
+    )
+    status, _, _ = await post(f"{url}/v1/track", opened, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    assert (request.method, request.path) == ("POST", "/api/v1/metrics")
+    assert cio_headers(request) == CIO_HEADERS
+    assert request.body == {
+        "delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh",
+        "metric": "opened",
+        "timestamp": TRACK_TS,
+        "recipient": "tok-1",
+    }
+    assert await counts_settle_on(app, {}) == {}
+
+
+async def test_metrics_keep_their_place_between_batches_of_other_deliveries(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url)
+    clicked = delivery_event("m-metric", deliveryId="d-1", metric="clicked", actionName="buy")
+    clicked["userId"] = "u2"  # one person throughout: their deliveries go out in order
+    messages = [track("u2", "Before", "m-1"), clicked, track("u2", "After", "m-3")]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": messages}, headers=AUTH)
+    assert status == 200
+    requests = await customerio.wait_for(3)
+    assert [(r.method, r.path, r.body) for r in requests] == [
+        ("POST", "/api/v2/batch", {"batch": [event_op("u2", "Before", "m-1")]}),
+        (
+            "POST",
+            "/api/v1/metrics",
+            {
+                "delivery_id": "d-1",
+                "metric": "clicked",
+                "timestamp": TRACK_TS,
+                "metadata": {"action_name": "buy"},
+            },
+        ),
+        ("POST", "/api/v2/batch", {"batch": [event_op("u2", "After", "m-3")]}),
+    ]
+    assert await counts_settle_on(app, {}) == {}
+
+
+async def test_a_metric_is_retried_on_a_5xx_and_dead_lettered_on_a_4xx_with_the_answer(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.respond(503)
+    url, app = await relay_factory(cio_url=customerio.url)
+    first = delivery_event("m-a", deliveryId="d-1", metric="delivered")
+    status, _, _ = await post(f"{url}/v1/track", first, headers=AUTH)
+    assert status == 200
+    sent, again = await customerio.wait_for(2)
+    assert sent.path == again.path == "/api/v1/metrics"
+    assert sent.body == again.body  # the same metric, sent again after the 503
+    assert await counts_settle_on(app, {}) == {}
+
+    customerio.respond(400, {"meta": {"error": "unknown delivery"}})
+    second = delivery_event("m-b", deliveryId="d-404", metric="opened")
+    status, _, _ = await post(f"{url}/v1/track", second, headers=AUTH)
+    assert status == 200
+    await customerio.wait_for(3)
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 1}}) == {
+        "customerio.main": {"dead": 1}
+    }
+    [dead] = await relay_of(app).store.dead_letters()
+    assert dead.message["messageId"] == "m-b"
+    assert dead.reason == 'HTTP 400: {"meta": {"error": "unknown delivery"}}'
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_delivery_event_without_delivery_id_or_with_an_unknown_metric_is_dead_lettered(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url, api=api)
+    batch = [
+        delivery_event("m-no-id", metric="opened"),
+        delivery_event("m-bad-metric", deliveryId="d-1", metric="read"),
+        delivery_event("m-good", deliveryId="d-2", metric="converted"),
+    ]
+    status, body, _ = await post(f"{url}/v1/batch", {"batch": batch}, headers=AUTH)
+    assert (status, body) == (200, {"success": True})
+    [request] = await customerio.wait_for(1)
+    assert request.body == {"delivery_id": "d-2", "metric": "converted", "timestamp": TRACK_TS}
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 2}}) == {
+        "customerio.main": {"dead": 2}
+    }
+    reasons = {d.message["messageId"]: d.reason for d in await relay_of(app).store.dead_letters()}
+    assert reasons == {
+        "m-no-id": "Report Delivery Event needs properties.deliveryId, the CIO-Delivery-ID of"
+        " the message the metric is about",
+        "m-bad-metric": "Report Delivery Event: properties.metric must be one of delivered,"
+        " opened, clicked, converted, bounced, spammed, dropped, deferred; got 'read'",
+    }
+    assert len(customerio.requests) == 1
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_content_event_is_the_person_action_it_names(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url, api=api)
+    viewed = track("u1", "Report Content Event", "m-c", actionType="viewed_content", contentId=3)
+    status, _, _ = await post(f"{url}/v1/track", viewed, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    op = {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": "viewed_content",
+        "name": "viewed_content",
+        "timestamp": TRACK_TS,
+        "attributes": {"contentId": 3},
+    }
+    assert cio_headers(request) == CIO_HEADERS
+    if api == "v2":
+        assert (request.method, request.path, request.body) == (
+            "POST",
+            "/api/v2/batch",
+            {"batch": [op]},
+        )
+    else:
+        assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)

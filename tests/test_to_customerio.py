@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from relay.mapping.to_customerio import (
     encode_v1,
     encode_v2,
     map_and_check,
+    map_and_encode_v2,
     map_message,
 )
 from relay.mapping.ulid import deterministic_ulid
@@ -943,6 +945,213 @@ def test_group_of_an_anonymous_person_is_identify_anonymous() -> None:
 
 def test_group_without_group_id_is_rejected() -> None:
     assert rejected({"type": "group", "userId": "u1", "traits": {}}) == "group needs a groupId"
+
+
+# --- delivery metrics and content events ------------------------------------------------------
+
+
+def delivery_event(**properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "anonymousId": "device-7",
+        "event": "Report Delivery Event",
+        "messageId": "m-1",
+        "timestamp": TIMESTAMP,
+        "properties": properties,
+    }
+
+
+def metric_requests(message: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """What v2 plans for a message whose ops travel alone: each op's own request."""
+    encoded = map_and_encode_v2(message, received_at=RECEIVED_AT)
+    assert isinstance(encoded, list), encoded
+    assert all(isinstance(item, OutgoingRequest) for item in encoded)
+    return [(r.method, r.path, json.loads(r.body)) for r in encoded]  # type: ignore[union-attr]
+
+
+def test_report_delivery_event_becomes_a_metrics_request_in_v1_and_v2() -> None:
+    message = delivery_event(deliveryId="RPILAgABcRhIBqSp7kiPekGBIeVh", metric="delivered")
+    expected = [
+        (
+            "POST",
+            "/api/v1/metrics",
+            {"delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh", "metric": "delivered", "timestamp": TS},
+        )
+    ]
+    assert v1(message) == expected
+    assert metric_requests(message) == expected
+
+
+def test_report_delivery_event_carries_recipient_reason_href_and_in_app_action_metadata() -> None:
+    message = delivery_event(
+        deliveryId="d-1",
+        metric="clicked",
+        recipient="ann@example.com",
+        reason="",  # empty: left out, as absent
+        href="https://shop.example/sale",
+        actionName="score",
+        actionValue=3,  # a number, written as the text Customer.io expects
+        other="not a metrics field",
+    )
+    assert v1(message) == [
+        (
+            "POST",
+            "/api/v1/metrics",
+            {
+                "delivery_id": "d-1",
+                "metric": "clicked",
+                "timestamp": TS,
+                "recipient": "ann@example.com",
+                "href": "https://shop.example/sale",
+                "metadata": {"action_name": "score", "action_value": "3"},
+            },
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["delivered", "opened", "clicked", "converted", "bounced", "spammed", "dropped", "deferred"],
+)
+def test_every_metric_customerio_takes_is_reported(metric: str) -> None:
+    [(_, _, body)] = v1(delivery_event(deliveryId="d-1", metric=metric, reason="mailbox full"))
+    expected = {"delivery_id": "d-1", "metric": metric, "timestamp": TS, "reason": "mailbox full"}
+    assert body == expected
+
+
+def test_a_push_delivery_id_from_a_mobile_sdk_is_reported_with_its_device_token() -> None:
+    # What Customer.io's mobile SDKs send when a push is opened: the delivery id and token.
+    message = delivery_event(deliveryId="push-dlv-1", metric="opened", recipient="apns-token-1")
+    message["userId"] = "u1"
+    assert v1(message)[0][2] == {
+        "delivery_id": "push-dlv-1",
+        "metric": "opened",
+        "timestamp": TS,
+        "recipient": "apns-token-1",
+    }
+
+
+def test_a_metric_without_a_message_time_is_dated_when_relay_received_it() -> None:
+    message = delivery_event(deliveryId="d-1", metric="opened")
+    del message["timestamp"]
+    assert v1(message)[0][2]["timestamp"] == int(RECEIVED_AT)
+
+
+@pytest.mark.parametrize(
+    ("properties", "reason"),
+    [
+        (
+            {"metric": "opened"},
+            "Report Delivery Event needs properties.deliveryId, the CIO-Delivery-ID of the"
+            " message the metric is about",
+        ),
+        (
+            {"deliveryId": "", "metric": "opened"},
+            "Report Delivery Event needs properties.deliveryId, the CIO-Delivery-ID of the"
+            " message the metric is about",
+        ),
+        (
+            {"deliveryId": ["d"], "metric": "opened"},
+            "Report Delivery Event: properties.deliveryId must be a string or a number, got array",
+        ),
+        (
+            {"deliveryId": "d-1"},
+            "Report Delivery Event: properties.metric must be one of delivered, opened,"
+            " clicked, converted, bounced, spammed, dropped, deferred; got null",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "Opened"},
+            "Report Delivery Event: properties.metric must be one of delivered, opened,"
+            " clicked, converted, bounced, spammed, dropped, deferred; got 'Opened'",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "sent"},
+            "Report Delivery Event: properties.metric must be one of delivered, opened,"
+            " clicked, converted, bounced, spammed, dropped, deferred; got 'sent'",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "clicked", "href": {"url": "x"}},
+            "Report Delivery Event: properties.href must be a string, got object",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "clicked", "actionValue": True},
+            "Report Delivery Event: properties.actionValue must be a string, got boolean",
+        ),
+    ],
+)
+def test_a_delivery_event_without_a_usable_delivery_id_or_metric_is_refused(
+    properties: dict[str, Any], reason: str
+) -> None:
+    assert rejected(delivery_event(**properties)) == reason
+    assert map_and_encode_v2(delivery_event(**properties), received_at=RECEIVED_AT) == Rejection(
+        reason
+    )
+
+
+def test_report_delivery_event_is_not_also_sent_as_an_event() -> None:
+    [op] = ops(delivery_event(deliveryId="d-1", metric="opened"))
+    assert (op.kind, op.action) == ("delivery", "metric")
+    with pytest.raises(ValueError, match="has no v2 op"):
+        encode_v2(op)
+
+
+def content_event(**properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": "u1",
+        "event": "Report Content Event",
+        "messageId": "m-1",
+        "timestamp": TIMESTAMP,
+        "properties": properties,
+    }
+
+
+@pytest.mark.parametrize("action", ["viewed_content", "clicked_content"])
+def test_report_content_event_becomes_the_person_action_it_names(action: str) -> None:
+    message = content_event(
+        actionType=action,
+        contentId=4,
+        templateId=12,
+        actionName="buy",
+        shownAt="2024-01-15T10:29:00Z",
+    )
+    op = {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": action,
+        "name": action,
+        "timestamp": TS,
+        "attributes": {"contentId": 4, "templateId": 12, "actionName": "buy", "shownAt": TS - 60},
+    }
+    assert v2(message) == [op]
+    # v1 has no call for it: the v2 op goes to /api/v2/entity.
+    assert v1(message) == [("POST", "/api/v2/entity", op)]
+
+
+def test_an_anonymous_content_event_is_addressed_by_anonymous_id() -> None:
+    message = content_event(actionType="viewed_content")
+    del message["userId"]
+    message["anonymousId"] = "a-1"
+    assert v2(message)[0]["identifiers"] == {"anonymous_id": "a-1"}
+
+
+@pytest.mark.parametrize(
+    ("action_type", "got"),
+    [(None, "null"), ("viewed", "'viewed'"), ("Viewed_Content", "'Viewed_Content'"), (1, "number")],
+)
+def test_a_content_event_with_another_action_type_is_refused(action_type: Any, got: str) -> None:
+    assert rejected(content_event(actionType=action_type)) == (
+        "Report Content Event: properties.actionType must be one of viewed_content,"
+        f" clicked_content; got {got}"
+    )
+
+
+def test_content_event_attributes_are_event_data_not_profile_attributes() -> None:
+    # Like an event's properties: bounded by the op size, not the 1000-byte attribute limit.
+    message = content_event(actionType="clicked_content", body="x" * 5000)
+    assert map_and_check(message, received_at=RECEIVED_AT) == map_message(
+        message, received_at=RECEIVED_AT
+    )
 
 
 # --- page and screen --------------------------------------------------------------------------

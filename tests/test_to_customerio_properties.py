@@ -22,6 +22,7 @@ from relay.mapping.to_customerio import (
     MAX_EVENT_NAME_BYTES,
     MAX_IDENTIFIER_BYTES,
     MAX_OPERATION_BYTES,
+    REPORTED_METRICS,
     Operation,
     check_limits,
     encode_v1,
@@ -29,6 +30,8 @@ from relay.mapping.to_customerio import (
     map_and_check,
     map_and_encode_v2,
     map_message,
+    metric_request,
+    travels_alone,
 )
 from relay.outgoing import OutgoingRequest
 
@@ -90,6 +93,8 @@ events = st.sampled_from(
         "User Unsuppressed",
         "Object Deleted",
         "Relationship Deleted",
+        "Report Delivery Event",
+        "Report Content Event",
     ]
 ) | st.text(min_size=1, max_size=120)
 keys = st.sampled_from(
@@ -110,6 +115,12 @@ payloads = (
             "email": ids,
             "url": plausible,
             "name": plausible,
+            "deliveryId": ids,
+            "metric": st.sampled_from(REPORTED_METRICS) | plausible,
+            "recipient": plausible,
+            "href": plausible,
+            "actionName": plausible,
+            "actionType": st.sampled_from(["viewed_content", "clicked_content"]) | plausible,
         },
     )
     | attribute_maps
@@ -200,7 +211,10 @@ def assert_well_formed(result: Any) -> None:
         return
     for op in result:
         assert isinstance(op, Operation)
-        json.dumps(encode_v2(op))
+        if travels_alone(op):
+            assert encode_v1(op) == [metric_request(op)]
+        else:
+            json.dumps(encode_v2(op))
         for request in encode_v1(op):
             assert isinstance(request, OutgoingRequest)
             assert request.method in ("PUT", "POST", "DELETE")
@@ -241,7 +255,8 @@ def assert_v2_body_within_limits(body: dict[str, Any]) -> None:
 
 
 def assert_within_limits(op: Operation) -> None:
-    assert_v2_body_within_limits(encode_v2(op))
+    if not travels_alone(op):  # a metric has no documented limits, only its JSON
+        assert_v2_body_within_limits(encode_v2(op))
 
 
 def assert_v1_within_limits(op: Operation) -> None:
@@ -250,6 +265,9 @@ def assert_v1_within_limits(op: Operation) -> None:
     for request in encode_v1(op):
         body = request.body
         assert isinstance(body, dict)
+        if request.path == "/api/v1/metrics":
+            encode(body)
+            continue
         assert len(encode(body)) <= MAX_OPERATION_BYTES
         if request.path == "/api/v2/entity":
             assert_v2_body_within_limits(body)
@@ -321,7 +339,12 @@ def test_a_v2_batch_sends_what_map_and_check_passes_written_once(
     checked = map_and_check(message, received_at=received_at)
     encoded = map_and_encode_v2(message, received_at=received_at)
     if isinstance(checked, list):
-        assert encoded == [encode(encode_v2(op)) for op in checked]
+        assert encoded == [
+            OutgoingRequest("POST", "/api/v1/metrics", encode(metric_request(op).body))
+            if travels_alone(op)
+            else encode(encode_v2(op))
+            for op in checked
+        ]
     else:
         assert encoded == checked
 
@@ -362,3 +385,71 @@ def test_iso_dates_agree_with_the_standard_library(
 def test_date_parser_never_raises(text: str) -> None:
     result = iso_to_millis(text)
     assert result is None or isinstance(result, int)
+
+
+def _as_text(value: Any) -> str | None:
+    """A delivery event property as the metrics request carries it; None when it is not
+    text or a number (booleans are neither)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+metric_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        name: st.none() | st.just("") | st.text(max_size=12) | st.integers() | json_values
+        for name in ("deliveryId", "recipient", "reason", "href", "actionName", "actionValue")
+    }
+    | {"metric": st.sampled_from(REPORTED_METRICS) | st.text(max_size=10) | json_values},
+)
+
+
+@SETTINGS
+@given(properties=metric_fields, received_at=received_times, timed=st.booleans())
+def test_a_delivery_event_is_exactly_one_metrics_request_or_a_refusal_naming_its_field(
+    properties: dict[str, Any], received_at: float, timed: bool
+) -> None:
+    message: dict[str, Any] = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Report Delivery Event",
+        "properties": properties,
+    }
+    if timed:
+        message["timestamp"] = "2024-01-15T10:30:00Z"
+    result = map_message(message, received_at=received_at)
+    given_fields = {k: v for k, v in properties.items() if v is not None and v != ""}
+    bad = [
+        key for key, value in given_fields.items() if key != "metric" and _as_text(value) is None
+    ]
+    if "metric" not in given_fields or given_fields["metric"] not in REPORTED_METRICS:
+        bad.append("metric")
+    if "deliveryId" not in given_fields:
+        bad.append("deliveryId")
+    if bad:
+        assert isinstance(result, Rejection)
+        assert any(f"properties.{key}" in result.reason for key in bad), result.reason
+        return
+    assert isinstance(result, list)
+    [op] = result
+    expected: dict[str, Any] = {
+        "delivery_id": _as_text(given_fields["deliveryId"]),
+        "metric": given_fields["metric"],
+        "timestamp": 1705314600 if timed else int(received_at),
+    }
+    for field, key in (("recipient", "recipient"), ("reason", "reason"), ("href", "href")):
+        if key in given_fields:
+            expected[field] = _as_text(given_fields[key])
+    metadata = {
+        field: _as_text(given_fields[key])
+        for field, key in (("action_name", "actionName"), ("action_value", "actionValue"))
+        if key in given_fields
+    }
+    if metadata:
+        expected["metadata"] = metadata
+    assert encode_v1(op) == [OutgoingRequest("POST", "/api/v1/metrics", expected)]

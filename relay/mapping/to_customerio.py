@@ -23,6 +23,7 @@ __all__ = [
     "MAX_EVENT_NAME_BYTES",
     "MAX_IDENTIFIER_BYTES",
     "MAX_OPERATION_BYTES",
+    "REPORTED_METRICS",
     "Action",
     "Device",
     "Operation",
@@ -30,6 +31,8 @@ __all__ = [
     "check_limits",
     "encode_v1",
     "encode_v2",
+    "metric_request",
+    "travels_alone",
     "map_alias",
     "map_and_check",
     "map_and_encode_v2",
@@ -65,7 +68,23 @@ Action = Literal[
     "delete_device",
     "merge",
     "delete_relationships",
+    "viewed_content",
+    "clicked_content",
+    "metric",
 ]
+
+# What `POST /api/v1/metrics` accepts as `metric` (Customer.io's Track API reference; the
+# same choices as Segment's Customer.io destination offers for Report Delivery Event).
+REPORTED_METRICS = (
+    "delivered",
+    "opened",
+    "clicked",
+    "converted",
+    "bounced",
+    "spammed",
+    "dropped",
+    "deferred",
+)
 
 
 @dataclass(frozen=True)
@@ -94,9 +113,14 @@ class Operation:
     `identifiers` holds one of `id`, `email`, `cio_id`, `anonymous_id` for a person, or
     `object_type_id` and `object_id` for an object; a merge has `primary` and `secondary`
     instead. `id` is the event's de-duplication ULID; `timestamp` is unix seconds.
+
+    A delivery metric (kind `delivery`, action `metric`) is about a message Customer.io sent:
+    `identifiers` is `{"id": delivery_id}` (as in Customer.io's own `delivery` entity),
+    `name` the metric, and `attributes` the optional `recipient`, `reason`, `href` and
+    `metadata` of `POST /api/v1/metrics`, the one request that carries it.
     """
 
-    kind: Literal["person", "object"]
+    kind: Literal["person", "object", "delivery"]
     action: Action
     identifiers: dict[str, str] = field(default_factory=dict)
     name: str | None = None
@@ -150,6 +174,17 @@ _PERSON_ACTION_EVENTS: Mapping[str, Action] = {
     "User Unsuppressed": "unsuppress",
 }
 _EVENT_ACTIONS = frozenset({"event", "page", "screen"})
+_DELIVERY_EVENT = "Report Delivery Event"
+_CONTENT_EVENT = "Report Content Event"
+_CONTENT_ACTIONS: Mapping[str, Action] = {
+    "viewed_content": "viewed_content",
+    "clicked_content": "clicked_content",
+}
+# Actions whose attributes are event data (held to the op size, not the attribute limits).
+_EVENT_DATA_ACTIONS = _EVENT_ACTIONS | frozenset(_CONTENT_ACTIONS)
+# `POST /api/v1/metrics` field ← Report Delivery Event property; metadata for in-app clicks.
+_METRIC_FIELDS = (("recipient", "recipient"), ("reason", "reason"), ("href", "href"))
+_METRIC_METADATA = (("action_name", "actionName"), ("action_value", "actionValue"))
 _DEFAULT_OBJECT_TYPE_ID = "1"
 _GROUP_CONTROL_TRAITS = (
     "object_type_id",
@@ -307,8 +342,9 @@ class _Times:
         return deterministic_ulid(self._message_id, self.clock_millis)
 
     @property
-    def last_used(self) -> int:
-        # Without a message time, when relay heard of the device is the best "last used".
+    def seconds_or_received(self) -> int:
+        # Without a message time, when relay heard of it is the best guess at when it happened
+        # (a device last used, a message opened).
         return self.seconds if self.seconds is not None else self.clock_millis // 1000
 
 
@@ -418,7 +454,7 @@ def _device(
         value = _text(_hint(context, *path))
         if value is not None:
             attributes[name] = value
-    return Device(token, platform, times.last_used, attributes)
+    return Device(token, platform, times.seconds_or_received, attributes)
 
 
 def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
@@ -439,10 +475,17 @@ def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
             return identifiers
         return [Operation("object", "delete", identifiers)]
 
+    if event == _DELIVERY_EVENT:
+        # About a message Customer.io sent, not about a person: no person is needed.
+        return _delivery_metric(message, properties, received_at)
+
     if person is None:
         return Rejection(
             f"track {_shown(event)} needs a userId, context.traits.email or anonymousId"
         )
+
+    if event == _CONTENT_EVENT:
+        return _content_event(message, person, properties, received_at)
 
     if event == "Relationship Deleted":
         identifiers = _object_identifiers(properties, event)
@@ -483,6 +526,91 @@ def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
             operations.append(Operation("person", "add_device", person, device=device))
     operations.append(_named_event("event", event, person, properties, times))
     return operations
+
+
+def _optional_text(properties: Mapping[str, Any], key: str, event: str) -> str | None | Rejection:
+    value = properties.get(key)
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    if text is None:
+        return Rejection(f"{event}: properties.{key} must be a string, got {json_type(value)}")
+    return text
+
+
+def _delivery_metric(
+    message: Mapping[str, Any], properties: Mapping[str, Any], received_at: float
+) -> Mapped:
+    """`Report Delivery Event` → a metric for `POST /api/v1/metrics`."""
+    delivery_id = _id_field(properties, "deliveryId")
+    if isinstance(delivery_id, Rejection):
+        return Rejection(f"{_DELIVERY_EVENT}: properties.{delivery_id.reason}")
+    if delivery_id is None:
+        return Rejection(
+            f"{_DELIVERY_EVENT} needs properties.deliveryId, the CIO-Delivery-ID of the message"
+            " the metric is about"
+        )
+    metric = properties.get("metric")
+    if not isinstance(metric, str) or metric not in REPORTED_METRICS:
+        got = _shown(metric) if isinstance(metric, str) else json_type(metric)
+        return Rejection(
+            f"{_DELIVERY_EVENT}: properties.metric must be one of {', '.join(REPORTED_METRICS)};"
+            f" got {got}"
+        )
+    fields: dict[str, Any] = {}
+    metadata: dict[str, str] = {}
+    for target, names in ((fields, _METRIC_FIELDS), (metadata, _METRIC_METADATA)):
+        for name, key in names:
+            value = _optional_text(properties, key, _DELIVERY_EVENT)
+            if isinstance(value, Rejection):
+                return value
+            if value is not None:
+                target[name] = value
+    if metadata:
+        fields["metadata"] = metadata
+    times = _Times(message, received_at)
+    return [
+        Operation(
+            "delivery",
+            "metric",
+            {"id": delivery_id},
+            name=metric,
+            timestamp=times.seconds_or_received,
+            attributes=fields,
+        )
+    ]
+
+
+def _content_event(
+    message: Mapping[str, Any],
+    person: dict[str, str],
+    properties: Mapping[str, Any],
+    received_at: float,
+) -> Mapped:
+    """`Report Content Event` → the person action `properties.actionType` names, with the
+    other properties as its attributes."""
+    action_type = properties.get("actionType")
+    action = _CONTENT_ACTIONS.get(action_type) if isinstance(action_type, str) else None
+    if action is None:
+        got = _shown(action_type) if isinstance(action_type, str) else json_type(action_type)
+        return Rejection(
+            f"{_CONTENT_EVENT}: properties.actionType must be one of"
+            f" {', '.join(_CONTENT_ACTIONS)}; got {got}"
+        )
+    attributes = {k: v for k, v in properties.items() if k != "actionType"}
+    times = _Times(message, received_at)
+    # No `id`: Customer.io documents its ULID de-duplication for events only, and Segment's
+    # destination sends these actions without one.
+    return [
+        Operation(
+            "person",
+            action,
+            person,
+            name=action,
+            timestamp=times.seconds,
+            attributes=convert_dates(attributes),
+        )
+    ]
 
 
 def map_page(message: Mapping[str, Any], *, received_at: float) -> Mapped:
@@ -651,8 +779,28 @@ def _device_body(device: Device, token_key: str) -> dict[str, Any]:
     return body
 
 
+def travels_alone(op: Operation) -> bool:
+    """Whether `op` is a request of its own rather than an op of a v2 batch: a delivery
+    metric, which Customer.io takes only at `POST /api/v1/metrics`."""
+    return op.kind == "delivery"
+
+
+def metric_request(op: Operation) -> OutgoingRequest:
+    """A delivery metric as Customer.io's `POST /api/v1/metrics` takes it."""
+    body: dict[str, Any] = {"delivery_id": op.identifiers["id"], "metric": op.name}
+    if op.timestamp is not None:
+        body["timestamp"] = op.timestamp
+    body.update(op.attributes or {})
+    return OutgoingRequest("POST", "/api/v1/metrics", body)
+
+
 def encode_v2(op: Operation) -> dict[str, Any]:
-    """`op` as one Track API v2 operation (an item of `/api/v2/batch`, or `/api/v2/entity`)."""
+    """`op` as one Track API v2 operation (an item of `/api/v2/batch`, or `/api/v2/entity`).
+
+    Raises ValueError for an op that travels alone (see `travels_alone`): v2 has no op for it.
+    """
+    if travels_alone(op):
+        raise ValueError(f"a {op.kind} {op.action} has no v2 op; it is sent as its own request")
     body: dict[str, Any] = {"type": op.kind}
     if op.action == "merge":
         body["action"] = "merge"
@@ -724,6 +872,8 @@ def encode_v1(op: Operation) -> list[OutgoingRequest]:
     """
     if op.kind == "person" and op.action in _EVENT_ACTIONS:
         return [_v1_event(op)]
+    if travels_alone(op):
+        return [metric_request(op)]
     if op.kind == "object" or op.anonymous:
         return [OutgoingRequest("POST", "/api/v2/entity", encode_v2(op))]
     if _v1_sends_flat_attributes(op):
@@ -837,15 +987,22 @@ def check_limits(op: Operation, api: str = "v2", encoded: bytes | None = None) -
     event data is not: Customer.io bounds it by its total size (100 KB), which the op size
     covers. A page's name is its URL and is not held to the event-name limit: Customer.io's
     own web snippet sends the full URL as the name of every page view, and URLs are often
-    longer than 100 bytes, so refusing them would drop ordinary page views.
+    longer than 100 bytes, so refusing them would drop ordinary page views. A delivery
+    metric is only checked to be writable as JSON: Customer.io documents no limits for it.
     """
+    if travels_alone(op):
+        try:
+            encode(metric_request(op).body)
+        except (ValueError, RecursionError) as error:
+            return f"metric cannot be written as JSON: {error}"
+        return None
     identifier_sets = [("identifiers", op.identifiers)]
     if op.primary is not None:
         identifier_sets.append(("primary", op.primary))
     if op.secondary is not None:
         identifier_sets.append(("secondary", op.secondary))
     attribute_sets: list[tuple[str, Mapping[str, Any], Sequence[str]]] = []
-    if op.attributes is not None and op.action not in _EVENT_ACTIONS:
+    if op.attributes is not None and op.action not in _EVENT_DATA_ACTIONS:
         if api == "v1" and _v1_sends_flat_attributes(op):
             body = _v1_identify_body(op)
             reserved = [key for key in body if key not in op.attributes]
@@ -900,14 +1057,22 @@ def map_and_check(message: Mapping[str, Any], *, received_at: float, api: str = 
 
 def map_and_encode_v2(
     message: Mapping[str, Any], *, received_at: float
-) -> list[bytes] | Rejection | Skip:
-    """`map_and_check` for a v2 batch: each op written once, as the JSON that is sent, and
-    its size checked on those bytes."""
+) -> list[bytes | OutgoingRequest] | Rejection | Skip:
+    """`map_and_check` for v2: each op of a batch written once, as the JSON that is sent, and
+    its size checked on those bytes; an op that travels alone (see `travels_alone`) as its
+    own request, with its body written the same way."""
     operations = map_message(message, received_at=received_at)
     if isinstance(operations, Rejection | Skip):
         return operations
-    out = []
+    out: list[bytes | OutgoingRequest] = []
     for index, op in enumerate(operations):
+        if travels_alone(op):
+            request = metric_request(op)
+            try:
+                out.append(OutgoingRequest(request.method, request.path, encode(request.body)))
+            except ValueError as error:
+                return _refused(operations, index, f"metric cannot be written as JSON: {error}")
+            continue
         try:
             raw = encode(encode_v2(op))
         except ValueError as error:
