@@ -688,3 +688,108 @@ async def test_a_content_event_is_the_person_action_it_names(
         )
     else:
         assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)
+
+
+# --- phone identifiers, subscription preferences, update-only identifies, end to end ---------
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_destination_with_phone_identifiers_and_update_only_sends_them_exactly(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    extra = "      identifiers: [id, email, phone]\n      update_only: true"
+    url, app = await relay_factory(cio_url=customerio.url, api=api, extra_cio=extra)
+    identify = {
+        "type": "identify",
+        "userId": "+14155552671",
+        "messageId": "m-phone",
+        "timestamp": TRACK_AT,
+        "traits": {
+            "plan": "pro",
+            "cio_subscription_preferences": {"topics": {"topic_1": True, "topic_2": False}},
+        },
+    }
+    status, _, _ = await post(f"{url}/v1/identify", identify, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    op = {
+        "type": "person",
+        "identifiers": {"phone": "+14155552671"},
+        "action": "identify",
+        "timestamp": TRACK_TS,
+        "attributes": {
+            "plan": "pro",
+            "cio_subscription_preferences": {"topics": {"topic_1": True, "topic_2": False}},
+            "_update": True,
+        },
+    }
+    assert cio_headers(request) == CIO_HEADERS
+    if api == "v2":
+        assert (request.method, request.path, request.body) == (
+            "POST",
+            "/api/v2/batch",
+            {"batch": [op]},
+        )
+    else:
+        # v1 cannot address a person by phone: the v2 op goes to /api/v2/entity.
+        assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)
+    assert await counts_settle_on(app, {}) == {}
+
+
+async def test_update_only_v1_identify_carries_update_flat_in_its_body(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(
+        cio_url=customerio.url, api="v1", extra_cio="      update_only: true"
+    )
+    identify = {
+        "type": "identify",
+        "userId": "u1",
+        "messageId": "m-1",
+        "timestamp": TRACK_AT,
+        "traits": {"cio_subscription_preferences.topics.topic_3": True},
+    }
+    status, _, _ = await post(f"{url}/v1/identify", identify, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    assert (request.method, request.path, request.body) == (
+        "PUT",
+        "/api/v1/customers/u1",
+        {
+            "cio_subscription_preferences.topics.topic_3": True,
+            "_update": True,
+            "_timestamp": TRACK_TS,
+        },
+    )
+
+
+async def test_a_bad_phone_number_or_topic_is_dead_lettered_with_its_field(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    extra = "      identifiers: [id, email, phone]"
+    url, app = await relay_factory(cio_url=customerio.url, extra_cio=extra)
+    batch = [
+        {"type": "identify", "userId": "+1 415 555 2671", "messageId": "m-phone"},
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "m-topic",
+            "traits": {"cio_subscription_preferences": {"topics": {"news": True}}},
+        },
+        {"type": "identify", "userId": "u2", "messageId": "m-good", "traits": {"plan": "pro"}},
+    ]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": batch}, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    assert [op["identifiers"] for op in request.body["batch"]] == [{"id": "u2"}]
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 2}}) == {
+        "customerio.main": {"dead": 2}
+    }
+    reasons = {d.message["messageId"]: d.reason for d in await relay_of(app).store.dead_letters()}
+    assert reasons["m-phone"].startswith(
+        "userId '+1 415 555 2671' starts with + but is not a phone number in E.164 form"
+    )
+    assert reasons["m-topic"].startswith(
+        "traits.cio_subscription_preferences.topics.news: Customer.io names subscription topics"
+        " topic_<id>"
+    )

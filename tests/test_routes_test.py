@@ -326,6 +326,29 @@ def test_a_content_event_shows_the_person_action_it_names() -> None:
     }
 
 
+def test_a_destination_with_phone_identifiers_and_update_only_shows_them() -> None:
+    config = CONFIG.replace(
+        "api: v1", "api: v1, identifiers: [id, email, phone], update_only: true"
+    )
+    message = {
+        "type": "identify",
+        "userId": "+14155552671",
+        "messageId": "m",
+        "timestamp": "2024-05-01T10:00:00Z",
+        "traits": {"cio_subscription_preferences.topics.topic_7": False},
+    }
+    [entry] = run_in_process([message], config)
+    [request] = entry["deliveries"][0]["requests"]
+    assert (request["method"], request["path"]) == ("POST", "/api/v2/entity")
+    assert request["body"] == {
+        "type": "person",
+        "identifiers": {"phone": "+14155552671"},
+        "action": "identify",
+        "timestamp": 1714557600,
+        "attributes": {"cio_subscription_preferences.topics.topic_7": False, "_update": True},
+    }
+
+
 WEBHOOK_CONFIG = """
 sources:
   segment: {write_keys: {web: wk-web-secret}}

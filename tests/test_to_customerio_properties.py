@@ -23,6 +23,7 @@ from relay.mapping.to_customerio import (
     MAX_IDENTIFIER_BYTES,
     MAX_OPERATION_BYTES,
     REPORTED_METRICS,
+    MappingOptions,
     Operation,
     check_limits,
     encode_v1,
@@ -453,3 +454,125 @@ def test_a_delivery_event_is_exactly_one_metrics_request_or_a_refusal_naming_its
     if metadata:
         expected["metadata"] = metadata
     assert encode_v1(op) == [OutgoingRequest("POST", "/api/v1/metrics", expected)]
+
+
+# --- destination options -------------------------------------------------------------------
+
+mapping_options = st.builds(
+    lambda extra, update_only: MappingOptions(frozenset({"id", *extra}), update_only),
+    st.sets(st.sampled_from(["email", "phone"])),
+    st.booleans(),
+)
+
+
+@SETTINGS
+@given(message=segment_messages, received_at=received_times, options=mapping_options)
+def test_any_destination_options_map_any_message_without_raising(
+    message: dict[str, Any], received_at: float, options: MappingOptions
+) -> None:
+    result = map_message(message, received_at=received_at, options=options)
+    assert_well_formed(result)
+    if isinstance(result, list):
+        for op in result:
+            if check_limits(op, "v1") is None:
+                assert_v1_within_limits(op)
+            for request in encode_v1(op):
+                # v1 cannot address a person by phone: all of that goes through v2.
+                if request.path.startswith("/api/v1/"):
+                    assert "phone" not in json.dumps(request.body.get("primary", {}))
+                    assert "phone" not in op.identifiers
+
+
+def is_e164(text: str) -> bool:
+    digits = text[1:]
+    return (
+        text.startswith("+")
+        and 2 <= len(digits) <= 15
+        and all(c in "0123456789" for c in digits)
+        and digits[0] != "0"
+    )
+
+
+phone_like = st.builds(
+    lambda body: "+" + body,
+    st.text(alphabet="0123456789 -()٣", max_size=17),
+) | st.text(max_size=17)
+
+
+@SETTINGS
+@given(user_id=phone_like)
+def test_with_phone_enabled_a_user_id_is_a_phone_exactly_when_it_is_e164(user_id: str) -> None:
+    message = {"type": "identify", "userId": user_id, "anonymousId": "a1"}
+    phone = MappingOptions(frozenset({"id", "email", "phone"}))
+    result = map_message(message, received_at=0.0, options=phone)
+    default = map_message(message, received_at=0.0)
+    if not user_id:
+        assert result == default  # no userId at all: the anonymousId
+    elif is_e164(user_id):
+        assert isinstance(result, list)
+        assert result[0].identifiers == {"phone": user_id}
+    elif user_id.startswith("+"):
+        assert isinstance(result, Rejection)
+        assert result.reason.startswith("userId ")
+        assert "starts with + but is not a phone number in E.164 form" in result.reason
+    else:
+        assert result == default  # the rule for ids, emails and cio_ids is unchanged
+
+
+topic_names = st.sampled_from(["topic_1", "topic_22", "newsletter", "topic_", "topic_x", "1"])
+topic_choices = st.none() | st.booleans() | st.sampled_from(["true", 1, 0, {}])
+preference_traits = st.dictionaries(
+    st.sampled_from(
+        [
+            "cio_subscription_preferences",
+            "cio_subscription_preferences.topics",
+            "cio_subscription_preferences.topics.topic_3",
+            "cio_subscription_preferences.topics.weekly",
+            "plan",
+        ]
+    ),
+    st.dictionaries(
+        st.sampled_from(["topics", "other"]), st.dictionaries(topic_names, topic_choices)
+    )
+    | st.dictionaries(topic_names, topic_choices)
+    | topic_choices,
+)
+
+
+def readable_topics(topics: Any) -> bool:
+    return isinstance(topics, dict) and all(
+        re.fullmatch(r"topic_[0-9]+", name) and (choice is None or isinstance(choice, bool))
+        for name, choice in topics.items()
+    )
+
+
+def customerio_reads(traits: dict[str, Any]) -> bool:
+    """Subscription preferences as Customer.io's Track API reference describes them."""
+    for key, value in traits.items():
+        if key == "cio_subscription_preferences":
+            if not isinstance(value, dict):
+                return False
+            if "topics" in value and not readable_topics(value["topics"]):
+                return False
+        elif key == "cio_subscription_preferences.topics":
+            if not readable_topics(value):
+                return False
+        elif key.startswith("cio_subscription_preferences.topics.") and not readable_topics(
+            {key.rsplit(".", 1)[1]: value}
+        ):
+            return False
+    return True
+
+
+@SETTINGS
+@given(traits=preference_traits)
+def test_subscription_preferences_are_sent_as_given_exactly_when_customerio_reads_them(
+    traits: dict[str, Any],
+) -> None:
+    result = map_message({"type": "identify", "userId": "u1", "traits": traits}, received_at=0.0)
+    if customerio_reads(traits):
+        assert isinstance(result, list)
+        assert result[0].attributes == traits
+    else:
+        assert isinstance(result, Rejection)
+        assert result.reason.startswith("traits.cio_subscription_preferences")

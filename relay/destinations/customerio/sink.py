@@ -25,7 +25,13 @@ from relay.destinations.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, R
 from relay.destinations.sender import Sender, json_headers
 from relay.destinations.transport import Response, Transport
 from relay.mapping import Rejection, Skip
-from relay.mapping.to_customerio import encode_v1, map_and_check, map_and_encode_v2
+from relay.mapping.to_customerio import (
+    DEFAULTS,
+    MappingOptions,
+    encode_v1,
+    map_and_check,
+    map_and_encode_v2,
+)
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.store.base import Delivery
@@ -48,13 +54,16 @@ class Planned:
     skipped: str | None = None  # nothing to send, and why
 
 
-def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
-    """Map each delivery's Segment message to v2 ops or v1 requests (pure)."""
-    return [_plan_v1(d) if api == "v1" else _plan_v2(d) for d in deliveries]
+def plan(
+    deliveries: Sequence[Delivery], api: str, options: MappingOptions = DEFAULTS
+) -> list[Planned]:
+    """Map each delivery's Segment message to v2 ops or v1 requests (pure), with the
+    destination's mapping `options`."""
+    return [_plan_v1(d, options) if api == "v1" else _plan_v2(d, options) for d in deliveries]
 
 
-def _plan_v2(d: Delivery) -> Planned:
-    mapped = map_and_encode_v2(d.message, received_at=d.created_at)
+def _plan_v2(d: Delivery, options: MappingOptions) -> Planned:
+    mapped = map_and_encode_v2(d.message, received_at=d.created_at, options=options)
     if isinstance(mapped, Rejection):
         return Planned(d, rejection=mapped.reason)
     if isinstance(mapped, Skip):
@@ -71,9 +80,9 @@ def _plan_v2(d: Delivery) -> Planned:
     return Planned(d, requests=requests)
 
 
-def _plan_v1(d: Delivery) -> Planned:
+def _plan_v1(d: Delivery, options: MappingOptions) -> Planned:
     # Limits are checked on what v1 will send: it adds keys of its own to a body.
-    mapped = map_and_check(d.message, received_at=d.created_at, api="v1")
+    mapped = map_and_check(d.message, received_at=d.created_at, api="v1", options=options)
     if isinstance(mapped, Rejection):
         return Planned(d, rejection=mapped.reason)
     if isinstance(mapped, Skip):
@@ -161,7 +170,7 @@ class CustomerIOSink:
         )
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Outcome]:
-        planned = plan(deliveries, self.dest.api)
+        planned = plan(deliveries, self.dest.api, self.dest.mapping)
         outcomes: dict[int, Outcome] = {}
         live = []
         for p in planned:
