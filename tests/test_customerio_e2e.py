@@ -12,6 +12,7 @@ import pytest
 
 from relay import USER_AGENT
 from relay.config import parse_config
+from relay.destinations.customerio import sink
 from relay.destinations.customerio.sink import (
     MAX_BATCH_BYTES,
     Planned,
@@ -21,6 +22,7 @@ from relay.destinations.customerio.sink import (
 )
 from relay.mapping.dates import iso_to_millis
 from relay.mapping.ulid import deterministic_ulid
+from relay.outgoing import OutgoingRequest
 from relay.store.base import Delivery
 from tests.conftest import (
     API_KEY,
@@ -793,3 +795,17 @@ async def test_a_bad_phone_number_or_topic_is_dead_lettered_with_its_field(
         "traits.cio_subscription_preferences.topics.news: Customer.io names subscription topics"
         " topic_<id>"
     )
+
+
+def test_a_v2_delivery_with_an_op_no_batch_carries_goes_whole_as_requests_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No message maps to both today; the plan must still keep such a delivery's ops together
+    # and in order, each batch op as a request to /api/v2/entity.
+    op = b'{"type":"person","identifiers":{"id":"u1"},"action":"identify"}'
+    metric = OutgoingRequest("POST", "/api/v1/metrics", b'{"delivery_id":"d","metric":"opened"}')
+    monkeypatch.setattr(sink, "map_and_encode_v2", lambda *a, **k: [op, metric])
+    d = Delivery(1, "customerio.main", "u:u1", 0, 0.0, "web", "segment", {})
+    [planned] = sink.plan([d], "v2")
+    assert planned.ops == []
+    assert planned.requests == [OutgoingRequest("POST", "/api/v2/entity", op), metric]
