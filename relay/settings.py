@@ -60,6 +60,20 @@ class KeyList(fields.Field[tuple[str, ...]]):
         raise ValidationError("must be a key, or a list of keys")
 
 
+class StrictBool(fields.Boolean):
+    """true or false, as YAML writes them; not the words and numbers marshmallow would also
+    read as one ("yes", 1, "off")."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {}).setdefault("write", "true or false")
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
 class StrictStr(fields.String):
     """A string that refuses booleans instead of silently converting them."""
 

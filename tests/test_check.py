@@ -583,3 +583,91 @@ def test_the_anchor_example_in_the_readme_configuration_is_valid() -> None:
 
 def required_variables_in(text: str) -> set[str]:
     return {m.group(1) for m in _VARIABLE.finditer(text) if m.group(2) is None}
+
+
+IDENTIFIERS_HINT = (
+    "write the identifiers your workspace uses (Customer.io: Workspace Settings), id among"
+    " them: [id, email] (the default), [id], [id, phone] or [id, email, phone]"
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "[id, mobile]",
+            "'mobile' is not one of the identifiers Customer.io knows people by,"
+            " id, email, phone (a cio_… userId is always a cio_id)",
+        ),
+        (
+            "[email, phone]",
+            "must hold id: relay sends a userId that is neither an email nor a"
+            " phone number as an id",
+        ),
+        ("[id, phone, phone]", "lists an identifier twice"),
+        ("phone", "must be a list of identifiers"),
+        ("[]", "must be a list of identifiers"),
+    ],
+)
+def test_customerio_identifiers_that_customerio_would_not_know_are_refused_where_written(
+    value: str, message: str
+) -> None:
+    text = (
+        "destinations:\n  customerio:\n    main:\n      site_id: s\n"
+        f'      api_key: "{"k" * 20}"\n      identifiers: {value}\n'
+    )
+    result = check_text(text, "relay.yaml", {})
+    assert [str(p) for p in result.problems] == [
+        f"relay.yaml:6:20: destinations.customerio.main.identifiers: {message} ({IDENTIFIERS_HINT})"
+    ]
+
+
+def test_customerio_update_only_is_true_or_false() -> None:
+    text = (
+        "destinations:\n  customerio:\n    main:\n      site_id: s\n"
+        f'      api_key: "{"k" * 20}"\n      update_only: "yes"\n'
+    )
+    result = check_text(text, "relay.yaml", {})
+    assert [str(p) for p in result.problems] == [
+        "relay.yaml:6:20: destinations.customerio.main.update_only: must be true or false"
+        " (write true or false)"
+    ]
+    valid = text.replace('"yes"', "true") + "      identifiers: [id, email, phone]\n"
+    result = check_text(valid, "relay.yaml", {})
+    assert result.problems == []
+    assert result.config is not None
+    dest = result.config.destinations["customerio.main"]
+    assert (dest.identifiers, dest.update_only) == (("id", "email", "phone"), True)
+
+
+def test_the_readme_update_only_example_sends_crm_identifies_to_the_update_only_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    [snippet] = [
+        s for s in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if "existing-only" in s
+    ]
+    env = {
+        "SEGMENT_WEB_WRITE_KEY": "wk-web",
+        "SEGMENT_CRM_WRITE_KEY": "wk-crm",
+        "CIO_SITE_ID": "s",
+        "CIO_API_KEY": "k" * 20,
+    }
+    result = check_text(snippet, "README.md", env)
+    assert result.problems == []
+    assert result.config is not None and result.routes is not None
+    assert result.config.destinations["customerio.existing-only"].update_only is True
+    assert result.config.destinations["customerio.main"].update_only is False
+    identify = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}
+    track = {"type": "track", "userId": "u1", "event": "E"}
+    routed = {
+        (source, message["type"]): [
+            d for d, _ in result.routes.route("segment", source, message).deliveries
+        ]
+        for source in ("web", "crm")
+        for message in (identify, track)
+    }
+    assert routed == {
+        ("web", "identify"): ["customerio.main"],
+        ("web", "track"): ["customerio.main"],
+        ("crm", "identify"): ["customerio.existing-only"],
+        ("crm", "track"): [],
+    }

@@ -109,6 +109,10 @@ destinations:
       concurrency: 4
       timeout: 5
       max_age: 86400
+      identifiers:
+      - id
+      - email
+      update_only: false
   segment: {}
 routes:
 - name: orders
@@ -180,7 +184,12 @@ SMALL_JSON = """\
         "batch_size": 1000,
         "concurrency": 4,
         "timeout": 5,
-        "max_age": 86400
+        "max_age": 86400,
+        "identifiers": [
+          "id",
+          "email"
+        ],
+        "update_only": false
       }
     },
     "segment": {}

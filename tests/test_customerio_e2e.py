@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from relay import USER_AGENT
 from relay.config import parse_config
+from relay.destinations.customerio import sink
 from relay.destinations.customerio.sink import (
     MAX_BATCH_BYTES,
     Planned,
@@ -20,6 +22,7 @@ from relay.destinations.customerio.sink import (
 )
 from relay.mapping.dates import iso_to_millis
 from relay.mapping.ulid import deterministic_ulid
+from relay.outgoing import OutgoingRequest
 from relay.store.base import Delivery
 from tests.conftest import (
     API_KEY,
@@ -529,3 +532,280 @@ async def test_an_alias_of_a_person_to_itself_is_counted_and_never_dead_lettered
             "identify",
             "event",
         ]
+
+
+# --- delivery metrics and content events, end to end -----------------------------------------
+
+
+def cio_headers(request: Recorded) -> dict[str, str]:
+    """The headers relay chose for a request to Customer.io (not those aiohttp adds)."""
+    names = ("Authorization", "Content-Type", "User-Agent", "Accept")
+    return {name: request.headers[name] for name in names}
+
+
+CIO_HEADERS = {
+    "Authorization": basic(SITE_ID, API_KEY),
+    "Content-Type": "application/json",
+    "User-Agent": USER_AGENT,
+    "Accept": "application/json",
+}
+
+
+def delivery_event(message_id: str, **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "anonymousId": "device-1",
+        "event": "Report Delivery Event",
+        "messageId": message_id,
+        "timestamp": TRACK_AT,
+        "properties": properties,
+    }
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_delivery_metric_goes_to_the_metrics_endpoint_as_a_request_of_its_own(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url, api=api)
+    opened = delivery_event(
+        "m-metric", deliveryId="RPILAgABcRhIBqSp7kiPekGBIeVh", metric="opened", recipient="tok-1"
+    )
+    status, _, _ = await post(f"{url}/v1/track", opened, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    assert (request.method, request.path) == ("POST", "/api/v1/metrics")
+    assert cio_headers(request) == CIO_HEADERS
+    assert request.body == {
+        "delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh",
+        "metric": "opened",
+        "timestamp": TRACK_TS,
+        "recipient": "tok-1",
+    }
+    assert await counts_settle_on(app, {}) == {}
+
+
+async def test_metrics_keep_their_place_between_batches_of_other_deliveries(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url)
+    clicked = delivery_event("m-metric", deliveryId="d-1", metric="clicked", actionName="buy")
+    clicked["userId"] = "u2"  # one person throughout: their deliveries go out in order
+    messages = [track("u2", "Before", "m-1"), clicked, track("u2", "After", "m-3")]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": messages}, headers=AUTH)
+    assert status == 200
+    requests = await customerio.wait_for(3)
+    assert [(r.method, r.path, r.body) for r in requests] == [
+        ("POST", "/api/v2/batch", {"batch": [event_op("u2", "Before", "m-1")]}),
+        (
+            "POST",
+            "/api/v1/metrics",
+            {
+                "delivery_id": "d-1",
+                "metric": "clicked",
+                "timestamp": TRACK_TS,
+                "metadata": {"action_name": "buy"},
+            },
+        ),
+        ("POST", "/api/v2/batch", {"batch": [event_op("u2", "After", "m-3")]}),
+    ]
+    assert await counts_settle_on(app, {}) == {}
+
+
+async def test_a_metric_is_retried_on_a_5xx_and_dead_lettered_on_a_4xx_with_the_answer(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    customerio.respond(503)
+    url, app = await relay_factory(cio_url=customerio.url)
+    first = delivery_event("m-a", deliveryId="d-1", metric="delivered")
+    status, _, _ = await post(f"{url}/v1/track", first, headers=AUTH)
+    assert status == 200
+    sent, again = await customerio.wait_for(2)
+    assert sent.path == again.path == "/api/v1/metrics"
+    assert sent.body == again.body  # the same metric, sent again after the 503
+    assert await counts_settle_on(app, {}) == {}
+
+    customerio.respond(400, {"meta": {"error": "unknown delivery"}})
+    second = delivery_event("m-b", deliveryId="d-404", metric="opened")
+    status, _, _ = await post(f"{url}/v1/track", second, headers=AUTH)
+    assert status == 200
+    await customerio.wait_for(3)
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 1}}) == {
+        "customerio.main": {"dead": 1}
+    }
+    [dead] = await relay_of(app).store.dead_letters()
+    assert dead.message["messageId"] == "m-b"
+    assert dead.reason == 'HTTP 400: {"meta": {"error": "unknown delivery"}}'
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_delivery_event_without_delivery_id_or_with_an_unknown_metric_is_dead_lettered(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    url, app = await relay_factory(cio_url=customerio.url, api=api)
+    batch = [
+        delivery_event("m-no-id", metric="opened"),
+        delivery_event("m-bad-metric", deliveryId="d-1", metric="read"),
+        delivery_event("m-good", deliveryId="d-2", metric="converted"),
+    ]
+    status, body, _ = await post(f"{url}/v1/batch", {"batch": batch}, headers=AUTH)
+    assert (status, body) == (200, {"success": True})
+    [request] = await customerio.wait_for(1)
+    assert request.body == {"delivery_id": "d-2", "metric": "converted", "timestamp": TRACK_TS}
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 2}}) == {
+        "customerio.main": {"dead": 2}
+    }
+    reasons = {d.message["messageId"]: d.reason for d in await relay_of(app).store.dead_letters()}
+    assert reasons == {
+        "m-no-id": "Report Delivery Event needs properties.deliveryId, the CIO-Delivery-ID of"
+        " the message the metric is about",
+        "m-bad-metric": "Report Delivery Event: properties.metric must be one of delivered,"
+        " opened, clicked, converted, bounced, spammed, dropped, deferred; got 'read'",
+    }
+    assert len(customerio.requests) == 1
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_content_event_is_the_person_action_it_names(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url, api=api)
+    viewed = track("u1", "Report Content Event", "m-c", actionType="viewed_content", contentId=3)
+    status, _, _ = await post(f"{url}/v1/track", viewed, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    op = {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": "viewed_content",
+        "name": "viewed_content",
+        "timestamp": TRACK_TS,
+        "attributes": {"contentId": 3},
+    }
+    assert cio_headers(request) == CIO_HEADERS
+    if api == "v2":
+        assert (request.method, request.path, request.body) == (
+            "POST",
+            "/api/v2/batch",
+            {"batch": [op]},
+        )
+    else:
+        assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)
+
+
+# --- phone identifiers, subscription preferences, update-only identifies, end to end ---------
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+async def test_a_destination_with_phone_identifiers_and_update_only_sends_them_exactly(
+    relay_factory: RelayFactory, customerio: StandIn, api: str
+) -> None:
+    extra = "      identifiers: [id, email, phone]\n      update_only: true"
+    url, app = await relay_factory(cio_url=customerio.url, api=api, extra_cio=extra)
+    identify = {
+        "type": "identify",
+        "userId": "+14155552671",
+        "messageId": "m-phone",
+        "timestamp": TRACK_AT,
+        "traits": {
+            "plan": "pro",
+            "cio_subscription_preferences": {"topics": {"topic_1": True, "topic_2": False}},
+        },
+    }
+    status, _, _ = await post(f"{url}/v1/identify", identify, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    op = {
+        "type": "person",
+        "identifiers": {"phone": "+14155552671"},
+        "action": "identify",
+        "timestamp": TRACK_TS,
+        "attributes": {
+            "plan": "pro",
+            "cio_subscription_preferences": {"topics": {"topic_1": True, "topic_2": False}},
+            "_update": True,
+        },
+    }
+    assert cio_headers(request) == CIO_HEADERS
+    if api == "v2":
+        assert (request.method, request.path, request.body) == (
+            "POST",
+            "/api/v2/batch",
+            {"batch": [op]},
+        )
+    else:
+        # v1 cannot address a person by phone: the v2 op goes to /api/v2/entity.
+        assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)
+    assert await counts_settle_on(app, {}) == {}
+
+
+async def test_update_only_v1_identify_carries_update_flat_in_its_body(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    url, _ = await relay_factory(
+        cio_url=customerio.url, api="v1", extra_cio="      update_only: true"
+    )
+    identify = {
+        "type": "identify",
+        "userId": "u1",
+        "messageId": "m-1",
+        "timestamp": TRACK_AT,
+        "traits": {"cio_subscription_preferences.topics.topic_3": True},
+    }
+    status, _, _ = await post(f"{url}/v1/identify", identify, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    assert (request.method, request.path, request.body) == (
+        "PUT",
+        "/api/v1/customers/u1",
+        {
+            "cio_subscription_preferences.topics.topic_3": True,
+            "_update": True,
+            "_timestamp": TRACK_TS,
+        },
+    )
+
+
+async def test_a_bad_phone_number_or_topic_is_dead_lettered_with_its_field(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    extra = "      identifiers: [id, email, phone]"
+    url, app = await relay_factory(cio_url=customerio.url, extra_cio=extra)
+    batch = [
+        {"type": "identify", "userId": "+1 415 555 2671", "messageId": "m-phone"},
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "m-topic",
+            "traits": {"cio_subscription_preferences": {"topics": {"news": True}}},
+        },
+        {"type": "identify", "userId": "u2", "messageId": "m-good", "traits": {"plan": "pro"}},
+    ]
+    status, _, _ = await post(f"{url}/v1/batch", {"batch": batch}, headers=AUTH)
+    assert status == 200
+    [request] = await customerio.wait_for(1)
+    assert [op["identifiers"] for op in request.body["batch"]] == [{"id": "u2"}]
+    assert await counts_settle_on(app, {"customerio.main": {"dead": 2}}) == {
+        "customerio.main": {"dead": 2}
+    }
+    reasons = {d.message["messageId"]: d.reason for d in await relay_of(app).store.dead_letters()}
+    assert reasons["m-phone"].startswith(
+        "userId '+1 415 555 2671' starts with + but is not a phone number in E.164 form"
+    )
+    assert reasons["m-topic"].startswith(
+        "traits.cio_subscription_preferences.topics.news: Customer.io names subscription topics"
+        " topic_<id>"
+    )
+
+
+def test_a_v2_delivery_with_an_op_no_batch_carries_goes_whole_as_requests_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No message maps to both today; the plan must still keep such a delivery's ops together
+    # and in order, each batch op as a request to /api/v2/entity.
+    op = b'{"type":"person","identifiers":{"id":"u1"},"action":"identify"}'
+    metric = OutgoingRequest("POST", "/api/v1/metrics", b'{"delivery_id":"d","metric":"opened"}')
+    monkeypatch.setattr(sink, "map_and_encode_v2", lambda *a, **k: [op, metric])
+    d = Delivery(1, "customerio.main", "u:u1", 0, 0.0, "web", "segment", {})
+    [planned] = sink.plan([d], "v2")
+    assert planned.ops == []
+    assert planned.requests == [OutgoingRequest("POST", "/api/v2/entity", op), metric]

@@ -248,6 +248,107 @@ def test_without_a_customerio_source_a_webhook_would_be_refused() -> None:
     ]
 
 
+V2_CONFIG = CONFIG.replace("api: v1", "api: v2")
+DELIVERY_EVENT = {
+    "type": "track",
+    "anonymousId": "device-1",
+    "event": "Report Delivery Event",
+    "messageId": "m",
+    "timestamp": "2024-05-01T10:00:00Z",
+    "properties": {"deliveryId": "dlv-1", "metric": "opened", "recipient": "tok-1"},
+}
+
+
+@pytest.mark.parametrize("config", [CONFIG, V2_CONFIG], ids=["v1", "v2"])
+def test_a_delivery_metric_shows_its_own_request_to_the_metrics_endpoint(config: str) -> None:
+    [entry] = run_in_process([DELIVERY_EVENT], config)
+    assert entry["deliveries"] == [
+        {
+            "destination": "customerio.classic",
+            "route": "all",
+            "requests": [
+                {
+                    "method": "POST",
+                    "url": "https://track.customer.io/api/v1/metrics",
+                    "path": "/api/v1/metrics",
+                    "headers": {
+                        **CIO_HEADERS,
+                        "Authorization": "Basic <site_id:api_key of customerio.classic>",
+                    },
+                    "body": {
+                        "delivery_id": "dlv-1",
+                        "metric": "opened",
+                        "timestamp": 1714557600,
+                        "recipient": "tok-1",
+                    },
+                }
+            ],
+        }
+    ]
+
+
+def test_a_delivery_event_with_an_unknown_metric_shows_why_it_would_be_dead_lettered() -> None:
+    message = {**DELIVERY_EVENT, "properties": {"deliveryId": "dlv-1", "metric": "read"}}
+    [entry] = run_in_process([message], V2_CONFIG)
+    assert entry["deliveries"] == [
+        {
+            "destination": "customerio.classic",
+            "route": "all",
+            "rejected": "Report Delivery Event: properties.metric must be one of delivered,"
+            " opened, clicked, converted, bounced, spammed, dropped, deferred; got 'read'",
+        }
+    ]
+
+
+def test_a_content_event_shows_the_person_action_it_names() -> None:
+    message = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Report Content Event",
+        "messageId": "m",
+        "timestamp": "2024-05-01T10:00:00Z",
+        "properties": {"actionType": "clicked_content", "contentId": 3},
+    }
+    [entry] = run_in_process([message], V2_CONFIG)
+    [request] = entry["deliveries"][0]["requests"]
+    assert (request["method"], request["path"]) == ("POST", "/api/v2/batch")
+    assert request["body"] == {
+        "batch": [
+            {
+                "type": "person",
+                "identifiers": {"id": "u1"},
+                "action": "clicked_content",
+                "name": "clicked_content",
+                "timestamp": 1714557600,
+                "attributes": {"contentId": 3},
+            }
+        ]
+    }
+
+
+def test_a_destination_with_phone_identifiers_and_update_only_shows_them() -> None:
+    config = CONFIG.replace(
+        "api: v1", "api: v1, identifiers: [id, email, phone], update_only: true"
+    )
+    message = {
+        "type": "identify",
+        "userId": "+14155552671",
+        "messageId": "m",
+        "timestamp": "2024-05-01T10:00:00Z",
+        "traits": {"cio_subscription_preferences.topics.topic_7": False},
+    }
+    [entry] = run_in_process([message], config)
+    [request] = entry["deliveries"][0]["requests"]
+    assert (request["method"], request["path"]) == ("POST", "/api/v2/entity")
+    assert request["body"] == {
+        "type": "person",
+        "identifiers": {"phone": "+14155552671"},
+        "action": "identify",
+        "timestamp": 1714557600,
+        "attributes": {"cio_subscription_preferences.topics.topic_7": False, "_update": True},
+    }
+
+
 WEBHOOK_CONFIG = """
 sources:
   segment: {write_keys: {web: wk-web-secret}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,12 +12,14 @@ from relay.mapping.dates import iso_to_seconds
 from relay.mapping.to_customerio import (
     MAX_OPERATION_BYTES,
     Device,
+    MappingOptions,
     Operation,
     Relationship,
     check_limits,
     encode_v1,
     encode_v2,
     map_and_check,
+    map_and_encode_v2,
     map_message,
 )
 from relay.mapping.ulid import deterministic_ulid
@@ -943,6 +946,436 @@ def test_group_of_an_anonymous_person_is_identify_anonymous() -> None:
 
 def test_group_without_group_id_is_rejected() -> None:
     assert rejected({"type": "group", "userId": "u1", "traits": {}}) == "group needs a groupId"
+
+
+# --- delivery metrics and content events ------------------------------------------------------
+
+
+def delivery_event(**properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "anonymousId": "device-7",
+        "event": "Report Delivery Event",
+        "messageId": "m-1",
+        "timestamp": TIMESTAMP,
+        "properties": properties,
+    }
+
+
+def metric_requests(message: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """What v2 plans for a message whose ops travel alone: each op's own request."""
+    encoded = map_and_encode_v2(message, received_at=RECEIVED_AT)
+    assert isinstance(encoded, list), encoded
+    assert all(isinstance(item, OutgoingRequest) for item in encoded)
+    return [(r.method, r.path, json.loads(r.body)) for r in encoded]  # type: ignore[union-attr]
+
+
+def test_report_delivery_event_becomes_a_metrics_request_in_v1_and_v2() -> None:
+    message = delivery_event(deliveryId="RPILAgABcRhIBqSp7kiPekGBIeVh", metric="delivered")
+    expected = [
+        (
+            "POST",
+            "/api/v1/metrics",
+            {"delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh", "metric": "delivered", "timestamp": TS},
+        )
+    ]
+    assert v1(message) == expected
+    assert metric_requests(message) == expected
+
+
+def test_report_delivery_event_carries_recipient_reason_href_and_in_app_action_metadata() -> None:
+    message = delivery_event(
+        deliveryId="d-1",
+        metric="clicked",
+        recipient="ann@example.com",
+        reason="",  # empty: left out, as absent
+        href="https://shop.example/sale",
+        actionName="score",
+        actionValue=3,  # a number, written as the text Customer.io expects
+        other="not a metrics field",
+    )
+    assert v1(message) == [
+        (
+            "POST",
+            "/api/v1/metrics",
+            {
+                "delivery_id": "d-1",
+                "metric": "clicked",
+                "timestamp": TS,
+                "recipient": "ann@example.com",
+                "href": "https://shop.example/sale",
+                "metadata": {"action_name": "score", "action_value": "3"},
+            },
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["delivered", "opened", "clicked", "converted", "bounced", "spammed", "dropped", "deferred"],
+)
+def test_every_metric_customerio_takes_is_reported(metric: str) -> None:
+    [(_, _, body)] = v1(delivery_event(deliveryId="d-1", metric=metric, reason="mailbox full"))
+    expected = {"delivery_id": "d-1", "metric": metric, "timestamp": TS, "reason": "mailbox full"}
+    assert body == expected
+
+
+def test_a_push_delivery_id_from_a_mobile_sdk_is_reported_with_its_device_token() -> None:
+    # What Customer.io's mobile SDKs send when a push is opened: the delivery id and token.
+    message = delivery_event(deliveryId="push-dlv-1", metric="opened", recipient="apns-token-1")
+    message["userId"] = "u1"
+    assert v1(message)[0][2] == {
+        "delivery_id": "push-dlv-1",
+        "metric": "opened",
+        "timestamp": TS,
+        "recipient": "apns-token-1",
+    }
+
+
+def test_a_metric_without_a_message_time_is_dated_when_relay_received_it() -> None:
+    message = delivery_event(deliveryId="d-1", metric="opened")
+    del message["timestamp"]
+    assert v1(message)[0][2]["timestamp"] == int(RECEIVED_AT)
+
+
+@pytest.mark.parametrize(
+    ("properties", "reason"),
+    [
+        (
+            {"metric": "opened"},
+            "Report Delivery Event needs properties.deliveryId, the CIO-Delivery-ID of the"
+            " message the metric is about",
+        ),
+        (
+            {"deliveryId": "", "metric": "opened"},
+            "Report Delivery Event needs properties.deliveryId, the CIO-Delivery-ID of the"
+            " message the metric is about",
+        ),
+        (
+            {"deliveryId": ["d"], "metric": "opened"},
+            "Report Delivery Event: properties.deliveryId must be a string or a number, got array",
+        ),
+        (
+            {"deliveryId": "d-1"},
+            "Report Delivery Event: properties.metric must be one of delivered, opened,"
+            " clicked, converted, bounced, spammed, dropped, deferred; got null",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "Opened"},
+            "Report Delivery Event: properties.metric must be one of delivered, opened,"
+            " clicked, converted, bounced, spammed, dropped, deferred; got 'Opened'",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "sent"},
+            "Report Delivery Event: properties.metric must be one of delivered, opened,"
+            " clicked, converted, bounced, spammed, dropped, deferred; got 'sent'",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "clicked", "href": {"url": "x"}},
+            "Report Delivery Event: properties.href must be a string, got object",
+        ),
+        (
+            {"deliveryId": "d-1", "metric": "clicked", "actionValue": True},
+            "Report Delivery Event: properties.actionValue must be a string, got boolean",
+        ),
+    ],
+)
+def test_a_delivery_event_without_a_usable_delivery_id_or_metric_is_refused(
+    properties: dict[str, Any], reason: str
+) -> None:
+    assert rejected(delivery_event(**properties)) == reason
+    assert map_and_encode_v2(delivery_event(**properties), received_at=RECEIVED_AT) == Rejection(
+        reason
+    )
+
+
+def test_report_delivery_event_is_not_also_sent_as_an_event() -> None:
+    [op] = ops(delivery_event(deliveryId="d-1", metric="opened"))
+    assert (op.kind, op.action) == ("delivery", "metric")
+    with pytest.raises(ValueError, match="has no v2 op"):
+        encode_v2(op)
+
+
+def content_event(**properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": "u1",
+        "event": "Report Content Event",
+        "messageId": "m-1",
+        "timestamp": TIMESTAMP,
+        "properties": properties,
+    }
+
+
+@pytest.mark.parametrize("action", ["viewed_content", "clicked_content"])
+def test_report_content_event_becomes_the_person_action_it_names(action: str) -> None:
+    message = content_event(
+        actionType=action,
+        contentId=4,
+        templateId=12,
+        actionName="buy",
+        shownAt="2024-01-15T10:29:00Z",
+    )
+    op = {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": action,
+        "name": action,
+        "timestamp": TS,
+        "attributes": {"contentId": 4, "templateId": 12, "actionName": "buy", "shownAt": TS - 60},
+    }
+    assert v2(message) == [op]
+    # v1 has no call for it: the v2 op goes to /api/v2/entity.
+    assert v1(message) == [("POST", "/api/v2/entity", op)]
+
+
+def test_an_anonymous_content_event_is_addressed_by_anonymous_id() -> None:
+    message = content_event(actionType="viewed_content")
+    del message["userId"]
+    message["anonymousId"] = "a-1"
+    assert v2(message)[0]["identifiers"] == {"anonymous_id": "a-1"}
+
+
+@pytest.mark.parametrize(
+    ("action_type", "got"),
+    [(None, "null"), ("viewed", "'viewed'"), ("Viewed_Content", "'Viewed_Content'"), (1, "number")],
+)
+def test_a_content_event_with_another_action_type_is_refused(action_type: Any, got: str) -> None:
+    assert rejected(content_event(actionType=action_type)) == (
+        "Report Content Event: properties.actionType must be one of viewed_content,"
+        f" clicked_content; got {got}"
+    )
+
+
+def test_content_event_attributes_are_event_data_not_profile_attributes() -> None:
+    # Like an event's properties: bounded by the op size, not the 1000-byte attribute limit.
+    message = content_event(actionType="clicked_content", body="x" * 5000)
+    assert map_and_check(message, received_at=RECEIVED_AT) == map_message(
+        message, received_at=RECEIVED_AT
+    )
+
+
+# --- identifiers a destination enables, subscription preferences, update-only identifies ------
+
+PHONE = MappingOptions(frozenset({"id", "email", "phone"}))
+ID_ONLY = MappingOptions(frozenset({"id"}))
+UPDATE_ONLY = MappingOptions(update_only=True)
+
+
+def ops_with(message: dict[str, Any], options: MappingOptions) -> list[Operation]:
+    result = map_message(message, received_at=RECEIVED_AT, options=options)
+    assert isinstance(result, list), result
+    return result
+
+
+def v2_with(message: dict[str, Any], options: MappingOptions) -> list[dict[str, Any]]:
+    return [encode_v2(op) for op in ops_with(message, options)]
+
+
+def v1_with(message: dict[str, Any], options: MappingOptions) -> list[tuple[str, str, Any]]:
+    return [(r.method, r.path, r.body) for op in ops_with(message, options) for r in encode_v1(op)]
+
+
+def rejected_with(message: dict[str, Any], options: MappingOptions) -> str:
+    result = map_message(message, received_at=RECEIVED_AT, options=options)
+    assert isinstance(result, Rejection), result
+    return result.reason
+
+
+def test_an_e164_user_id_is_a_phone_identifier_when_the_destination_enables_phone() -> None:
+    message = {"type": "identify", "userId": "+14155552671", "traits": {"plan": "pro"}}
+    op = {
+        "type": "person",
+        "identifiers": {"phone": "+14155552671"},
+        "action": "identify",
+        "attributes": {"plan": "pro"},
+    }
+    assert v2_with(message, PHONE) == [op]
+    # v1 reads a phone number in its path as an id: the v2 op goes to /api/v2/entity.
+    assert v1_with(message, PHONE) == [("POST", "/api/v2/entity", op)]
+    # Without phone enabled (the default), the same userId stays an id, as before.
+    assert v2(message)[0]["identifiers"] == {"id": "+14155552671"}
+
+
+def test_a_person_known_by_phone_gets_events_through_v2_even_with_api_v1() -> None:
+    message = {
+        "type": "track",
+        "userId": "+447911123456",
+        "event": "Order Completed",
+        "messageId": "m-1",
+        "timestamp": TIMESTAMP,
+    }
+    op = {
+        "type": "person",
+        "identifiers": {"phone": "+447911123456"},
+        "action": "event",
+        "name": "Order Completed",
+        "id": ULID_M1,
+        "timestamp": TS,
+        "attributes": {},
+    }
+    assert v1_with(message, PHONE) == [("POST", "/api/v2/entity", op)]
+
+
+@pytest.mark.parametrize("user_id", ["+1 415 555 2671", "+0123456", "+1", "+1415555267100000"])
+def test_a_user_id_starting_with_plus_must_be_e164_when_phone_is_enabled(user_id: str) -> None:
+    message = {"type": "identify", "userId": user_id}
+    assert rejected_with(message, PHONE) == (
+        f"userId {user_id!r} starts with + but is not a phone number in E.164 form (a + then"
+        " 2 to 15 digits, the first not 0, e.g. +14155552671); this destination identifies"
+        " people by phone, so write the number that way, or the id without its +"
+    )
+
+
+def test_without_a_user_id_an_email_comes_before_a_phone_number_in_the_traits() -> None:
+    both = {
+        "type": "identify",
+        "anonymousId": "a1",
+        "traits": {"email": "a@b.co", "phone": "+15551234567"},
+    }
+    assert v2_with(both, PHONE)[0]["identifiers"] == {"email": "a@b.co"}
+    phone_only = {"type": "identify", "anonymousId": "a1", "traits": {"phone": "+15551234567"}}
+    assert v2_with(phone_only, PHONE)[0]["identifiers"] == {"phone": "+15551234567"}
+    # By default a phone trait is an attribute only: the person stays anonymous.
+    assert v2(phone_only)[0]["identifiers"] == {"anonymous_id": "a1"}
+
+
+def test_a_track_call_finds_the_phone_number_in_context_traits() -> None:
+    message = {
+        "type": "track",
+        "anonymousId": "a1",
+        "event": "Viewed",
+        "context": {"traits": {"phone": "+15551234567"}},
+    }
+    assert v2_with(message, PHONE)[0]["identifiers"] == {"phone": "+15551234567"}
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (
+            "traits.phone '(555) 123-4567'",
+            {"type": "identify", "traits": {"phone": "(555) 123-4567"}},
+        ),
+        (
+            "context.traits.phone '5551234567'",
+            {"type": "track", "event": "E", "context": {"traits": {"phone": "5551234567"}}},
+        ),
+        ("traits.phone number", {"type": "identify", "traits": {"phone": 15551234567}}),
+    ],
+)
+def test_a_phone_number_that_would_identify_someone_must_be_e164(
+    where: str, message: dict[str, Any]
+) -> None:
+    message["anonymousId"] = "a1"
+    assert rejected_with(message, PHONE) == (
+        f"{where} is not a phone number in E.164 form (a + then 2 to 15 digits, the first not"
+        " 0, e.g. +14155552671); this destination identifies people by phone, so write it that way,"
+        " or send a userId"
+    )
+
+
+def test_without_email_enabled_an_email_user_id_is_an_id_and_traits_email_an_attribute() -> None:
+    assert v2_with({"type": "identify", "userId": "ann@example.com"}, ID_ONLY)[0][
+        "identifiers"
+    ] == {"id": "ann@example.com"}
+    message = {"type": "identify", "anonymousId": "a1", "traits": {"email": "ann@example.com"}}
+    assert v2_with(message, ID_ONLY) == [
+        {
+            "type": "person",
+            "identifiers": {"anonymous_id": "a1"},
+            "action": "identify",
+            "attributes": {"email": "ann@example.com"},
+        }
+    ]
+
+
+def test_alias_merges_people_known_by_phone_through_v2() -> None:
+    message = {"type": "alias", "userId": "+15551234567", "previousId": "anon-1"}
+    op = {
+        "type": "person",
+        "action": "merge",
+        "primary": {"phone": "+15551234567"},
+        "secondary": {"id": "anon-1"},
+    }
+    assert v1_with(message, PHONE) == [("POST", "/api/v2/entity", op)]
+    assert rejected_with(
+        {"type": "alias", "userId": "u1", "previousId": "+1-555"}, PHONE
+    ).startswith("previousId '+1-555' starts with + but is not a phone number")
+
+
+def test_update_only_identifies_carry_update_true_in_v2_and_v1() -> None:
+    message = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}
+    assert v2_with(message, UPDATE_ONLY)[0]["attributes"] == {"plan": "pro", "_update": True}
+    assert v1_with(message, UPDATE_ONLY) == [
+        ("PUT", "/api/v1/customers/u1", {"plan": "pro", "_update": True})
+    ]
+    # Only identifies: Customer.io's _update is an identify attribute.
+    track = {"type": "track", "userId": "u1", "event": "E"}
+    assert v2_with(track, UPDATE_ONLY) == v2(track)
+    # A sender's own `_update: false` cannot undo the destination's setting.
+    own = {"type": "identify", "userId": "u1", "traits": {"_update": False}}
+    assert v2_with(own, UPDATE_ONLY)[0]["attributes"] == {"_update": True}
+
+
+def test_subscription_preferences_pass_as_customerio_reads_them() -> None:
+    whole = {"topics": {"topic_1": True, "topic_2": False, "topic_3": None}}
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "traits": {"cio_subscription_preferences": whole},
+    }
+    assert v2(message)[0]["attributes"] == {"cio_subscription_preferences": whole}
+    assert v1(message) == [("PUT", "/api/v1/customers/u1", {"cio_subscription_preferences": whole})]
+    dotted = {
+        "type": "identify",
+        "userId": "u1",
+        "traits": {"cio_subscription_preferences.topics.topic_4": True},
+    }
+    assert v2(dotted)[0]["attributes"] == {"cio_subscription_preferences.topics.topic_4": True}
+
+
+@pytest.mark.parametrize(
+    ("traits", "reason"),
+    [
+        (
+            {"cio_subscription_preferences": "all"},
+            "traits.cio_subscription_preferences must be an object such as"
+            " {topics: {topic_1: true}}, got string",
+        ),
+        (
+            {"cio_subscription_preferences": {"topics": [1, 2]}},
+            "traits.cio_subscription_preferences.topics must be an object such as"
+            " {topic_1: true, topic_2: false}, got array",
+        ),
+        (
+            {"cio_subscription_preferences": {"topics": {"newsletter": True}}},
+            "traits.cio_subscription_preferences.topics.newsletter: Customer.io names"
+            " subscription topics topic_<id> (topic_1, topic_2, …, as its Subscription Center"
+            " lists them), not 'newsletter'",
+        ),
+        (
+            {"cio_subscription_preferences": {"topics": {"topic_1": "true"}}},
+            "traits.cio_subscription_preferences.topics.topic_1 must be true (subscribed) or"
+            " false (unsubscribed), or null for the topic's default; got string",
+        ),
+        (
+            {"cio_subscription_preferences.topics.topic_2": 1},
+            "traits.cio_subscription_preferences.topics.topic_2 must be true (subscribed) or"
+            " false (unsubscribed), or null for the topic's default; got number",
+        ),
+        (
+            {"cio_subscription_preferences.topics.2": True},
+            "traits.cio_subscription_preferences.topics.2: Customer.io names subscription"
+            " topics topic_<id> (topic_1, topic_2, …, as its Subscription Center lists them),"
+            " not '2'",
+        ),
+    ],
+)
+def test_subscription_preferences_customerio_cannot_read_are_refused(
+    traits: dict[str, Any], reason: str
+) -> None:
+    assert rejected({"type": "identify", "userId": "u1", "traits": traits}) == reason
 
 
 # --- page and screen --------------------------------------------------------------------------

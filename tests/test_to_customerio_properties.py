@@ -22,6 +22,8 @@ from relay.mapping.to_customerio import (
     MAX_EVENT_NAME_BYTES,
     MAX_IDENTIFIER_BYTES,
     MAX_OPERATION_BYTES,
+    REPORTED_METRICS,
+    MappingOptions,
     Operation,
     check_limits,
     encode_v1,
@@ -29,6 +31,8 @@ from relay.mapping.to_customerio import (
     map_and_check,
     map_and_encode_v2,
     map_message,
+    metric_request,
+    travels_alone,
 )
 from relay.outgoing import OutgoingRequest
 
@@ -90,6 +94,8 @@ events = st.sampled_from(
         "User Unsuppressed",
         "Object Deleted",
         "Relationship Deleted",
+        "Report Delivery Event",
+        "Report Content Event",
     ]
 ) | st.text(min_size=1, max_size=120)
 keys = st.sampled_from(
@@ -110,6 +116,12 @@ payloads = (
             "email": ids,
             "url": plausible,
             "name": plausible,
+            "deliveryId": ids,
+            "metric": st.sampled_from(REPORTED_METRICS) | plausible,
+            "recipient": plausible,
+            "href": plausible,
+            "actionName": plausible,
+            "actionType": st.sampled_from(["viewed_content", "clicked_content"]) | plausible,
         },
     )
     | attribute_maps
@@ -200,7 +212,10 @@ def assert_well_formed(result: Any) -> None:
         return
     for op in result:
         assert isinstance(op, Operation)
-        json.dumps(encode_v2(op))
+        if travels_alone(op):
+            assert encode_v1(op) == [metric_request(op)]
+        else:
+            json.dumps(encode_v2(op))
         for request in encode_v1(op):
             assert isinstance(request, OutgoingRequest)
             assert request.method in ("PUT", "POST", "DELETE")
@@ -241,7 +256,8 @@ def assert_v2_body_within_limits(body: dict[str, Any]) -> None:
 
 
 def assert_within_limits(op: Operation) -> None:
-    assert_v2_body_within_limits(encode_v2(op))
+    if not travels_alone(op):  # a metric has no documented limits, only its JSON
+        assert_v2_body_within_limits(encode_v2(op))
 
 
 def assert_v1_within_limits(op: Operation) -> None:
@@ -250,6 +266,9 @@ def assert_v1_within_limits(op: Operation) -> None:
     for request in encode_v1(op):
         body = request.body
         assert isinstance(body, dict)
+        if request.path == "/api/v1/metrics":
+            encode(body)
+            continue
         assert len(encode(body)) <= MAX_OPERATION_BYTES
         if request.path == "/api/v2/entity":
             assert_v2_body_within_limits(body)
@@ -321,7 +340,12 @@ def test_a_v2_batch_sends_what_map_and_check_passes_written_once(
     checked = map_and_check(message, received_at=received_at)
     encoded = map_and_encode_v2(message, received_at=received_at)
     if isinstance(checked, list):
-        assert encoded == [encode(encode_v2(op)) for op in checked]
+        assert encoded == [
+            OutgoingRequest("POST", "/api/v1/metrics", encode(metric_request(op).body))
+            if travels_alone(op)
+            else encode(encode_v2(op))
+            for op in checked
+        ]
     else:
         assert encoded == checked
 
@@ -362,3 +386,193 @@ def test_iso_dates_agree_with_the_standard_library(
 def test_date_parser_never_raises(text: str) -> None:
     result = iso_to_millis(text)
     assert result is None or isinstance(result, int)
+
+
+def _as_text(value: Any) -> str | None:
+    """A delivery event property as the metrics request carries it; None when it is not
+    text or a number (booleans are neither)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+metric_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        name: st.none() | st.just("") | st.text(max_size=12) | st.integers() | json_values
+        for name in ("deliveryId", "recipient", "reason", "href", "actionName", "actionValue")
+    }
+    | {"metric": st.sampled_from(REPORTED_METRICS) | st.text(max_size=10) | json_values},
+)
+
+
+@SETTINGS
+@given(properties=metric_fields, received_at=received_times, timed=st.booleans())
+def test_a_delivery_event_is_exactly_one_metrics_request_or_a_refusal_naming_its_field(
+    properties: dict[str, Any], received_at: float, timed: bool
+) -> None:
+    message: dict[str, Any] = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Report Delivery Event",
+        "properties": properties,
+    }
+    if timed:
+        message["timestamp"] = "2024-01-15T10:30:00Z"
+    result = map_message(message, received_at=received_at)
+    given_fields = {k: v for k, v in properties.items() if v is not None and v != ""}
+    bad = [
+        key for key, value in given_fields.items() if key != "metric" and _as_text(value) is None
+    ]
+    if "metric" not in given_fields or given_fields["metric"] not in REPORTED_METRICS:
+        bad.append("metric")
+    if "deliveryId" not in given_fields:
+        bad.append("deliveryId")
+    if bad:
+        assert isinstance(result, Rejection)
+        assert any(f"properties.{key}" in result.reason for key in bad), result.reason
+        return
+    assert isinstance(result, list)
+    [op] = result
+    expected: dict[str, Any] = {
+        "delivery_id": _as_text(given_fields["deliveryId"]),
+        "metric": given_fields["metric"],
+        "timestamp": 1705314600 if timed else int(received_at),
+    }
+    for field, key in (("recipient", "recipient"), ("reason", "reason"), ("href", "href")):
+        if key in given_fields:
+            expected[field] = _as_text(given_fields[key])
+    metadata = {
+        field: _as_text(given_fields[key])
+        for field, key in (("action_name", "actionName"), ("action_value", "actionValue"))
+        if key in given_fields
+    }
+    if metadata:
+        expected["metadata"] = metadata
+    assert encode_v1(op) == [OutgoingRequest("POST", "/api/v1/metrics", expected)]
+
+
+# --- destination options -------------------------------------------------------------------
+
+mapping_options = st.builds(
+    lambda extra, update_only: MappingOptions(frozenset({"id", *extra}), update_only),
+    st.sets(st.sampled_from(["email", "phone"])),
+    st.booleans(),
+)
+
+
+@SETTINGS
+@given(message=segment_messages, received_at=received_times, options=mapping_options)
+def test_any_destination_options_map_any_message_without_raising(
+    message: dict[str, Any], received_at: float, options: MappingOptions
+) -> None:
+    result = map_message(message, received_at=received_at, options=options)
+    assert_well_formed(result)
+    if isinstance(result, list):
+        for op in result:
+            if check_limits(op, "v1") is None:
+                assert_v1_within_limits(op)
+            for request in encode_v1(op):
+                # v1 cannot address a person by phone: all of that goes through v2.
+                if request.path.startswith("/api/v1/"):
+                    assert "phone" not in json.dumps(request.body.get("primary", {}))
+                    assert "phone" not in op.identifiers
+
+
+def is_e164(text: str) -> bool:
+    digits = text[1:]
+    return (
+        text.startswith("+")
+        and 2 <= len(digits) <= 15
+        and all(c in "0123456789" for c in digits)
+        and digits[0] != "0"
+    )
+
+
+phone_like = st.builds(
+    lambda body: "+" + body,
+    st.text(alphabet="0123456789 -()٣", max_size=17),
+) | st.text(max_size=17)
+
+
+@SETTINGS
+@given(user_id=phone_like)
+def test_with_phone_enabled_a_user_id_is_a_phone_exactly_when_it_is_e164(user_id: str) -> None:
+    message = {"type": "identify", "userId": user_id, "anonymousId": "a1"}
+    phone = MappingOptions(frozenset({"id", "email", "phone"}))
+    result = map_message(message, received_at=0.0, options=phone)
+    default = map_message(message, received_at=0.0)
+    if not user_id:
+        assert result == default  # no userId at all: the anonymousId
+    elif is_e164(user_id):
+        assert isinstance(result, list)
+        assert result[0].identifiers == {"phone": user_id}
+    elif user_id.startswith("+"):
+        assert isinstance(result, Rejection)
+        assert result.reason.startswith("userId ")
+        assert "starts with + but is not a phone number in E.164 form" in result.reason
+    else:
+        assert result == default  # the rule for ids, emails and cio_ids is unchanged
+
+
+topic_names = st.sampled_from(["topic_1", "topic_22", "newsletter", "topic_", "topic_x", "1"])
+topic_choices = st.none() | st.booleans() | st.sampled_from(["true", 1, 0, {}])
+preference_traits = st.dictionaries(
+    st.sampled_from(
+        [
+            "cio_subscription_preferences",
+            "cio_subscription_preferences.topics",
+            "cio_subscription_preferences.topics.topic_3",
+            "cio_subscription_preferences.topics.weekly",
+            "plan",
+        ]
+    ),
+    st.dictionaries(
+        st.sampled_from(["topics", "other"]), st.dictionaries(topic_names, topic_choices)
+    )
+    | st.dictionaries(topic_names, topic_choices)
+    | topic_choices,
+)
+
+
+def readable_topics(topics: Any) -> bool:
+    return isinstance(topics, dict) and all(
+        re.fullmatch(r"topic_[0-9]+", name) and (choice is None or isinstance(choice, bool))
+        for name, choice in topics.items()
+    )
+
+
+def customerio_reads(traits: dict[str, Any]) -> bool:
+    """Subscription preferences as Customer.io's Track API reference describes them."""
+    for key, value in traits.items():
+        if key == "cio_subscription_preferences":
+            if not isinstance(value, dict):
+                return False
+            if "topics" in value and not readable_topics(value["topics"]):
+                return False
+        elif key == "cio_subscription_preferences.topics":
+            if not readable_topics(value):
+                return False
+        elif key.startswith("cio_subscription_preferences.topics.") and not readable_topics(
+            {key.rsplit(".", 1)[1]: value}
+        ):
+            return False
+    return True
+
+
+@SETTINGS
+@given(traits=preference_traits)
+def test_subscription_preferences_are_sent_as_given_exactly_when_customerio_reads_them(
+    traits: dict[str, Any],
+) -> None:
+    result = map_message({"type": "identify", "userId": "u1", "traits": traits}, received_at=0.0)
+    if customerio_reads(traits):
+        assert isinstance(result, list)
+        assert result[0].attributes == traits
+    else:
+        assert isinstance(result, Rejection)
+        assert result.reason.startswith("traits.cio_subscription_preferences")

@@ -23,13 +23,19 @@ __all__ = [
     "MAX_EVENT_NAME_BYTES",
     "MAX_IDENTIFIER_BYTES",
     "MAX_OPERATION_BYTES",
+    "DEFAULTS",
+    "IDENTIFIER_KINDS",
+    "REPORTED_METRICS",
     "Action",
     "Device",
+    "MappingOptions",
     "Operation",
     "Relationship",
     "check_limits",
     "encode_v1",
     "encode_v2",
+    "metric_request",
+    "travels_alone",
     "map_alias",
     "map_and_check",
     "map_and_encode_v2",
@@ -65,7 +71,23 @@ Action = Literal[
     "delete_device",
     "merge",
     "delete_relationships",
+    "viewed_content",
+    "clicked_content",
+    "metric",
 ]
+
+# What `POST /api/v1/metrics` accepts as `metric` (Customer.io's Track API reference; the
+# same choices as Segment's Customer.io destination offers for Report Delivery Event).
+REPORTED_METRICS = (
+    "delivered",
+    "opened",
+    "clicked",
+    "converted",
+    "bounced",
+    "spammed",
+    "dropped",
+    "deferred",
+)
 
 
 @dataclass(frozen=True)
@@ -94,9 +116,14 @@ class Operation:
     `identifiers` holds one of `id`, `email`, `cio_id`, `anonymous_id` for a person, or
     `object_type_id` and `object_id` for an object; a merge has `primary` and `secondary`
     instead. `id` is the event's de-duplication ULID; `timestamp` is unix seconds.
+
+    A delivery metric (kind `delivery`, action `metric`) is about a message Customer.io sent:
+    `identifiers` is `{"id": delivery_id}` (as in Customer.io's own `delivery` entity),
+    `name` the metric, and `attributes` the optional `recipient`, `reason`, `href` and
+    `metadata` of `POST /api/v1/metrics`, the one request that carries it.
     """
 
-    kind: Literal["person", "object"]
+    kind: Literal["person", "object", "delivery"]
     action: Action
     identifiers: dict[str, str] = field(default_factory=dict)
     name: str | None = None
@@ -115,9 +142,31 @@ class Operation:
 
 Mapped = list[Operation] | Rejection | Skip
 
+# The identifiers a Customer.io workspace may know people by, besides `cio_id`; which it
+# uses is a setting of the workspace (Customer.io's Track API reference).
+IDENTIFIER_KINDS = ("id", "email", "phone")
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """What a destination's settings change in the mapping: the identifiers its workspace
+    knows people by (`id` always; `email` and `phone` when enabled there), and whether an
+    identify may only update a person who exists (`_update: true`, never creating one)."""
+
+    identifiers: frozenset[str] = frozenset({"id", "email"})
+    update_only: bool = False
+
+
+DEFAULTS = MappingOptions()
+
 # Loose on purpose: one `@`, something either side, a dot in the domain, no spaces. Stricter
 # checks reject real addresses; this only decides whether a userId *is* an address.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# E.164, as Customer.io takes a phone identifier: a + and up to 15 digits, the first not 0.
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_E164_WORDS = "E.164 form (a + then 2 to 15 digits, the first not 0, e.g. +14155552671)"
+_PREFERENCES = "cio_subscription_preferences"
+_TOPIC = re.compile(r"topic_[0-9]+")
 _DIGITS = re.compile(r"[0-9]+")
 _MILLISECONDS_ABOVE = 10**12
 # Customer.io keeps push devices for `ios` and `android` only. Keys are the names Segment's
@@ -150,6 +199,17 @@ _PERSON_ACTION_EVENTS: Mapping[str, Action] = {
     "User Unsuppressed": "unsuppress",
 }
 _EVENT_ACTIONS = frozenset({"event", "page", "screen"})
+_DELIVERY_EVENT = "Report Delivery Event"
+_CONTENT_EVENT = "Report Content Event"
+_CONTENT_ACTIONS: Mapping[str, Action] = {
+    "viewed_content": "viewed_content",
+    "clicked_content": "clicked_content",
+}
+# Actions whose attributes are event data (held to the op size, not the attribute limits).
+_EVENT_DATA_ACTIONS = _EVENT_ACTIONS | frozenset(_CONTENT_ACTIONS)
+# `POST /api/v1/metrics` field ← Report Delivery Event property; metadata for in-app clicks.
+_METRIC_FIELDS = (("recipient", "recipient"), ("reason", "reason"), ("href", "href"))
+_METRIC_METADATA = (("action_name", "actionName"), ("action_value", "actionValue"))
 _DEFAULT_OBJECT_TYPE_ID = "1"
 _GROUP_CONTROL_TRAITS = (
     "object_type_id",
@@ -216,25 +276,60 @@ def _hint(mapping: Mapping[str, Any] | None, *path: str) -> Any:
     return value
 
 
-def person_identifiers(user_id: str) -> dict[str, str]:
-    """How Customer.io should address a person known by `user_id`."""
+def person_identifiers(
+    user_id: str, options: MappingOptions = DEFAULTS, field: str = "userId"
+) -> dict[str, str] | Rejection:
+    """How Customer.io should address a person known by `user_id`.
+
+    With phone identifiers, a userId starting with `+` is a phone number and must be one in
+    E.164 form: an id never starts that way, so anything else is a mistyped number.
+    """
     if user_id.startswith("cio_") and len(user_id) > 4:
         return {"cio_id": user_id[4:]}
-    if _EMAIL.fullmatch(user_id):
+    if "email" in options.identifiers and _EMAIL.fullmatch(user_id):
         return {"email": user_id}
+    if "phone" in options.identifiers and user_id.startswith("+"):
+        if _E164.fullmatch(user_id):
+            return {"phone": user_id}
+        return Rejection(
+            f"{field} {_shown(user_id)} starts with + but is not a phone number in {_E164_WORDS};"
+            " this destination identifies people by phone, so write the number that way, or"
+            " the id without its +"
+        )
     return {"id": user_id}
 
 
 def _person(
-    message: Mapping[str, Any], traits_email: Any = None
+    message: Mapping[str, Any], options: MappingOptions, traits: Mapping[str, Any] | None = None
 ) -> dict[str, str] | None | Rejection:
-    """The person a call is about: userId, else an email from traits, else the anonymousId."""
+    """The person a call is about: userId, else an email from the identify's traits or the
+    context's, else (with phone identifiers) a phone number from them, else the anonymousId."""
     user_id = _id_field(message, "userId")
     if user_id is not None:
-        return user_id if isinstance(user_id, Rejection) else person_identifiers(user_id)
-    for email in (traits_email, _hint(message, "context", "traits", "email")):
-        if isinstance(email, str) and email:
-            return {"email": email}
+        if isinstance(user_id, Rejection):
+            return user_id
+        return person_identifiers(user_id, options)
+    context_traits = _hint(message, "context", "traits")
+    places = [("context.traits", context_traits)]
+    if traits is not None:
+        places.insert(0, ("traits", traits))
+    if "email" in options.identifiers:
+        for _, where in places:
+            email = _hint(where, "email")
+            if isinstance(email, str) and email:
+                return {"email": email}
+    if "phone" in options.identifiers:
+        for name, where in places:
+            phone = _hint(where, "phone")
+            if phone is None or phone == "":
+                continue
+            if isinstance(phone, str) and _E164.fullmatch(phone):
+                return {"phone": phone}
+            shown = _shown(phone) if isinstance(phone, str) else json_type(phone)
+            return Rejection(
+                f"{name}.phone {shown} is not a phone number in {_E164_WORDS}; this destination"
+                " identifies people by phone, so write it that way, or send a userId"
+            )
     anonymous_id = _id_field(message, "anonymousId")
     if anonymous_id is None or isinstance(anonymous_id, Rejection):
         return anonymous_id
@@ -307,26 +402,91 @@ class _Times:
         return deterministic_ulid(self._message_id, self.clock_millis)
 
     @property
-    def last_used(self) -> int:
-        # Without a message time, when relay heard of the device is the best "last used".
+    def seconds_or_received(self) -> int:
+        # Without a message time, when relay heard of it is the best guess at when it happened
+        # (a device last used, a message opened).
         return self.seconds if self.seconds is not None else self.clock_millis // 1000
 
 
 # --- one mapper per Segment call -------------------------------------------------------------
 
 
-def map_identify(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def _topic_problem(field: str, topic: str, choice: Any) -> Rejection | None:
+    if not _TOPIC.fullmatch(topic):
+        return Rejection(
+            f"{field}: Customer.io names subscription topics topic_<id> (topic_1, topic_2, …,"
+            f" as its Subscription Center lists them), not {_shown(topic)}"
+        )
+    if choice is not None and not isinstance(choice, bool):
+        return Rejection(
+            f"{field} must be true (subscribed) or false (unsubscribed), or null for the"
+            f" topic's default; got {json_type(choice)}"
+        )
+    return None
+
+
+def _topics_problem(field: str, topics: Any) -> Rejection | None:
+    if not isinstance(topics, Mapping):
+        return Rejection(
+            f"{field} must be an object such as {{topic_1: true, topic_2: false}}, got"
+            f" {json_type(topics)}"
+        )
+    for topic, choice in topics.items():
+        problem = _topic_problem(f"{field}.{topic}", str(topic), choice)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _preferences_problem(traits: Mapping[str, Any]) -> Rejection | None:
+    """Why subscription preferences in `traits` are not as Customer.io reads them, or None.
+
+    Customer.io takes `cio_subscription_preferences: {topics: {topic_<id>: true|false}}`
+    (the whole set: topics left out go back to their default) or one topic per dotted key,
+    `"cio_subscription_preferences.topics.topic_<id>": true`. Anything else would be stored
+    as a plain attribute, or refused, and change no one's subscriptions.
+    """
+    for key, value in traits.items():
+        key = str(key)
+        field = f"traits.{key}"
+        if key == _PREFERENCES:
+            if not isinstance(value, Mapping):
+                return Rejection(
+                    f"{field} must be an object such as {{topics: {{topic_1: true}}}}, got"
+                    f" {json_type(value)}"
+                )
+            if "topics" in value:
+                problem = _topics_problem(f"{field}.topics", value["topics"])
+                if problem is not None:
+                    return problem
+        elif key == f"{_PREFERENCES}.topics":
+            problem = _topics_problem(field, value)
+            if problem is not None:
+                return problem
+        elif key.startswith(f"{_PREFERENCES}.topics."):
+            problem = _topic_problem(field, key.removeprefix(f"{_PREFERENCES}.topics."), value)
+            if problem is not None:
+                return problem
+    return None
+
+
+def map_identify(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """identify → person `identify` with the traits as attributes."""
     traits = _object_field(message, "traits")
     if isinstance(traits, Rejection):
         return traits
-    person = _person(message, traits.get("email"))
+    person = _person(message, options, traits)
     if isinstance(person, Rejection):
         return person
     if person is None:
         return Rejection(
             "identify needs a userId, traits.email, context.traits.email or anonymousId"
         )
+    problem = _preferences_problem(traits)
+    if problem is not None:
+        return problem
     attributes = _person_attributes(traits)
     if not _is_anonymous(person):
         anonymous_id = _id_field(message, "anonymousId")
@@ -335,6 +495,9 @@ def map_identify(message: Mapping[str, Any], *, received_at: float) -> Mapped:
         # Customer.io merges the anonymous activity into the person when it sees this.
         if anonymous_id is not None:
             attributes["anonymous_id"] = anonymous_id
+    if options.update_only:
+        # Customer.io then updates the person if they exist and creates no one.
+        attributes["_update"] = True
     times = _Times(message, received_at)
     return [Operation("person", "identify", person, timestamp=times.seconds, attributes=attributes)]
 
@@ -418,10 +581,12 @@ def _device(
         value = _text(_hint(context, *path))
         if value is not None:
             attributes[name] = value
-    return Device(token, platform, times.last_used, attributes)
+    return Device(token, platform, times.seconds_or_received, attributes)
 
 
-def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def map_track(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """track → person `event`, or the person, device or object action its event name stands for."""
     event = message.get("event")
     if not isinstance(event, str) or not event.strip():
@@ -429,7 +594,7 @@ def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     properties = _object_field(message, "properties")
     if isinstance(properties, Rejection):
         return properties
-    person = _person(message)
+    person = _person(message, options)
     if isinstance(person, Rejection):
         return person
 
@@ -439,10 +604,17 @@ def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
             return identifiers
         return [Operation("object", "delete", identifiers)]
 
+    if event == _DELIVERY_EVENT:
+        # About a message Customer.io sent, not about a person: no person is needed.
+        return _delivery_metric(message, properties, received_at)
+
     if person is None:
         return Rejection(
             f"track {_shown(event)} needs a userId, context.traits.email or anonymousId"
         )
+
+    if event == _CONTENT_EVENT:
+        return _content_event(message, person, properties, received_at)
 
     if event == "Relationship Deleted":
         identifiers = _object_identifiers(properties, event)
@@ -485,12 +657,99 @@ def map_track(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     return operations
 
 
-def map_page(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def _optional_text(properties: Mapping[str, Any], key: str, event: str) -> str | None | Rejection:
+    value = properties.get(key)
+    if value is None or value == "":
+        return None
+    text = _text(value)
+    if text is None:
+        return Rejection(f"{event}: properties.{key} must be a string, got {json_type(value)}")
+    return text
+
+
+def _delivery_metric(
+    message: Mapping[str, Any], properties: Mapping[str, Any], received_at: float
+) -> Mapped:
+    """`Report Delivery Event` → a metric for `POST /api/v1/metrics`."""
+    delivery_id = _id_field(properties, "deliveryId")
+    if isinstance(delivery_id, Rejection):
+        return Rejection(f"{_DELIVERY_EVENT}: properties.{delivery_id.reason}")
+    if delivery_id is None:
+        return Rejection(
+            f"{_DELIVERY_EVENT} needs properties.deliveryId, the CIO-Delivery-ID of the message"
+            " the metric is about"
+        )
+    metric = properties.get("metric")
+    if not isinstance(metric, str) or metric not in REPORTED_METRICS:
+        got = _shown(metric) if isinstance(metric, str) else json_type(metric)
+        return Rejection(
+            f"{_DELIVERY_EVENT}: properties.metric must be one of {', '.join(REPORTED_METRICS)};"
+            f" got {got}"
+        )
+    fields: dict[str, Any] = {}
+    metadata: dict[str, str] = {}
+    for target, names in ((fields, _METRIC_FIELDS), (metadata, _METRIC_METADATA)):
+        for name, key in names:
+            value = _optional_text(properties, key, _DELIVERY_EVENT)
+            if isinstance(value, Rejection):
+                return value
+            if value is not None:
+                target[name] = value
+    if metadata:
+        fields["metadata"] = metadata
+    times = _Times(message, received_at)
+    return [
+        Operation(
+            "delivery",
+            "metric",
+            {"id": delivery_id},
+            name=metric,
+            timestamp=times.seconds_or_received,
+            attributes=fields,
+        )
+    ]
+
+
+def _content_event(
+    message: Mapping[str, Any],
+    person: dict[str, str],
+    properties: Mapping[str, Any],
+    received_at: float,
+) -> Mapped:
+    """`Report Content Event` → the person action `properties.actionType` names, with the
+    other properties as its attributes."""
+    action_type = properties.get("actionType")
+    action = _CONTENT_ACTIONS.get(action_type) if isinstance(action_type, str) else None
+    if action is None:
+        got = _shown(action_type) if isinstance(action_type, str) else json_type(action_type)
+        return Rejection(
+            f"{_CONTENT_EVENT}: properties.actionType must be one of"
+            f" {', '.join(_CONTENT_ACTIONS)}; got {got}"
+        )
+    attributes = {k: v for k, v in properties.items() if k != "actionType"}
+    times = _Times(message, received_at)
+    # No `id`: Customer.io documents its ULID de-duplication for events only, and Segment's
+    # destination sends these actions without one.
+    return [
+        Operation(
+            "person",
+            action,
+            person,
+            name=action,
+            timestamp=times.seconds,
+            attributes=convert_dates(attributes),
+        )
+    ]
+
+
+def map_page(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """page → person `page` named after the page's URL (else its name)."""
     properties = _object_field(message, "properties")
     if isinstance(properties, Rejection):
         return properties
-    person = _person(message)
+    person = _person(message, options)
     if isinstance(person, Rejection):
         return person
     if person is None:
@@ -506,12 +765,14 @@ def map_page(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     return [_named_event("page", name, person, properties, times)]
 
 
-def map_screen(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def map_screen(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """screen → person `screen` named after the screen."""
     properties = _object_field(message, "properties")
     if isinstance(properties, Rejection):
         return properties
-    person = _person(message)
+    person = _person(message, options)
     if isinstance(person, Rejection):
         return person
     if person is None:
@@ -523,7 +784,9 @@ def map_screen(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     return [_named_event("screen", name, person, properties, times)]
 
 
-def map_group(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def map_group(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """group → object `identify` (`identify_anonymous` for an anonymous person) related to them."""
     group_id = _id_field(message, "groupId")
     if isinstance(group_id, Rejection):
@@ -533,7 +796,7 @@ def map_group(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     traits = _object_field(message, "traits")
     if isinstance(traits, Rejection):
         return traits
-    person = _person(message)
+    person = _person(message, options)
     if isinstance(person, Rejection):
         return person
     type_id = _object_type_id(traits, "object_type_id", "objectTypeId")
@@ -571,7 +834,9 @@ def map_group(message: Mapping[str, Any], *, received_at: float) -> Mapped:
     ]
 
 
-def map_alias(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def map_alias(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """alias → person `merge` of `previousId` (secondary) into `userId` (primary)."""
     user_id = _id_field(message, "userId")
     previous_id = _id_field(message, "previousId")
@@ -580,16 +845,23 @@ def map_alias(message: Mapping[str, Any], *, received_at: float) -> Mapped:
             return value
     if not isinstance(user_id, str) or not isinstance(previous_id, str):
         return Rejection("alias needs both userId and previousId")
-    primary, secondary = person_identifiers(user_id), person_identifiers(previous_id)
+    primary = person_identifiers(user_id, options)
+    if isinstance(primary, Rejection):
+        return primary
+    secondary = person_identifiers(previous_id, options, "previousId")
+    if isinstance(secondary, Rejection):
+        return secondary
     if primary == secondary:
         # analytics.js sends this after an identify, with userId == previousId: a no-op.
         return Skip("alias userId and previousId name the same person: nothing to merge")
     return [Operation("person", "merge", primary=primary, secondary=secondary)]
 
 
-def map_delete(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def map_delete(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """Segment's user deletion (`type: delete`) → person `delete`."""
-    person = _person(message)
+    person = _person(message, options)
     if isinstance(person, Rejection):
         return person
     if person is None or _is_anonymous(person):
@@ -608,11 +880,14 @@ _MAPPERS: Mapping[str, Callable[..., Mapped]] = {
 }
 
 
-def map_message(message: Mapping[str, Any], *, received_at: float) -> Mapped:
+def map_message(
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> Mapped:
     """The Customer.io operations a Segment message stands for, or why there are none.
 
     `received_at` (unix seconds) stands in for the message time in event ids when the message
-    has no `timestamp`. Never raises: anything unusable comes back as a Rejection.
+    has no `timestamp`; `options` are the destination's (see MappingOptions). Never raises:
+    anything unusable comes back as a Rejection.
     """
     if not isinstance(message, Mapping):
         return Rejection(f"a message must be an object, got {json_type(message)}")
@@ -622,7 +897,7 @@ def map_message(message: Mapping[str, Any], *, received_at: float) -> Mapped:
         expected = ", ".join(_MAPPERS)
         return Rejection(f"type must be one of {expected}; got {kind!r:.60}")
     try:
-        return mapper(message, received_at=received_at)
+        return mapper(message, received_at=received_at, options=options)
     except RecursionError:
         return Rejection("message is nested too deeply to map")
 
@@ -651,8 +926,28 @@ def _device_body(device: Device, token_key: str) -> dict[str, Any]:
     return body
 
 
+def travels_alone(op: Operation) -> bool:
+    """Whether `op` is a request of its own rather than an op of a v2 batch: a delivery
+    metric, which Customer.io takes only at `POST /api/v1/metrics`."""
+    return op.kind == "delivery"
+
+
+def metric_request(op: Operation) -> OutgoingRequest:
+    """A delivery metric as Customer.io's `POST /api/v1/metrics` takes it."""
+    body: dict[str, Any] = {"delivery_id": op.identifiers["id"], "metric": op.name}
+    if op.timestamp is not None:
+        body["timestamp"] = op.timestamp
+    body.update(op.attributes or {})
+    return OutgoingRequest("POST", "/api/v1/metrics", body)
+
+
 def encode_v2(op: Operation) -> dict[str, Any]:
-    """`op` as one Track API v2 operation (an item of `/api/v2/batch`, or `/api/v2/entity`)."""
+    """`op` as one Track API v2 operation (an item of `/api/v2/batch`, or `/api/v2/entity`).
+
+    Raises ValueError for an op that travels alone (see `travels_alone`): v2 has no op for it.
+    """
+    if travels_alone(op):
+        raise ValueError(f"a {op.kind} {op.action} has no v2 op; it is sent as its own request")
     body: dict[str, Any] = {"type": op.kind}
     if op.action == "merge":
         body["action"] = "merge"
@@ -702,10 +997,21 @@ def _v1_event(op: Operation) -> OutgoingRequest:
     return OutgoingRequest("POST", _v1_customer_path(op.identifiers) + "/events", body)
 
 
+def _known_by_phone(op: Operation) -> bool:
+    """Whether `op` addresses a person by phone, which v1 cannot: it reads a phone number in
+    its path as an id (Customer.io's Track API reference)."""
+    return any("phone" in ids for ids in (op.identifiers, op.primary or {}, op.secondary or {}))
+
+
 def _v1_sends_flat_attributes(op: Operation) -> bool:
     """Whether encode_v1 writes `op`'s attributes flat into a `PUT /api/v1/customers/{id}`
     body, among the reserved keys it adds there (so the limits must count those too)."""
-    return op.kind == "person" and op.action == "identify" and not op.anonymous
+    return (
+        op.kind == "person"
+        and op.action == "identify"
+        and not op.anonymous
+        and not _known_by_phone(op)
+    )
 
 
 def _v1_identify_body(op: Operation) -> dict[str, Any]:
@@ -719,9 +1025,14 @@ def _v1_identify_body(op: Operation) -> dict[str, Any]:
 def encode_v1(op: Operation) -> list[OutgoingRequest]:
     """`op` as classic Track API v1 requests.
 
-    What v1 cannot say — objects, and an anonymous person's profile — goes to `/api/v2/entity`
-    as the v2 op. Bodies of bodiless calls are `{}`, as Customer.io's official library sends.
+    What v1 cannot say — objects, an anonymous person's profile, anything about a person
+    known by phone — goes to `/api/v2/entity` as the v2 op. Bodies of bodiless calls are `{}`,
+    as Customer.io's official library sends.
     """
+    if travels_alone(op):
+        return [metric_request(op)]
+    if _known_by_phone(op):
+        return [OutgoingRequest("POST", "/api/v2/entity", encode_v2(op))]
     if op.kind == "person" and op.action in _EVENT_ACTIONS:
         return [_v1_event(op)]
     if op.kind == "object" or op.anonymous:
@@ -837,15 +1148,22 @@ def check_limits(op: Operation, api: str = "v2", encoded: bytes | None = None) -
     event data is not: Customer.io bounds it by its total size (100 KB), which the op size
     covers. A page's name is its URL and is not held to the event-name limit: Customer.io's
     own web snippet sends the full URL as the name of every page view, and URLs are often
-    longer than 100 bytes, so refusing them would drop ordinary page views.
+    longer than 100 bytes, so refusing them would drop ordinary page views. A delivery
+    metric is only checked to be writable as JSON: Customer.io documents no limits for it.
     """
+    if travels_alone(op):
+        try:
+            encode(metric_request(op).body)
+        except (ValueError, RecursionError) as error:
+            return f"metric cannot be written as JSON: {error}"
+        return None
     identifier_sets = [("identifiers", op.identifiers)]
     if op.primary is not None:
         identifier_sets.append(("primary", op.primary))
     if op.secondary is not None:
         identifier_sets.append(("secondary", op.secondary))
     attribute_sets: list[tuple[str, Mapping[str, Any], Sequence[str]]] = []
-    if op.attributes is not None and op.action not in _EVENT_ACTIONS:
+    if op.attributes is not None and op.action not in _EVENT_DATA_ACTIONS:
         if api == "v1" and _v1_sends_flat_attributes(op):
             body = _v1_identify_body(op)
             reserved = [key for key in body if key not in op.attributes]
@@ -885,10 +1203,16 @@ def check_limits(op: Operation, api: str = "v2", encoded: bytes | None = None) -
     return None
 
 
-def map_and_check(message: Mapping[str, Any], *, received_at: float, api: str = "v2") -> Mapped:
+def map_and_check(
+    message: Mapping[str, Any],
+    *,
+    received_at: float,
+    api: str = "v2",
+    options: MappingOptions = DEFAULTS,
+) -> Mapped:
     """`map_message`, then a Rejection naming the first op that breaks a Customer.io limit
     as `api` ("v1" or "v2") would send it."""
-    operations = map_message(message, received_at=received_at)
+    operations = map_message(message, received_at=received_at, options=options)
     if isinstance(operations, Rejection | Skip):
         return operations
     for index, op in enumerate(operations):
@@ -899,15 +1223,23 @@ def map_and_check(message: Mapping[str, Any], *, received_at: float, api: str = 
 
 
 def map_and_encode_v2(
-    message: Mapping[str, Any], *, received_at: float
-) -> list[bytes] | Rejection | Skip:
-    """`map_and_check` for a v2 batch: each op written once, as the JSON that is sent, and
-    its size checked on those bytes."""
-    operations = map_message(message, received_at=received_at)
+    message: Mapping[str, Any], *, received_at: float, options: MappingOptions = DEFAULTS
+) -> list[bytes | OutgoingRequest] | Rejection | Skip:
+    """`map_and_check` for v2: each op of a batch written once, as the JSON that is sent, and
+    its size checked on those bytes; an op that travels alone (see `travels_alone`) as its
+    own request, with its body written the same way."""
+    operations = map_message(message, received_at=received_at, options=options)
     if isinstance(operations, Rejection | Skip):
         return operations
-    out = []
+    out: list[bytes | OutgoingRequest] = []
     for index, op in enumerate(operations):
+        if travels_alone(op):
+            request = metric_request(op)
+            try:
+                out.append(OutgoingRequest(request.method, request.path, encode(request.body)))
+            except ValueError as error:
+                return _refused(operations, index, f"metric cannot be written as JSON: {error}")
+            continue
         try:
             raw = encode(encode_v2(op))
         except ValueError as error:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate
 
-from relay.settings import URL, Duration, Strict, StrictStr
+from relay.mapping.to_customerio import DEFAULTS, IDENTIFIER_KINDS, MappingOptions
+from relay.settings import URL, Duration, Strict, StrictBool, StrictStr
 
 if TYPE_CHECKING:
     from relay.config.positions import Path
@@ -18,6 +19,39 @@ KIND = "customerio"
 HOSTS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
 _WHERE = "Customer.io: Settings > API Credentials"
+
+
+# The default `identifiers`, in the order IDENTIFIER_KINDS names them.
+DEFAULT_IDENTIFIERS = tuple(k for k in IDENTIFIER_KINDS if k in DEFAULTS.identifiers)
+_IDENTIFIERS_WRITE = (
+    "the identifiers your workspace uses (Customer.io: Workspace Settings), id among them:"
+    " [id, email] (the default), [id], [id, phone] or [id, email, phone]"
+)
+
+
+class IdentifierNames(fields.Field[tuple[str, ...]]):
+    """The identifiers a workspace knows people by: a list of distinct names from
+    IDENTIFIER_KINDS, `id` among them (relay sends every other userId as an id)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise ValidationError("must be a list of identifiers")
+        for name in value:
+            if not isinstance(name, str) or name not in IDENTIFIER_KINDS:
+                raise ValidationError(
+                    f"{name!r} is not one of the identifiers Customer.io knows people by,"
+                    f" {', '.join(IDENTIFIER_KINDS)} (a cio_… userId is always a cio_id)"
+                )
+        if len(set(value)) != len(value):
+            raise ValidationError("lists an identifier twice")
+        if "id" not in value:
+            raise ValidationError(
+                "must hold id: relay sends a userId that is neither an email nor a phone number"
+                " as an id"
+            )
+        return tuple(value)
 
 
 class CustomerIODestinationSchema(Strict):
@@ -57,6 +91,11 @@ class CustomerIODestinationSchema(Strict):
     concurrency = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 64))
     timeout = Duration(load_default=10.0)
     max_age = Duration(load_default=86400.0)
+    identifiers = IdentifierNames(
+        load_default=DEFAULT_IDENTIFIERS,
+        metadata={"write": _IDENTIFIERS_WRITE},
+    )
+    update_only = StrictBool(load_default=False)
 
 
 # What the settings of one look like, for a hint when they are not a mapping.
@@ -77,12 +116,19 @@ class CustomerIODestination:
     concurrency: int
     timeout: float
     max_age: float
+    identifiers: tuple[str, ...] = DEFAULT_IDENTIFIERS
+    update_only: bool = DEFAULTS.update_only
     # Variables its settings need that are unset: it is configured but cannot send.
     missing: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{KIND}.{self.name}"
+
+    @property
+    def mapping(self) -> MappingOptions:
+        """What its settings change in the mapping of a message."""
+        return MappingOptions(frozenset(self.identifiers), self.update_only)
 
 
 def settings(name: str, v: dict[str, Any], missing: tuple[str, ...]) -> CustomerIODestination:
@@ -99,6 +145,8 @@ def settings(name: str, v: dict[str, Any], missing: tuple[str, ...]) -> Customer
         concurrency=v["concurrency"] or (16 if v["api"] == "v1" else 4),
         timeout=v["timeout"],
         max_age=v["max_age"],
+        identifiers=v["identifiers"],
+        update_only=v["update_only"],
         missing=missing,
     )
 

@@ -4,6 +4,10 @@ Building requests (`plan`, `pack_v2`) and reading answers (`batch_outcomes`) are
 `CustomerIOSink.deliver` only sends the requests in order and settles each delivery by the
 answer about it. Deliveries for one person are sent in order, and once one of them must be
 retried the later ones for that person are held back.
+
+A delivery is sent either as ops of a v2 batch or as requests of its own, one after the
+other: every delivery with `api: v1`, and with v2 one that holds an op no batch can carry
+(a delivery metric, which goes to `POST /api/v1/metrics`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 from relay.destinations.batching import pack
 from relay.destinations.customerio.settings import CustomerIODestination
@@ -20,7 +25,13 @@ from relay.destinations.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, R
 from relay.destinations.sender import Sender, json_headers
 from relay.destinations.transport import Response, Transport
 from relay.mapping import Rejection, Skip
-from relay.mapping.to_customerio import encode_v1, map_and_check, map_and_encode_v2
+from relay.mapping.to_customerio import (
+    DEFAULTS,
+    MappingOptions,
+    encode_v1,
+    map_and_check,
+    map_and_encode_v2,
+)
 from relay.metrics import Metrics
 from relay.outgoing import OutgoingRequest
 from relay.store.base import Delivery
@@ -28,11 +39,13 @@ from relay.store.base import Delivery
 # "Under 500 KB": counted as 500,000 bytes to stay clear of either reading.
 MAX_BATCH_BYTES = 500_000
 _BATCH_OVERHEAD = len(b'{"batch":[]}')
+_ENTITY = "/api/v2/entity"
 
 
 @dataclass
 class Planned:
-    """The Customer.io operations for one delivery, or why it cannot be sent."""
+    """The Customer.io operations for one delivery, or why it cannot be sent: v2 batch ops,
+    or else requests sent one after the other, on their own."""
 
     delivery: Delivery
     ops: list[bytes] = field(default_factory=list)  # v2 ops, each as the JSON sent
@@ -41,23 +54,35 @@ class Planned:
     skipped: str | None = None  # nothing to send, and why
 
 
-def plan(deliveries: Sequence[Delivery], api: str) -> list[Planned]:
-    """Map each delivery's Segment message to v2 ops or v1 requests (pure)."""
-    return [_plan_v1(d) if api == "v1" else _plan_v2(d) for d in deliveries]
+def plan(
+    deliveries: Sequence[Delivery], api: str, options: MappingOptions = DEFAULTS
+) -> list[Planned]:
+    """Map each delivery's Segment message to v2 ops or v1 requests (pure), with the
+    destination's mapping `options`."""
+    return [_plan_v1(d, options) if api == "v1" else _plan_v2(d, options) for d in deliveries]
 
 
-def _plan_v2(d: Delivery) -> Planned:
-    mapped = map_and_encode_v2(d.message, received_at=d.created_at)
+def _plan_v2(d: Delivery, options: MappingOptions) -> Planned:
+    mapped = map_and_encode_v2(d.message, received_at=d.created_at, options=options)
     if isinstance(mapped, Rejection):
         return Planned(d, rejection=mapped.reason)
     if isinstance(mapped, Skip):
         return Planned(d, skipped=mapped.reason)
-    return Planned(d, ops=mapped)
+    ops = [item for item in mapped if isinstance(item, bytes)]
+    if len(ops) == len(mapped):
+        return Planned(d, ops=ops)
+    # An op no batch carries: the whole delivery goes as requests of its own, its batch ops
+    # each to /api/v2/entity, so that its ops still succeed or fail together, in order.
+    requests = [
+        item if isinstance(item, OutgoingRequest) else OutgoingRequest("POST", _ENTITY, item)
+        for item in mapped
+    ]
+    return Planned(d, requests=requests)
 
 
-def _plan_v1(d: Delivery) -> Planned:
+def _plan_v1(d: Delivery, options: MappingOptions) -> Planned:
     # Limits are checked on what v1 will send: it adds keys of its own to a body.
-    mapped = map_and_check(d.message, received_at=d.created_at, api="v1")
+    mapped = map_and_check(d.message, received_at=d.created_at, api="v1", options=options)
     if isinstance(mapped, Rejection):
         return Planned(d, rejection=mapped.reason)
     if isinstance(mapped, Skip):
@@ -145,7 +170,7 @@ class CustomerIOSink:
         )
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Outcome]:
-        planned = plan(deliveries, self.dest.api)
+        planned = plan(deliveries, self.dest.api, self.dest.mapping)
         outcomes: dict[int, Outcome] = {}
         live = []
         for p in planned:
@@ -168,7 +193,9 @@ class CustomerIOSink:
         left (as Hold): the destination is failing, and its worker now probes it one request
         at a time. A batch refused as a whole goes back to the front of the queue with each of
         its deliveries marked to travel alone: they then go through this same loop, rate limit
-        and settling, one request each, so that only the bad one is dead-lettered.
+        and settling, one request each, so that only the bad one is dead-lettered. A delivery
+        planned as requests of its own (v1, or a metric) always goes alone, and a batch is
+        packed only from the deliveries with ops before it, so order is kept.
         """
         alone: set[int] = set()
         queue = planned
@@ -182,12 +209,13 @@ class CustomerIOSink:
                     ready.append(p)
             if not ready:
                 return
-            if self.dest.api == "v1" or ready[0].delivery.id in alone:
+            if not ready[0].ops or ready[0].delivery.id in alone:
                 group = ready[:1]
             else:
                 # Deliveries marked to travel alone are only ever at the front of the queue,
                 # so a batch packed from a front that is not one of them holds none.
-                group = pack_v2(ready, self.dest.batch_size)[0]
+                batchable = list(takewhile(lambda p: p.ops, ready))
+                group = pack_v2(batchable, self.dest.batch_size)[0]
             queue = ready[len(group) :]
             settled = await self._attempt(group)
             if settled is None:
@@ -200,8 +228,8 @@ class CustomerIOSink:
 
     async def _attempt(self, group: list[Planned]) -> list[Outcome] | None:
         """Send `group` once: see `batch_outcomes` for what None means."""
-        if self.dest.api == "v1":
-            # One delivery's calls, in order; the first that does not succeed settles it.
+        if not group[0].ops:
+            # One delivery's own requests, in order; the first that does not succeed settles it.
             [p] = group
             result: Outcome = DONE
             for request in p.requests:
