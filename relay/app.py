@@ -410,7 +410,8 @@ _CORS_PREFIX = "/v1/"
 async def cors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """analytics.js posts from browsers on other origins; answer preflights and allow them.
+    """analytics.js loads its settings and posts from browsers on other origins; answer
+    preflights and allow them.
 
     Outside the error middleware, so that refusals (401, 400, 413, 503) carry the headers
     too: without them a browser reports a network error instead of the status, and
@@ -427,7 +428,7 @@ async def cors_middleware(
     if request.method == "OPTIONS":
         cors.update(
             {
-                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
                 "Access-Control-Allow-Headers": request.headers.get(
                     "Access-Control-Request-Headers", "Content-Type, Authorization"
                 ),
@@ -436,6 +437,12 @@ async def cors_middleware(
         )
         return web.Response(status=204, headers=cors)
     response = await handler(request)
+    # A handler's own Vary (the settings answer varies by Host) is kept, Origin added to it.
+    vary = response.headers.get("Vary")
+    if vary is not None and "origin" not in vary.lower():
+        cors["Vary"] = f"{vary}, Origin"
+    elif vary is not None:
+        cors["Vary"] = vary
     response.headers.update(cors)
     return response
 

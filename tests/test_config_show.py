@@ -88,6 +88,8 @@ sources:
       dev: <secret written in the file as the default of ${SHOW_DEV_KEY}, 7 characters>
     webhook_secret: null
     dedup_window: 86400
+    public_url: null
+    trust_forwarded_headers: false
   customerio:
     signing_keys:
       marketing:
@@ -158,7 +160,9 @@ SMALL_JSON = """\
         "dev": "<secret written in the file as the default of ${SHOW_DEV_KEY}, 7 characters>"
       },
       "webhook_secret": null,
-      "dedup_window": 86400
+      "dedup_window": 86400,
+      "public_url": null,
+      "trust_forwarded_headers": false
     },
     "customerio": {
       "signing_keys": {

@@ -143,6 +143,216 @@ async def test_signed_webhook_reaches_segment_as_the_exact_batch_request(
     assert customerio.requests == []
 
 
+def _track(event: str, user: str, properties: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """The track call a webhook of the table below becomes (event time 1613063089)."""
+    event_id = properties["event_id"]
+    return {
+        "type": "track",
+        "event": event,
+        "userId": user,
+        "properties": properties,
+        "timestamp": "2021-02-11T17:04:49.000Z",
+        "messageId": f"cio-{event_id}",
+        "context": {**CONTEXT, **context},
+        "integrations": {"Customer.io": False},
+    }
+
+
+# One webhook of each channel, as Customer.io's reporting webhooks reference shapes it, and
+# the exact track call it becomes.
+EACH_CHANNEL: list[tuple[bytes, dict[str, Any]]] = [
+    (
+        b'{"event_id":"01HCUSTOMER0000000000000001","metric":"cio_subscription_preferences_changed",'
+        b'"object_type":"customer","timestamp":1613063089,"data":{"customer_id":"c1",'
+        b'"email_address":"c1@example.com","identifiers":{"id":"c1","email":"c1@example.com"},'
+        b'"content":"{\\"topics\\":{\\"topic_1\\":true,\\"topic_2\\":false}}"}}',
+        _track(
+            "Customer Subscription Preferences Changed",
+            "c1",
+            {
+                "event_id": "01HCUSTOMER0000000000000001",
+                "object_type": "customer",
+                "metric": "cio_subscription_preferences_changed",
+                "content": '{"topics":{"topic_1":true,"topic_2":false}}',
+                "subscription_preferences": {"topics": {"topic_1": True, "topic_2": False}},
+            },
+            traits={"email": "c1@example.com"},
+        ),
+    ),
+    (
+        b'{"event_id":"01HEMAIL000000000000000001","metric":"undeliverable","object_type":"email",'
+        b'"timestamp":1613063089,"data":{"customer_id":"e1","identifiers":{"id":"e1",'
+        b'"email":"e1@example.com","cio_id":"d9c106000001"},"delivery_id":"DLV-E1",'
+        b'"campaign_id":23,"action_id":96,"subject":"Hello","recipient":"e1@example.com",'
+        b'"failure_message":"no email address"}}',
+        _track(
+            "Email Undeliverable",
+            "e1",
+            {
+                "event_id": "01HEMAIL000000000000000001",
+                "object_type": "email",
+                "metric": "undeliverable",
+                "email_id": "DLV-E1",
+                "email_subject": "Hello",
+                "campaign_id": 23,
+                "reason": "no email address",
+                "delivery_id": "DLV-E1",
+                "action_id": 96,
+            },
+            traits={"email": "e1@example.com", "cio_id": "d9c106000001"},
+        ),
+    ),
+    (
+        b'{"event_id":"01HPUSH0000000000000000001","metric":"delivered","object_type":"push",'
+        b'"timestamp":1613063089,"data":{"customer_id":"p1","identifiers":{"id":"p1"},'
+        b'"delivery_id":"DLV-P1","broadcast_id":9,"action_id":42,'
+        b'"recipients":[{"device_id":"fcm-token-1","device_platform":"android"}]}}',
+        _track(
+            "Push Delivered",
+            "p1",
+            {
+                "event_id": "01HPUSH0000000000000000001",
+                "object_type": "push",
+                "metric": "delivered",
+                "email_id": "DLV-P1",
+                "delivery_id": "DLV-P1",
+                "action_id": 42,
+                "broadcast_id": 9,
+                "recipients": [{"device_id": "fcm-token-1", "device_platform": "android"}],
+            },
+            device={"token": "fcm-token-1", "type": "android"},
+        ),
+    ),
+    (
+        b'{"event_id":"01HSMS00000000000000000001","metric":"replied","object_type":"sms",'
+        b'"timestamp":1613063089,"data":{"customer_id":"s1","identifiers":{"id":"s1"},'
+        b'"delivery_id":"DLV-S1","campaign_id":5,"action_id":6,"recipient":"+15551234567",'
+        b'"to":"+15557654321","inbound_event_id":"01HINBOUND"}}',
+        _track(
+            "SMS Replied",
+            "s1",
+            {
+                "event_id": "01HSMS00000000000000000001",
+                "object_type": "sms",
+                "metric": "replied",
+                "email_id": "DLV-S1",
+                "campaign_id": 5,
+                "delivery_id": "DLV-S1",
+                "action_id": 6,
+                "inbound_event_id": "01HINBOUND",
+                "to": "+15557654321",
+                "recipient": "+15551234567",
+            },
+            traits={"phone": "+15551234567"},
+        ),
+    ),
+    (
+        b'{"event_id":"01HINAPP000000000000000001","metric":"clicked","object_type":"in_app",'
+        b'"timestamp":1613063089,"data":{"customer_id":"i1","identifiers":{"id":"i1"},'
+        b'"delivery_id":"DLV-I1","campaign_id":7,"action_id":8,"recipient":"i1",'
+        b'"tracked_response":"accept","href":"app://offers/1","link_id":2}}',
+        _track(
+            "In-App Message Link Clicked",
+            "i1",
+            {
+                "event_id": "01HINAPP000000000000000001",
+                "object_type": "in_app",
+                "metric": "clicked",
+                "email_id": "DLV-I1",
+                "campaign_id": 7,
+                "link_url": "app://offers/1",
+                "link_id": "2",
+                "delivery_id": "DLV-I1",
+                "action_id": 8,
+                "tracked_response": "accept",
+                "recipient": "i1",
+            },
+        ),
+    ),
+    (
+        b'{"event_id":"01HSLACK00000000000000001","metric":"sent","object_type":"slack",'
+        b'"timestamp":1613063089,"data":{"customer_id":"k1","identifiers":{"id":"k1"},'
+        b'"delivery_id":"DLV-K1","newsletter_id":11,"content_id":3,"recipient":"#general",'
+        b'"content":"Deploy done"}}',
+        _track(
+            "Slack Message Sent",
+            "k1",
+            {
+                "event_id": "01HSLACK00000000000000001",
+                "object_type": "slack",
+                "metric": "sent",
+                "email_id": "DLV-K1",
+                "delivery_id": "DLV-K1",
+                "newsletter_id": 11,
+                "content_id": 3,
+                "content": "Deploy done",
+                "recipient": "#general",
+            },
+        ),
+    ),
+    (
+        b'{"event_id":"01HWEBHOOK000000000000001","metric":"failed","object_type":"webhook",'
+        b'"timestamp":1613063089,"data":{"customer_id":"w1","identifiers":{"id":"w1"},'
+        b'"delivery_id":"DLV-W1","campaign_id":12,"action_id":13,'
+        b'"failure_message":"500 from https://hooks.example.com/in"}}',
+        _track(
+            "Webhook Message Failed",
+            "w1",
+            {
+                "event_id": "01HWEBHOOK000000000000001",
+                "object_type": "webhook",
+                "metric": "failed",
+                "email_id": "DLV-W1",
+                "campaign_id": 12,
+                "reason": "500 from https://hooks.example.com/in",
+                "delivery_id": "DLV-W1",
+                "action_id": 13,
+            },
+        ),
+    ),
+    (
+        b'{"event_id":"01HWHATSAPP00000000000001","metric":"delivered","object_type":"whatsapp",'
+        b'"timestamp":1613063089,"data":{"customer_id":"a1","identifiers":{"id":"a1"},'
+        b'"delivery_id":"DLV-A1","transactional_message_id":14,"recipient":"+447700900123"}}',
+        _track(
+            "WhatsApp Message Delivered",
+            "a1",
+            {
+                "event_id": "01HWHATSAPP00000000000001",
+                "object_type": "whatsapp",
+                "metric": "delivered",
+                "email_id": "DLV-A1",
+                "delivery_id": "DLV-A1",
+                "transactional_message_id": 14,
+                "recipient": "+447700900123",
+            },
+            traits={"phone": "+447700900123"},
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "track"), EACH_CHANNEL, ids=[t["event"] for _, t in EACH_CHANNEL])
+async def test_a_signed_webhook_of_each_channel_reaches_segment_exactly(
+    relay_factory: RelayFactory,
+    customerio: StandIn,
+    segment: StandIn,
+    raw: bytes,
+    track: dict[str, Any],
+) -> None:
+    url, _ = await relay_factory(cio_url=customerio.url, segment_url=segment.url)
+    assert await post_webhook(url, raw) == (200, {"success": True})
+    [request] = await segment.wait_for(1)
+    assert (request.method, request.path) == ("POST", "/v1/batch")
+    assert request.headers["Authorization"] == SEGMENT_AUTH
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"] == f"relay/{__version__}"
+    assert set(request.body) == {"batch", "sentAt"}
+    assert request.body["batch"] == [track]
+    assert_sent_at_is_now(request.body["sentAt"], track["timestamp"])
+    assert customerio.requests == []
+
+
 async def test_signature_is_checked_over_the_raw_bytes_not_a_reserialisation(
     relay_factory: RelayFactory, customerio: StandIn, segment: StandIn
 ) -> None:

@@ -72,6 +72,7 @@ PATHS = [
     "/metrics",
     "/v1/unknown",
     "/v1/projects/x/settings",
+    f"/v1/projects/{WRITE_KEY}/settings",
 ]
 
 # Text with what breaks parsers and stores: lone surrogates, control characters, NUL.

@@ -379,8 +379,9 @@ async def test_analytics_node_batched_and_one_by_one_arrive_exactly(
 # The page wraps window.fetch before the library loads and records, per request, the status
 # the page saw or the error it got (a CORS refusal is "TypeError: Failed to fetch"); it
 # tells analytics.js that its "CDN" is this page's own origin (window.analytics._cdn), so
-# the webpack chunks it may load come from the bundle folder served beside the page, and it
-# gives the settings inline (cdnSettings) so the library never asks Segment's CDN for them.
+# the webpack chunks it may load come from the bundle folder served beside the page. It
+# loads the library with CONFIG.load: the settings inline (cdnSettings), so the library
+# never asks Segment's CDN for them, or a `cdnURL` to load them from.
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>%(title)s</title>
 <link rel="icon" href="data:,">
@@ -421,8 +422,7 @@ window.__done = function () {
 };
 (async function () {
   try {
-    var loaded = await AnalyticsNext.AnalyticsBrowser.load(
-      {writeKey: CONFIG.writeKey, cdnSettings: CONFIG.cdnSettings}, CONFIG.options);
+    var loaded = await AnalyticsNext.AnalyticsBrowser.load(CONFIG.load, CONFIG.options);
     var analytics = loaded[0];
     analytics.on("error", function (e) {
       window.__log.errors.push({
@@ -558,12 +558,14 @@ def page_config(
     if delivery is not None:
         segmentio["deliveryStrategy"] = delivery
     return {
-        "writeKey": write_key,
-        "cdnSettings": {
-            "integrations": {"Segment.io": segmentio},
-            "plan": {},
-            # Its own performance metrics (POST <apiHost>/m) off: relay has no /v1/m.
-            "metrics": {"sampleRate": 0},
+        "load": {
+            "writeKey": write_key,
+            "cdnSettings": {
+                "integrations": {"Segment.io": segmentio},
+                "plan": {},
+                # Its own performance metrics (POST <apiHost>/m) off: relay has no /v1/m.
+                "metrics": {"sampleRate": 0},
+            },
         },
         "options": {"integrations": {"Segment.io": {"apiHost": host, "protocol": "http"}}},
         "relay": f"{relay}/v1/",
@@ -782,6 +784,41 @@ async def test_analytics_js_write_key_never_reaches_segment(
     assert sorted(m["messageId"] for m in messages) == sorted(m["messageId"] for m in sent)
     carrying = [m["messageId"] for m in messages if "writeKey" in m]
     assert carrying == [], f"messages forwarded to Segment with the source's writeKey: {carrying}"
+
+
+async def test_analytics_js_loads_its_settings_from_relay_and_its_events_arrive(
+    relay_factory: RelayFactory, customerio: StandIn
+) -> None:
+    """`AnalyticsBrowser.load({writeKey, cdnURL: relay})` and nothing else: the library
+    asks relay for its settings, and sends every call where they say, to relay (as the
+    request reached it: no public_url is set), with nothing from Segment."""
+    node = browser_node()
+    url, app = await relay_factory(cio_url=customerio.url)
+    config = page_config(url, web_calls("cdn"), done_when={"fetches": 7})
+    config["load"] = {"writeKey": WRITE_KEY, "cdnURL": url}
+    config["options"] = {}
+    report = await run_page(node, config)
+    assert report["done_in_time"], report
+    assert report["log"]["errors"] == []
+
+    fetches = [
+        (f["method"].upper(), f["url"].removeprefix(url), f["status"])
+        for f in report["relay_fetches"]
+    ]
+    assert fetches == [
+        ("GET", f"/v1/projects/{WRITE_KEY}/settings", 200),
+        *(("POST", path, 200) for path in WEB_PATHS),
+    ]
+    for fetch in report["relay_fetches"][1:]:
+        message = json.loads(fetch["body"])
+        assert message["writeKey"] == WRITE_KEY
+        assert message["context"]["library"]["name"] == "analytics.js"
+    # Every request the browser made went to the page's own origin or to relay (run_page
+    # checks that nothing left loopback): the library's own metrics included.
+    assert [r["url"] for r in report["requests"] if r["url"].endswith("/m")] == []
+
+    ops = await drained(app, lambda: sent_ops(customerio), 6)
+    assert ops == expected_web_ops("cdn", report["page_url"])
 
 
 # --- segment-analytics-python ---------------------------------------------------------------

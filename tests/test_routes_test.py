@@ -35,6 +35,7 @@ from tests.conftest import (
     start_stand_in,
 )
 from tests.helpers import ROOT, UPDATE, post, post_webhook, run_relay, track
+from tests.test_customerio_webhooks import EACH_CHANNEL
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "routes_test"
 NOW = "1714560000"  # 2024-05-01T10:40:00Z
@@ -693,3 +694,17 @@ async def dry(text: str) -> list[dict[str, Any]]:
     assert result.config is not None and result.routes is not None
     messages = [*SAME_AS_SENT_MESSAGES, SAME_AS_SENT_WEBHOOK]
     return await dry_run_async(result.config, result.routes, messages, time.time())
+
+
+def test_a_webhook_of_each_channel_shows_the_track_a_running_relay_sends() -> None:
+    """`relay routes test` shows, for one webhook of each channel, the very track call the
+    end-to-end test (tests/test_customerio_webhooks.py) reads at the Segment stand-in."""
+    out = run_in_process([json.loads(raw) for raw, _ in EACH_CHANNEL], WEBHOOK_CONFIG)
+    shown = [
+        message
+        for entry in out
+        for delivery in entry["deliveries"]
+        for request in delivery["requests"]
+        for message in request["body"]["batch"]
+    ]
+    assert shown == [track for _, track in EACH_CHANNEL]

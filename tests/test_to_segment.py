@@ -310,7 +310,8 @@ def test_missing_or_null_data_is_rejected_for_no_person() -> None:
             {"customer_id": "1", "recipient": "+15550100", "email_address": "s@x.io"},
             {"email": "s@x.io", "phone": "+15550100"},
         ),
-        ("whatsapp", {"customer_id": "1", "recipient": "+15550100"}, None),
+        # A WhatsApp recipient is a phone number too.
+        ("whatsapp", {"customer_id": "1", "recipient": "+15550100"}, {"phone": "+15550100"}),
         ("slack", {"customer_id": "1", "recipient": "#alerts"}, None),
         ("webhook", {"customer_id": "1", "recipient": "https://h.example.com"}, None),
         ("push", {"customer_id": "1", "identifiers": {"cio_id": "p1"}}, {"cio_id": "p1"}),
@@ -351,6 +352,14 @@ EVERY_FIELD = {
     "href": "https://example.com/a?b=c",
     "link_id": 12,
     "failure_message": "carrier rejected",
+    "trigger_event_id": "01HQTRIGGER",
+    "prefetched": False,
+    "proxied": True,
+    "synthetic": False,
+    "machine": False,
+    "tracked_response": "accept",
+    "inbound_event_id": "01HQINBOUND",
+    "to": "+15550000",
 }
 
 
@@ -374,10 +383,18 @@ def test_default_profile_every_field() -> None:
         "journey_id": "jrn-8",
         "parent_action_id": 9,
         "trigger_id": "trg-10",
+        "trigger_event_id": "01HQTRIGGER",
         "content_id": 11,
         "recipient": "+15550199",
         "recipients": [{"device_id": "tok-1", "device_platform": "ios"}],
         "content": "Body text",
+        "prefetched": False,
+        "proxied": True,
+        "synthetic": False,
+        "machine": False,
+        "tracked_response": "accept",
+        "inbound_event_id": "01HQINBOUND",
+        "to": "+15550000",
     }
 
 
@@ -851,3 +868,180 @@ def test_default_profile_never_emits_null(
     if isinstance(result, dict):
         assert None not in result["properties"].values()
         assert result["event"] == f"{CHANNELS[object_type]} {METRICS[metric]}"
+
+
+# --- what each channel carries -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("recipients", "device"),
+    [
+        ([{"device_id": "tok-1", "device_platform": "ios"}], {"token": "tok-1", "type": "ios"}),
+        ([{"device_id": "tok-2"}], {"token": "tok-2"}),
+        ([{"device_id": "tok-3", "device_platform": None}], {"token": "tok-3"}),
+        # Several devices: none of them is the event's device.
+        ([{"device_id": "a", "device_platform": "ios"}, {"device_id": "b"}], None),
+        ([], None),
+        ([{"device_id": ""}], None),
+        ([{"device_id": 7}], None),
+        (["tok"], None),
+        ({"device_id": "tok"}, None),
+    ],
+)
+def test_a_push_to_one_device_names_it_in_context_device(
+    recipients: Any, device: dict[str, str] | None
+) -> None:
+    message = mapped(webhook("push", "delivered", customer_id="1", recipients=recipients))
+    assert message["context"].get("device") == device
+    # The devices are in the properties whatever their number.
+    assert message["properties"]["recipients"] == recipients
+
+
+def test_only_a_push_names_a_device() -> None:
+    recipients = [{"device_id": "tok-1", "device_platform": "ios"}]
+    message = mapped(webhook("in_app", "opened", customer_id="1", recipients=recipients))
+    assert "device" not in message["context"]
+
+
+@pytest.mark.parametrize(
+    ("object_type", "metric", "data", "properties", "traits"),
+    [
+        (
+            "whatsapp",
+            "replied",
+            {"recipient": "+15550123", "to": "+15559999", "inbound_event_id": "in-1"},
+            {"recipient": "+15550123", "to": "+15559999", "inbound_event_id": "in-1"},
+            {"phone": "+15550123"},
+        ),
+        (
+            "sms",
+            "replied",
+            {"recipient": "+447700900123", "to": "+447700900999", "inbound_event_id": "in-2"},
+            {"recipient": "+447700900123", "to": "+447700900999", "inbound_event_id": "in-2"},
+            {"phone": "+447700900123"},
+        ),
+        ("slack", "sent", {"recipient": "#general"}, {"recipient": "#general"}, None),
+        (
+            "webhook",
+            "clicked",
+            {"recipient": "https://hooks.example.com/in", "href": "https://x.example"},
+            {"recipient": "https://hooks.example.com/in", "link_url": "https://x.example"},
+            None,
+        ),
+        (
+            "in_app",
+            "clicked",
+            {"recipient": "42", "tracked_response": "accept", "href": "app://offer"},
+            {"recipient": "42", "tracked_response": "accept", "link_url": "app://offer"},
+            None,
+        ),
+        (
+            "email",
+            "opened",
+            {"recipient": "o@x.io", "prefetched": True, "proxied": True, "synthetic": False},
+            {"prefetched": True, "proxied": True, "synthetic": False},
+            {"email": "o@x.io"},
+        ),
+        (
+            "email",
+            "clicked",
+            {"recipient": "o@x.io", "machine": True, "trigger_event_id": "t-1"},
+            {"machine": True, "trigger_event_id": "t-1"},
+            {"email": "o@x.io"},
+        ),
+    ],
+)
+def test_channel_fields(
+    object_type: str,
+    metric: str,
+    data: dict[str, Any],
+    properties: dict[str, Any],
+    traits: dict[str, str] | None,
+) -> None:
+    message = mapped(webhook(object_type, metric, customer_id="1", **data))
+    assert message["properties"] == {
+        "event_id": "01HQ7Z8K3M4N5P6Q7R8S9T0V1W",
+        "object_type": object_type,
+        "metric": metric,
+        **properties,
+    }
+    assert message["context"].get("traits") == traits
+
+
+PREFERENCES = {"topics": {"topic_1": True, "topic_7": False}}
+
+
+@pytest.mark.parametrize(
+    ("data", "preferences"),
+    [
+        # As Customer.io's reference gives it: the preferences as JSON text in `content`.
+        ({"content": json.dumps(PREFERENCES)}, PREFERENCES),
+        ({"subscription_preferences": PREFERENCES}, PREFERENCES),
+        (
+            {"subscription_preferences": PREFERENCES, "content": '{"topics": {}}'},
+            PREFERENCES,
+        ),
+        ({"content": "not json"}, None),
+        ({"content": "[1, 2]"}, None),
+        ({"content": "[" * 100_000}, None),
+        ({"subscription_preferences": "text", "content": None}, None),
+        ({}, None),
+    ],
+)
+def test_a_subscription_preferences_change_carries_the_preferences(
+    data: dict[str, Any], preferences: dict[str, Any] | None
+) -> None:
+    message = mapped(
+        webhook("customer", "cio_subscription_preferences_changed", customer_id="1", **data)
+    )
+    assert message["event"] == "Customer Subscription Preferences Changed"
+    assert message["properties"].get("subscription_preferences") == preferences
+    if isinstance(data.get("content"), str):
+        assert message["properties"]["content"] == data["content"]  # kept as it came
+
+
+def test_preferences_are_read_only_for_a_preferences_change() -> None:
+    message = mapped(webhook("email", "sent", customer_id="1", content=json.dumps(PREFERENCES)))
+    assert "subscription_preferences" not in message["properties"]
+
+
+def test_a_preferences_change_as_the_reference_spells_it() -> None:
+    payload = {
+        "event_id": "01E4C4CT6YDC7Y5M7FE1GWWPQJ",
+        "metric": "cio_subscription_preferences_changed",
+        "object_type_type": "email",
+        "timestamp": 1613063089,
+        "data": {
+            "customer_id": "42",
+            "email_address": "test@example.com",
+            "identifiers": {"id": "42", "email": "test@example.com", "cio_id": "d9c106000001"},
+            "delivery_id": "RPILAgUBcRhIBqSfeiIwdIYJKxTY",
+            "campaign_id": 23,
+            "action_id": 96,
+            "content": '{"topics":{"topic_1":true}}',
+        },
+    }
+    assert mapped(payload) == {
+        "type": "track",
+        "event": "Email Subscription Preferences Changed",
+        "userId": "42",
+        "properties": {
+            "event_id": "01E4C4CT6YDC7Y5M7FE1GWWPQJ",
+            "object_type": "email",
+            "metric": "cio_subscription_preferences_changed",
+            "email_id": "RPILAgUBcRhIBqSfeiIwdIYJKxTY",
+            "campaign_id": 23,
+            "delivery_id": "RPILAgUBcRhIBqSfeiIwdIYJKxTY",
+            "action_id": 96,
+            "content": '{"topics":{"topic_1":true}}',
+            "subscription_preferences": {"topics": {"topic_1": True}},
+        },
+        "timestamp": "2021-02-11T17:04:49.000Z",
+        "messageId": "cio-01E4C4CT6YDC7Y5M7FE1GWWPQJ",
+        "context": {
+            "library": LIBRARY,
+            "integration": {"name": "Customer.io"},
+            "traits": {"email": "test@example.com", "cio_id": "d9c106000001"},
+        },
+        "integrations": {"Customer.io": False},
+    }

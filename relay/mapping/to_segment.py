@@ -10,7 +10,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from relay import __version__
-from relay.codec import NOT_UNICODE, holds_lone_surrogate
+from relay.codec import NOT_UNICODE, decode, holds_lone_surrogate
 from relay.mapping import Rejection, json_type
 from relay.vocab import customerio as cio
 from relay.vocab import segment as seg
@@ -45,10 +45,21 @@ _PASSED_THROUGH = (
     "journey_id",
     "parent_action_id",
     "trigger_id",
+    "trigger_event_id",
     "content_id",
     "template_id",
     "recipients",
     "content",
+    # email opened / clicked: whether a machine, a proxy or an inferred open made it
+    "prefetched",
+    "proxied",
+    "synthetic",
+    "machine",
+    # in-app clicked: the action name of what was tapped
+    "tracked_response",
+    # SMS / WhatsApp replied: the inbound message and the number it was sent to
+    "inbound_event_id",
+    "to",
 )
 
 
@@ -129,6 +140,9 @@ def map_webhook(
     traits = _traits(data, object_type, email)
     if traits:
         context["traits"] = traits
+    device = _device(data, object_type)
+    if device:
+        context["device"] = device
     message["context"] = context
     # Keeps Segment from sending the event straight back to Customer.io.
     message["integrations"] = {seg.CUSTOMERIO_INTEGRATION: False}
@@ -152,7 +166,7 @@ def _traits(data: Mapping[str, Any], object_type: str, email: str | None) -> dic
     traits: dict[str, Any] = {}
     if email is not None:
         traits["email"] = email
-    if object_type.lower() == "sms":
+    if object_type.lower() in cio.PHONE_CHANNELS:
         phone = cio.text(data.get("recipient"))
         if phone is not None:
             traits["phone"] = phone
@@ -162,6 +176,43 @@ def _traits(data: Mapping[str, Any], object_type: str, email: str | None) -> dic
         if cio_id is not None:
             traits["cio_id"] = cio_id
     return traits
+
+
+def _device(data: Mapping[str, Any], object_type: str) -> dict[str, Any]:
+    """A push sent to one device: that device, as Segment's context.device (its push token
+    and platform). Several devices are left to `properties.recipients`: no one of them is
+    the event's device."""
+    recipients = data.get("recipients")
+    if object_type.lower() != "push" or not isinstance(recipients, list) or len(recipients) != 1:
+        return {}
+    [recipient] = recipients
+    if not isinstance(recipient, Mapping):
+        return {}
+    token = cio.text(recipient.get("device_id"))
+    if token is None:
+        return {}
+    device: dict[str, Any] = {"token": token}
+    platform = cio.text(recipient.get("device_platform"))
+    if platform is not None:
+        device["type"] = platform
+    return device
+
+
+def _subscription_preferences(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The preferences a subscription preferences change reports: `data.subscription_preferences`
+    where a payload has them as an object, else `data.content`, which Customer.io's reference
+    gives as the preferences written as JSON text (`{"topics":{"topic_1":true}}`)."""
+    given = data.get("subscription_preferences")
+    if isinstance(given, Mapping):
+        return given
+    content = data.get("content")
+    if not isinstance(content, str):
+        return None
+    try:
+        parsed = decode(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return parsed if isinstance(parsed, Mapping) else None
 
 
 def _default_properties(
@@ -197,6 +248,10 @@ def _default_properties(
     recipient = data.get("recipient")
     if recipient is not None and object_type.lower() != "email":
         properties["recipient"] = recipient
+    if metric.lower() == cio.PREFERENCES_CHANGED:
+        preferences = _subscription_preferences(data)
+        if preferences is not None:
+            properties["subscription_preferences"] = preferences
     return properties
 
 

@@ -47,6 +47,53 @@ METRIC_NAMES: Final[Mapping[str, str]] = {
 }
 METRICS: Final = tuple(METRIC_NAMES)
 
+# What Customer.io's reporting webhooks reference documents for each channel (object_type).
+# A subscription change is reported with the channel that triggered it (`customer` when no
+# message did), so any channel may also carry SUBSCRIPTION_METRICS. `deferred` is in none:
+# it is a metric of the Track API's delivery reports, named all the same when it comes.
+# fmt: off
+CHANNEL_METRICS: Final[Mapping[str, tuple[str, ...]]] = {
+    "customer": (),
+    "email": (
+        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
+        "unsubscribed", "bounced", "dropped", "spammed", "failed", "undeliverable",
+    ),
+    "push": (
+        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
+        "bounced", "dropped", "failed", "undeliverable",
+    ),
+    "sms": (
+        "drafted", "attempted", "sent", "delivered", "clicked", "converted", "bounced",
+        "failed", "undeliverable", "replied",
+    ),
+    "in_app": (
+        "drafted", "attempted", "sent", "opened", "clicked", "converted", "failed",
+        "undeliverable",
+    ),
+    "slack": ("drafted", "attempted", "sent", "clicked", "failed", "undeliverable"),
+    "webhook": ("drafted", "attempted", "sent", "clicked", "failed", "undeliverable"),
+    "whatsapp": (
+        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
+        "bounced", "dropped", "failed", "undeliverable", "replied",
+    ),
+}
+# fmt: on
+SUBSCRIPTION_METRICS: Final = ("subscribed", "unsubscribed", "cio_subscription_preferences_changed")
+PREFERENCES_CHANGED: Final = "cio_subscription_preferences_changed"
+
+# Channels whose `recipient` is the person's phone number (E.164).
+PHONE_CHANNELS: Final = frozenset({"sms", "whatsapp"})
+
+
+def documented(object_type: str) -> tuple[str, ...]:
+    """Every metric Customer.io documents for a channel, in the reference's order, the
+    subscription metrics last; () for a channel it does not document."""
+    if object_type not in CHANNEL_METRICS:
+        return ()
+    own = CHANNEL_METRICS[object_type]
+    return (*own, *(m for m in SUBSCRIPTION_METRICS if m not in own))
+
+
 # fmt: off
 FIELDS: Final = frozenset({
     "event_id", "object_type", "metric", "event_type", "timestamp", "data",
@@ -54,8 +101,17 @@ FIELDS: Final = frozenset({
 DATA_FIELDS: Final = frozenset({
     "customer_id", "identifiers", "email_address", "recipient", "recipients", "delivery_id",
     "campaign_id", "action_id", "broadcast_id", "newsletter_id", "transactional_message_id",
-    "journey_id", "parent_action_id", "trigger_id", "content_id", "subject", "content",
-    "headers", "href", "link_id", "failure_message", "email_id", "campaign_name", "template_id",
+    "journey_id", "parent_action_id", "trigger_id", "trigger_event_id", "content_id",
+    "subject", "content", "headers", "href", "link_id", "failure_message", "email_id",
+    "campaign_name", "template_id",
+    # email opened / clicked: how the open or click came about
+    "prefetched", "proxied", "synthetic", "machine",
+    # in-app clicked: the action name of what was tapped
+    "tracked_response",
+    # SMS / WhatsApp replied: the inbound message, and the number it was sent to
+    "inbound_event_id", "to",
+    # subscription preferences changed: the preferences as an object, where a payload has it
+    "subscription_preferences",
 })
 # fmt: on
 
@@ -74,6 +130,8 @@ def kind(payload: Mapping[str, Any]) -> tuple[str, str] | str:
     """
     object_type = payload.get("object_type")
     metric = payload.get("metric")
+    if object_type is None and isinstance(metric, str):
+        object_type = _preferences_channel(payload, metric)
     if isinstance(object_type, str) and isinstance(metric, str):
         return _known(object_type, CHANNEL_NAMES), _known(metric, METRIC_NAMES)
     event_type = payload.get("event_type")
@@ -82,6 +140,21 @@ def kind(payload: Mapping[str, Any]) -> tuple[str, str] | str:
     if object_type is None and metric is None:
         return "webhook has neither object_type/metric nor a legacy event_type"
     return f"webhook object_type {object_type!r} and metric {metric!r} must both be strings"
+
+
+def _preferences_channel(payload: Mapping[str, Any], metric: str) -> str | None:
+    """The channel of a subscription preferences change that has no `object_type`.
+
+    Customer.io's reference names that event's channel `object_type_type`, and says the
+    channel is `customer` when no message triggered the change; a payload without either
+    key is taken to be that.
+    """
+    if metric.lower() != PREFERENCES_CHANGED:
+        return None
+    spelled = payload.get("object_type_type")
+    if spelled is None:
+        return "customer"
+    return spelled if isinstance(spelled, str) else None
 
 
 def _known(word: str, names: Mapping[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""Segment's HTTP Tracking API (`/v1/*`) and Segment's Webhooks destination, as aiohttp handlers."""
+"""Segment's HTTP Tracking API (`/v1/*`), the settings analytics.js loads, and Segment's
+Webhooks destination, as aiohttp handlers."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Any
 from aiohttp import web
 
 from relay.codec import decode, encode
-from relay.errors import BadRequest, PayloadTooLarge, Unauthorized
+from relay.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from relay.intake import Incoming, Intake
 from relay.signatures import verify_segment_webhook
 from relay.sources.body import read_body
+from relay.sources.segment import cdn_settings
 from relay.sources.segment.plain_batches import PlainMessage, plain_batch
 from relay.sources.segment.settings import WEBHOOK_SOURCE, SegmentSource
 from relay.vocab import segment as seg
@@ -78,6 +80,12 @@ class SegmentAPI:
         """Take new write keys and webhook secret (a reload), in one step."""
         self.write_keys = WriteKeys(settings.write_keys)
         self.webhook_secret = settings.webhook_secret
+        self.public_address = (
+            None
+            if settings.public_url is None
+            else cdn_settings.from_public_url(settings.public_url)
+        )
+        self.trust_forwarded_headers = settings.trust_forwarded_headers
 
     def routes(self) -> list[web.RouteDef]:
         defs = []
@@ -89,7 +97,41 @@ class SegmentAPI:
         for path in seg.BATCH_PATHS:
             defs.append(web.post(f"/v1/{path}", self.batch))
         defs.append(web.post("/webhooks/segment", self.webhook))
+        defs.append(web.get(cdn_settings.SETTINGS_PATH, self.cdn_settings))
         return defs
+
+    async def cdn_settings(self, request: web.Request) -> web.Response:
+        """What analytics.js loads before it sends anything, when its `cdnURL` is relay."""
+        write_key = request.match_info["writeKey"]
+        if self.write_keys.source_for(write_key) is None:
+            # The key is not repeated: a page's typo is its own, but it is not relay's to echo.
+            raise NotFound(
+                "no Segment source has this write key: give AnalyticsBrowser.load the writeKey"
+                " of one of sources.segment.write_keys"
+            )
+        vary = None
+        address = self.public_address
+        if address is None:
+            found = cdn_settings.from_request(
+                request.scheme,
+                request.headers.get("Host"),
+                request.headers.get("X-Forwarded-Proto"),
+                request.headers.get("X-Forwarded-Host"),
+                trust_forwarded=self.trust_forwarded_headers,
+            )
+            if isinstance(found, str):
+                raise BadRequest(found)
+            address = found
+            # A cache in front of relay must not hand one host's answer to another.
+            vary = (
+                "Host, X-Forwarded-Proto, X-Forwarded-Host"
+                if self.trust_forwarded_headers
+                else "Host"
+            )
+        headers = {"Cache-Control": f"public, max-age={cdn_settings.MAX_AGE_SECONDS}"}
+        if vary is not None:
+            headers["Vary"] = vary
+        return web.json_response(cdn_settings.document(write_key, address), headers=headers)
 
     def _authenticate(self, request: web.Request, body: Any) -> str:
         return self._source_for(request, body.get("writeKey") if isinstance(body, dict) else None)
