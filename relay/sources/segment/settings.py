@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import ValidationError, fields, post_load
 
-from relay.settings import URL, Duration, Strict, StrictStr
+from relay.settings import URL, Duration, Strict, StrictBool, StrictStr
 
 # The source name of events that come through Segment's Webhooks destination
 # (POST /webhooks/segment): routes name it in `sources` like any write key's name.
@@ -66,9 +66,7 @@ class SegmentSourceSchema(Strict):
         validate=[URL, _base_url],
         metadata={"write": "relay's address as browsers reach it, e.g. https://relay.example.com"},
     )
-    trust_forwarded_headers = fields.Boolean(
-        load_default=False, truthy={True}, falsy={False}, metadata={"write": "true or false"}
-    )
+    trust_forwarded_headers = StrictBool(load_default=False)
 
     @post_load
     def settings(self, data: dict[str, Any], **kwargs: Any) -> SegmentSource:
