@@ -1072,11 +1072,12 @@ def test_a_metric_without_a_message_time_is_dated_when_relay_received_it() -> No
         ),
         (
             {"deliveryId": "d-1", "metric": "clicked", "href": {"url": "x"}},
-            "Report Delivery Event: properties.href must be a string, got object",
+            "Report Delivery Event: properties.href must be a string or a number, got object",
         ),
         (
             {"deliveryId": "d-1", "metric": "clicked", "actionValue": True},
-            "Report Delivery Event: properties.actionValue must be a string, got boolean",
+            "Report Delivery Event: properties.actionValue must be a string or a number,"
+            " got boolean",
         ),
     ],
 )

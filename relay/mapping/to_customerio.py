@@ -658,13 +658,10 @@ def map_track(
 
 
 def _optional_text(properties: Mapping[str, Any], key: str, event: str) -> str | None | Rejection:
-    value = properties.get(key)
-    if value is None or value == "":
-        return None
-    text = _text(value)
-    if text is None:
-        return Rejection(f"{event}: properties.{key} must be a string, got {json_type(value)}")
-    return text
+    value = _id_field(properties, key)
+    if isinstance(value, Rejection):
+        return Rejection(f"{event}: properties.{value.reason}")
+    return value
 
 
 def _delivery_metric(
