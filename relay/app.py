@@ -37,10 +37,25 @@ log = logging.getLogger("relay")
 
 
 def build_store(config: Config, *, lock_wait: float = 30.0) -> Store:
-    """The SQLite store, in a process of its own (relay.store.process explains why).
+    """The Redis store when `storage.redis` is set; otherwise the SQLite store, in a
+    process of its own (relay.store.process explains why).
 
-    `lock_wait`: how long to wait for another relay process that holds the store (one
+    `lock_wait`: how long to wait for another relay process that holds the SQLite store (one
     killed a moment ago finishes its last writes first)."""
+    redis = config.storage.redis
+    if redis is not None:
+        from relay.store.redis import RedisStore
+
+        return RedisStore(
+            redis.url,
+            key_prefix=redis.key_prefix,
+            partitions=redis.partitions,
+            max_pending=redis.max_pending,
+            reclaim_idle=redis.reclaim_idle,
+            ownership_ttl=redis.ownership_ttl,
+            timeout=redis.timeout,
+            require_durable=redis.require_durable,
+        )
     sqlite = config.storage.sqlite
     return ProcessStore(
         sqlite.path,
