@@ -36,14 +36,18 @@ def connect(url: str, timeout: float) -> Redis:
     """A client for `url`; commands that take longer than `timeout` fail (a 503 for intake)."""
     if not available():
         raise StoreCannotOpen(INSTALL)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     return Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
-        # A client that sent a command and lost its answer does not send it again: a
-        # resent enqueue could store events twice.
-        retry_on_timeout=False,
+        # A command whose answer was lost is not sent again: a resent enqueue could store
+        # its events twice. The caller answers 503 instead, and the sender retries (with
+        # its message ids, which dedup catches).
+        retry=Retry(NoBackoff(), 0),
     )
 
 
