@@ -28,6 +28,7 @@ from relay.store.base import (
 )
 from relay.store.redis import scripts
 from relay.store.redis.client import Redis, RedisError, connect, describe, where
+from relay.store.redis.limiter import SharedLimiter
 from relay.store.redis.ownership import Ownership
 
 log = logging.getLogger("relay.store")
@@ -155,6 +156,10 @@ class RedisStore:
     async def _run(self, name: str, args: Sequence[Any]) -> Any:
         async with self._calling() as redis:
             return await self._scripts[name](args=[self.prefix, *args], client=redis)
+
+    def shared_limiter(self, key: str, rate: float) -> SharedLimiter:
+        """Destination `key`'s rate limit, shared by every instance on this Redis."""
+        return SharedLimiter(self._client(), self.prefix, key, rate)
 
     # ------------------------------------------------------------------ operations
 
