@@ -108,6 +108,7 @@ class RedisStore:
         for name in ("ENQUEUE", "LEASE", "SETTLE", "REPLAY", "DISCARD", "RECLAIM"):
             self._scripts[name] = redis.register_script(getattr(scripts, name))
         await self._check_persistence()
+        await self._take_back_own()
         if self._ownership is not None:
             await self._ownership.start(redis)
         self._tasks.append(asyncio.create_task(self._keep_fresh(), name="relay-redis-leases"))
@@ -212,22 +213,32 @@ class RedisStore:
             )
         return out
 
+    async def _take_back_own(self) -> None:
+        """What this consumer name had leased when its last process stopped goes back to
+        the queue, as SQLite's store does at start (it matters where the name is kept
+        across restarts; a new name's leases are taken back after `reclaim_idle`)."""
+        async with self._calling() as redis:
+            dests = await self._destinations(redis)
+        for dest in dests:
+            for part in range(self.partitions):
+                await self._run("RECLAIM", [dest, part, self.consumer, 0, "own"])
+
     async def _reclaim(self, destination: str, parts: Iterable[int]) -> None:
         """Take back, in the partitions this instance delivers, what was leased by an
-        instance that has stopped: at once for this instance's own name (a restart under
-        the same name), after `reclaim_idle` for any other."""
+        instance that has stopped: entries of the stream's group that no consumer touched
+        for `reclaim_idle` (a live instance keeps what it has in flight fresh)."""
         now = time.monotonic()
         for part in parts:
             last = self._reclaimed.get((destination, part))
             if last is not None and now - last < self.reclaim_idle / 2:
                 continue
-            mode = "own" if last is None else "idle"
+            # Before the call: the destination's other lanes do not run it meanwhile.
+            self._reclaimed[(destination, part)] = now
             back = await self._run(
                 "RECLAIM",
-                [destination, part, self.consumer, int(self.reclaim_idle * 1000), mode],
+                [destination, part, self.consumer, int(self.reclaim_idle * 1000), "idle"],
             )
-            self._reclaimed[(destination, part)] = now
-            if back and mode == "idle":
+            if back:
                 log.warning(
                     "%d deliveries to %s leased by an instance that stopped answering are"
                     " queued again (partition %d)",
