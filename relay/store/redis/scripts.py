@@ -136,12 +136,12 @@ return out
 
 # ARGV: prefix, destination, consumer, limit, now, then the partitions to lease from.
 # Returns {id, ordering key, attempts, created at, source, kind, message, partition,
-# stream entry} for each delivery leased, oldest first.
+# stream entry} for each delivery leased, oldest first across the partitions.
 LEASE = (
     _COMMON
     + r"""
 local dest, consumer, limit, now = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local candidates = {}
+local heads = {}
 for a = 6, #ARGV do
   local part = ARGV[a]
   local q = queue(dest, part)
@@ -159,52 +159,64 @@ for a = 6, #ARGV do
       for _, e in ipairs(read[1][2]) do redis.call('ZADD', q .. ':w', e[2][2], e[2][2]) end
     end
   end
-  -- Walk the ready ones oldest first: those behind a hold are parked with their person.
-  local kept, taken, blocked, holds = 0, 0, {}, {}
-  while taken < limit and kept < limit * 10 do
-    local ids = redis.call('ZRANGE', q .. ':w', kept, kept + 99)
-    if #ids == 0 then break end
-    for _, id in ipairs(ids) do
-      if taken >= limit then break end
-      local d = redis.call('HMGET', P .. 'd:' .. id, 'state', 'okey', 'next_at')
-      local okey = d[2]
-      if d[1] ~= 'pending' then
-        redis.call('ZREM', q .. ':w', id)
-      elseif blocked[okey] then
-        kept = kept + 1
-      else
-        local held = holds[okey]
-        if held == nil then held = first_hold(q, okey) or false; holds[okey] = held end
-        if held and held < tonumber(id) then
-          redis.call('ZREM', q .. ':w', id)
-          redis.call('ZADD', q .. ':k:' .. okey, id, id)
-        elseif tonumber(d[3]) > now then
-          blocked[okey] = true  -- not due on this clock; the person's later ones wait too
-          kept = kept + 1
-        else
-          candidates[#candidates + 1] = {tonumber(id), okey, part}
-          kept = kept + 1
-          taken = taken + 1
-        end
-      end
+  heads[#heads + 1] = {q = q, part = part, kept = 0, ids = {}, pos = 1, blocked = {}}
+end
+-- The next ready delivery of a partition (nil when it has none left): read 100 at a time,
+-- from past those kept in the set (blocked for this lease); the others left it.
+local function peek(h)
+  if h.pos > #h.ids then
+    if h.done then return nil end
+    h.ids = redis.call('ZRANGE', h.q .. ':w', h.kept, h.kept + 99)
+    h.pos = 1
+    if #h.ids < 100 then h.done = true end
+    if #h.ids == 0 then return nil end
+  end
+  return tonumber(h.ids[h.pos])
+end
+-- The partitions' ready deliveries merged by id: each is leased, parked behind its
+-- person's hold, or kept (not due on this clock, or its person's earlier one is).
+local out, holds, looked = {}, {}, 0
+while #out < limit and looked < limit * 10 do
+  local best, best_id = nil, nil
+  for _, h in ipairs(heads) do
+    local id = peek(h)
+    if id and (not best_id or id < best_id) then best, best_id = h, id end
+  end
+  if not best then break end
+  looked = looked + 1
+  best.pos = best.pos + 1
+  local id, q = best_id, best.q
+  local key = P .. 'd:' .. id
+  local d = redis.call('HMGET', key, 'state', 'okey', 'next_at')
+  local okey = d[2]
+  if d[1] ~= 'pending' then
+    redis.call('ZREM', q .. ':w', id)
+  elseif best.blocked[okey] then
+    best.kept = best.kept + 1
+  else
+    -- Holds as they were before this lease: one lease may carry a person's deliveries.
+    local held = holds[okey]
+    if held == nil then held = first_hold(q, okey) or false; holds[okey] = held end
+    if held and held < id then
+      redis.call('ZREM', q .. ':w', id)
+      redis.call('ZADD', q .. ':k:' .. okey, id, id)
+    elseif tonumber(d[3]) > now then
+      best.blocked[okey] = true  -- not due on this clock; the person's later ones wait too
+      best.kept = best.kept + 1
+    else
+      redis.call('HSET', key, 'state', 'leased')
+      redis.call('ZREM', q .. ':w', id)
+      redis.call('ZADD', q .. ':h', 0, okey .. '\0' .. pad(id))
+      local f = redis.call('HMGET', key, 'attempts', 'created_at', 'source', 'kind', 'msg', 'entry')
+      -- Its entry is this consumer's now, and fresh: not taken back while it is in flight.
+      redis.call('XCLAIM', q .. ':s', 'relay', consumer, 0, f[6], 'JUSTID')
+      out[#out + 1] = {id, okey, f[1], f[2], f[3], f[4], f[5], best.part, f[6]}
     end
   end
 end
-table.sort(candidates, function(x, y) return x[1] < y[1] end)
-local out = {}
-for c = 1, math.min(limit, #candidates) do
-  local id, okey, part = candidates[c][1], candidates[c][2], candidates[c][3]
-  local q = queue(dest, part)
-  local key = P .. 'd:' .. id
-  redis.call('HSET', key, 'state', 'leased')
-  redis.call('ZREM', q .. ':w', id)
-  redis.call('ZADD', q .. ':h', 0, okey .. '\0' .. pad(id))
-  local d = redis.call('HMGET', key, 'attempts', 'created_at', 'source', 'kind', 'msg', 'entry')
-  -- Its entry is this consumer's now, and fresh: not taken back while it is in flight.
-  redis.call('XCLAIM', q .. ':s', 'relay', consumer, 0, d[6], 'JUSTID')
-  count(dest, 'pending', -1)
-  count(dest, 'leased', 1)
-  out[#out + 1] = {id, okey, d[1], d[2], d[3], d[4], d[5], part, d[6]}
+if #out > 0 then
+  count(dest, 'pending', -#out)
+  count(dest, 'leased', #out)
 end
 return out
 """
