@@ -169,6 +169,12 @@ async def test_persistence_settings_that_can_lose_events_are_named(tmp_path: Pat
         assert problem is not None and "appendfsync everysec" in problem
         await client.config_set("appendfsync", "always")
         assert await persistence_problem(client) is None
+        await client.config_set("maxmemory", "100mb")
+        await client.config_set("maxmemory-policy", "allkeys-lru")
+        problem = await persistence_problem(client)
+        assert problem is not None and "maxmemory-policy allkeys-lru" in problem
+        await client.config_set("maxmemory-policy", "noeviction")
+        assert await persistence_problem(client) is None
         await client.config_set("appendonly", "no")
         await client.aclose()
         with pytest.raises(StoreCannotOpen) as refused:

@@ -443,19 +443,23 @@ class RedisStore:
 
 
 async def persistence_problem(redis: Redis) -> str | None:
-    """What in the server's persistence settings can lose an acknowledged event, or None
-    when every write is on disk before Redis answers (appendonly yes, appendfsync always)."""
+    """What in the server's settings can lose an acknowledged event, or None when every
+    write is on disk before Redis answers (appendonly yes, appendfsync always) and nothing
+    is evicted to make room (maxmemory-policy noeviction, or no maxmemory)."""
     try:
         found = await redis.config_get("append*")
+        found.update(await redis.config_get("maxmemory*"))
     except RedisError as exc:
         return (
             f"does not say how it persists data (CONFIG GET: {describe(exc)}); make sure it"
-            " runs with appendonly yes and appendfsync always"
+            " runs with appendonly yes, appendfsync always and maxmemory-policy noeviction"
         )
-    values = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in found.items()
-    }
+    values = {_text(k): _text(v or "") for k, v in found.items()}
+    if values.get("maxmemory", "0") != "0" and values.get("maxmemory-policy") != "noeviction":
+        return (
+            f"evicts keys when full (maxmemory-policy {values.get('maxmemory-policy')}): queued"
+            " events can be dropped; set maxmemory-policy noeviction"
+        )
     if values.get("appendonly") != "yes":
         return (
             "keeps no append-only file (appendonly is no): events acknowledged since its last"
