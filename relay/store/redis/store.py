@@ -454,7 +454,7 @@ async def persistence_problem(redis: Redis) -> str | None:
             f"does not say how it persists data (CONFIG GET: {describe(exc)}); make sure it"
             " runs with appendonly yes, appendfsync always and maxmemory-policy noeviction"
         )
-    values = {_text(k): _text(v or "") for k, v in found.items()}
+    values = {_text(k or ""): _text(v or "") for k, v in found.items()}
     if values.get("maxmemory", "0") != "0" and values.get("maxmemory-policy") != "noeviction":
         return (
             f"evicts keys when full (maxmemory-policy {values.get('maxmemory-policy')}): queued"
