@@ -340,6 +340,17 @@ def test_storage_takes_one_backend_and_says_where_the_second_is() -> None:
     ]
 
 
+def test_storage_redis_without_redis_py_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("relay.config.schemas.available", lambda: False)
+    text = 'storage:\n  redis: {url: "redis://127.0.0.1:6379/0"}\nroutes: []\n'
+    assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
+        "relay.yaml:2:10: storage.redis: storage.redis needs the Python package redis:"
+        " pip install 'relay[redis]'"
+    ]
+
+
 def test_a_wrong_redis_setting_is_located() -> None:
     text = "storage:\n  redis:\n    partitions: 0\n    colour: red\nroutes: []\n"
     assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [

@@ -17,8 +17,16 @@ import aiohttp
 import pytest
 
 from relay.store.redis.limiter import SharedLimiter
-from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, relay_of
-from tests.helpers import post, track
+from tests.conftest import (
+    WRITE_KEY,
+    RelayFactory,
+    StandIn,
+    basic,
+    config_yaml,
+    free_port,
+    relay_of,
+)
+from tests.helpers import post, run_relay, track
 from tests.redis_server import URL, PrivateRedis, delete_prefix, need_redis, new_prefix
 
 AUTH = {"Authorization": basic(WRITE_KEY)}
@@ -116,3 +124,34 @@ async def test_without_redis_intake_answers_503_and_delivery_resumes_when_it_is_
         assert await relay_of(app).store.counts() == {}
     finally:
         server.stop()
+
+
+def test_serve_refuses_a_redis_that_can_lose_a_200_when_told_to(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "everysec")
+    server.start()
+    try:
+        text = config_yaml(tmp_path / "relay.db", "http://127.0.0.1:9")
+        config = tmp_path / "relay.yaml"
+        config.write_text(on_redis(text, server.url, "relay:", require_durable="true"))
+        result = run_relay(["serve", "--config", str(config)], tmp_path, {})
+        assert result.returncode == 1
+        assert (
+            f"not starting: Redis at 127.0.0.1:{server.port}/0 writes its append-only file to disk"
+            " with appendfsync everysec: up to a second of acknowledged events can be lost if"
+            " the machine stops; set appendfsync always for none"
+            " (storage.redis.require_durable is set)"
+        ) in result.stderr
+    finally:
+        server.stop()
+
+
+def test_serve_says_which_redis_does_not_answer(tmp_path: Path) -> None:
+    need_redis()  # redis-py is needed for the config to be taken
+    port = free_port()
+    text = config_yaml(tmp_path / "relay.db", "http://127.0.0.1:9")
+    config = tmp_path / "relay.yaml"
+    config.write_text(on_redis(text, f"redis://:hunter2secret@127.0.0.1:{port}/3", "relay:"))
+    result = run_relay(["serve", "--config", str(config)], tmp_path, {})
+    assert result.returncode == 1
+    assert f"not starting: cannot reach Redis at 127.0.0.1:{port}/3:" in result.stderr
+    assert "hunter2secret" not in result.stderr + result.stdout
