@@ -107,10 +107,20 @@ class RedisStore:
         self._redis = redis
         for name in ("ENQUEUE", "LEASE", "SETTLE", "REPLAY", "DISCARD", "RECLAIM"):
             self._scripts[name] = redis.register_script(getattr(scripts, name))
-        await self._check_persistence()
-        await self._take_back_own()
-        if self._ownership is not None:
-            await self._ownership.start(redis)
+        try:
+            await self._check_persistence()
+            await self._take_back_own()
+            if self._ownership is not None:
+                await self._ownership.start(redis)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, RedisError | StoreUnavailable) and not isinstance(
+                exc, StoreCannotOpen
+            ):
+                raise StoreCannotOpen(
+                    f"Redis at {self.where} failed while opening the store: {describe(exc)}"
+                ) from None
+            raise
         self._tasks.append(asyncio.create_task(self._keep_fresh(), name="relay-redis-leases"))
 
     async def _check_persistence(self) -> None:
