@@ -230,3 +230,22 @@ async def wait_for_async(problem: Callable[[], Awaitable[str | None]], timeout: 
         if time.monotonic() > deadline:
             raise AssertionError(f"still not writable after {timeout} s: {found}")
         await asyncio.sleep(0.1)
+
+
+async def test_the_partition_count_changes_only_while_the_queue_is_empty(
+    open_store: Open,
+) -> None:
+    first = await open_store(partitions=4)
+    await first.enqueue([event("a", "A1")])
+    with pytest.raises(StoreCannotOpen) as refused:
+        await open_store(partitions=8)
+    assert "is split in 4 partitions and holds 1 deliveries and 0 dead letters" in (
+        refused.value.message
+    )
+    assert "storage.redis.partitions is 8: set it back to 4" in refused.value.message
+    [leased] = await first.lease(DEST, 10, NOW)
+    await first.settle(Settlement(done=[leased.id]), NOW)
+    await first.close()
+    second = await open_store(partitions=8)  # empty: it may change
+    await second.enqueue([event("a", "A2")])
+    assert [d.message["event"] for d in await second.lease(DEST, 10, NOW)] == ["A2"]

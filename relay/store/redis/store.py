@@ -109,6 +109,7 @@ class RedisStore:
             self._scripts[name] = redis.register_script(getattr(scripts, name))
         try:
             await self._check_persistence()
+            await self._check_partitions()
             await self._take_back_own()
             if self._ownership is not None:
                 await self._ownership.start(redis)
@@ -132,6 +133,30 @@ class RedisStore:
                 f"Redis at {self.where} {problem} (storage.redis.require_durable is set)"
             )
         log.warning("Redis at %s %s", self.where, problem)
+
+    async def _check_partitions(self) -> None:
+        """Every delivery stays in the partition it was queued in: the count may change only
+        while nothing is queued (nor dead, since a replay goes back to its partition)."""
+        key = f"{self.prefix}partitions"
+        async with self._calling() as redis:
+            await redis.set(key, self.partitions, nx=True)
+            stored = int(await redis.get(key) or self.partitions)
+            if stored == self.partitions:
+                return
+            pending = int(await redis.get(f"{self.prefix}pending") or 0)
+            dead = int(await redis.zcard(f"{self.prefix}dead"))
+            if pending == 0 and dead == 0:
+                await redis.set(key, self.partitions)
+                log.info(
+                    "the queue is now split in %d partitions (was %d)", self.partitions, stored
+                )
+                return
+        raise StoreCannotOpen(
+            f"the queue under the key prefix {self.prefix} in Redis at {self.where} is split in"
+            f" {stored} partitions and holds {pending} deliveries and {dead} dead letters, but"
+            f" storage.redis.partitions is {self.partitions}: set it back to {stored}, or"
+            " change it once the queue is empty (dead letters replayed or purged)"
+        )
 
     async def close(self) -> None:
         for task in self._tasks:
