@@ -11,15 +11,17 @@ from relay.errors import StoreCannotOpen
 INSTALL = "storage.redis needs the Python package redis: pip install 'relay[redis]'"
 
 try:
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 except ImportError:  # pragma: no cover - where redis is not installed
     if not TYPE_CHECKING:
-        Redis = Any
 
         class RedisError(Exception):
             """Stands in for redis-py's errors where it is missing (nothing raises it)."""
 
+
+# redis-py's asyncio client. Its type hints differ between the versions relay supports (5.0
+# types each command as returning a value or an awaitable), so relay calls it untyped.
+Redis = Any
 
 __all__ = ["INSTALL", "Redis", "RedisError", "available", "connect", "describe", "where"]
 
@@ -36,10 +38,11 @@ def connect(url: str, timeout: float) -> Redis:
     """A client for `url`; commands that take longer than `timeout` fail (a 503 for intake)."""
     if not available():
         raise StoreCannotOpen(INSTALL)
+    from redis.asyncio import Redis as Client
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    return Redis.from_url(
+    return Client.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -47,7 +50,7 @@ def connect(url: str, timeout: float) -> Redis:
         # A command whose answer was lost is not sent again: a resent enqueue could store
         # its events twice. The caller answers 503 instead, and the sender retries (with
         # its message ids, which dedup catches).
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 0),  # type: ignore[no-untyped-call,unused-ignore]
     )
 
 

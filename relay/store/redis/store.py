@@ -391,7 +391,7 @@ class RedisStore:
                 page = await redis.zrange(key, start, start + _PAGE - 1)
             if not page:
                 return
-            yield [int(i) for i in page]  # type: ignore[arg-type]
+            yield [int(i) for i in page]
             start += _PAGE
 
     async def dead_letters(self, which: DeadLetterFilter = EVERY_DEAD_LETTER) -> list[DeadLetter]:
