@@ -19,7 +19,7 @@ from relay.admin.client import remove_address, write_address
 from relay.admin.watch import SAMPLE_SECONDS, Watch, WatchedTransport
 from relay.config import Config, compile_config_routes, is_secret_path
 from relay.delivery import DestinationWorker, Sink
-from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.limiter import DestinationLimiter, Limiter, SharesRateLimits
 from relay.destinations.registry import Destination, type_of
 from relay.destinations.transport import AiohttpTransport, Transport
 from relay.errors import ClientError, RelayError, StoreUnavailable
@@ -36,11 +36,28 @@ from relay.store.process import ProcessStore
 log = logging.getLogger("relay")
 
 
-def build_store(config: Config, *, lock_wait: float = 30.0) -> Store:
-    """The SQLite store, in a process of its own (relay.store.process explains why).
+def build_store(config: Config, *, lock_wait: float = 30.0, delivers: bool = True) -> Store:
+    """The Redis store when `storage.redis` is set; otherwise the SQLite store, in a
+    process of its own (relay.store.process explains why).
 
-    `lock_wait`: how long to wait for another relay process that holds the store (one
-    killed a moment ago finishes its last writes first)."""
+    `lock_wait`: how long to wait for another relay process that holds the SQLite store (one
+    killed a moment ago finishes its last writes first). `delivers`: False for a `relay`
+    command, which must not take a share of the Redis store's partitions."""
+    redis = config.storage.redis
+    if redis is not None:
+        from relay.store.redis import RedisStore
+
+        return RedisStore(
+            redis.url,
+            key_prefix=redis.key_prefix,
+            partitions=redis.partitions,
+            max_pending=redis.max_pending,
+            reclaim_idle=redis.reclaim_idle,
+            ownership_ttl=redis.ownership_ttl,
+            timeout=redis.timeout,
+            require_durable=redis.require_durable,
+            share_partitions=delivers,
+        )
     sqlite = config.storage.sqlite
     return ProcessStore(
         sqlite.path,
@@ -68,7 +85,7 @@ class Relay:
     workers: dict[str, DestinationWorker] = field(default_factory=dict)
     # Kept across reloads while a destination's rate_limit stays: a Retry-After it was told
     # still holds for the worker that replaces it.
-    limiters: dict[str, DestinationLimiter] = field(default_factory=dict)
+    limiters: dict[str, Limiter] = field(default_factory=dict)
     accepting: bool = False
     segment_api: SegmentAPI | None = None
     customerio_webhooks: CustomerIOWebhooks | None = None
@@ -96,12 +113,19 @@ class Relay:
             if worker is not None:
                 worker.notify()
 
+    def new_limiter(self, key: str, rate: float) -> Limiter:
+        """A store shared by several instances shares their rate limits too: together they
+        stay within one `rate_limit` per destination."""
+        if isinstance(self.store, SharesRateLimits):
+            return self.store.shared_limiter(key, rate)
+        return DestinationLimiter(rate)
+
     def make_sink(self, dest: Destination) -> Sink | None:
         if dest.missing:
             return None
         limiter = self.limiters.get(dest.key)
         if limiter is None or limiter.rate != dest.rate_limit:
-            limiter = self.limiters[dest.key] = DestinationLimiter(dest.rate_limit)
+            limiter = self.limiters[dest.key] = self.new_limiter(dest.key, dest.rate_limit)
         self.metrics.rate.labels(dest.key).set(dest.rate_limit)
         transport = WatchedTransport(self.transport, dest.key, self.watch)
         return type_of(dest).sink(dest, transport, limiter, self.metrics, self.clock)

@@ -81,6 +81,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def store_name(config: Config) -> str:
+    redis = config.storage.redis
+    if redis is None:
+        return config.storage.sqlite.path
+    from relay.store.redis.client import where
+
+    return f"Redis at {where(redis.url)}, keys {redis.key_prefix}*"
+
+
 async def _serve(config: Config) -> None:
     app = create_app(config)
     tune_garbage_collector()
@@ -99,7 +108,7 @@ async def _serve(config: Config) -> None:
         __version__,
         config.server.host,
         config.server.port,
-        config.storage.sqlite.path,
+        store_name(config),
     )
     try:
         admin_runner = await start_admin(app[RELAY])

@@ -158,15 +158,21 @@ async def closed_loop(url: str, bodies: list[bytes], seconds: float, concurrency
 
 
 def relay_config(
-    db: Path, *, port: int | None = None, api_key: str = PAUSED, **settings: Any
+    db: Path,
+    *,
+    port: int | None = None,
+    api_key: str = PAUSED,
+    redis: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> str:
     """relay's config for a run: Segment in through `/v1/batch` (WRITE_KEY), routed to one
     Customer.io destination, `customerio.main`, with `api_key` (by default paused) and the
-    further `settings` given (base_url, rate_limit, batch_size, api); SQLite at `db`. The
-    server section only with a `port`."""
+    further `settings` given (base_url, rate_limit, batch_size, api); SQLite at `db`, or
+    the `redis` settings given (storage.redis). The server section only with a `port`."""
     lines = [] if port is None else [f"server: {{host: {HOST}, port: {port}}}"]
+    storage = {"redis": redis} if redis is not None else {"sqlite": {"path": str(db)}}
     lines += [
-        f"storage: {{sqlite: {{path: {json.dumps(str(db))}}}}}",
+        f"storage: {json.dumps(storage)}",
         f"sources: {{segment: {{write_keys: {{bench: {json.dumps(WRITE_KEY)}}}}}}}",
         "destinations:",
         "  customerio:",

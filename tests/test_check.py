@@ -308,9 +308,57 @@ def test_the_readme_edit_example_does_what_it_says() -> None:
 
 
 def test_a_storage_backend_relay_does_not_have_is_refused_rather_than_ignored() -> None:
+    text = 'storage:\n  mongodb: {url: "mongodb://127.0.0.1"}\nroutes: []\n'
+    assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
+        'relay.yaml:2:3: storage.mongodb: unknown key "mongodb" (known keys: redis, sqlite)'
+    ]
+
+
+def test_storage_redis_is_read_with_its_defaults() -> None:
+    text = 'storage:\n  redis: {url: "redis://:pw@10.0.0.5:6380/2", partitions: 8}\nroutes: []\n'
+    result = check_text(text, "relay.yaml", {})
+    assert result.problems == [] and result.config is not None
+    redis = result.config.storage.redis
+    assert redis is not None
+    assert (redis.url, redis.key_prefix, redis.partitions, redis.reclaim_idle) == (
+        "redis://:pw@10.0.0.5:6380/2",
+        "relay:",
+        8,
+        30.0,
+    )
+    assert result.config.storage.sqlite.path == "var/relay.db"  # local files only
+
+
+def test_storage_takes_one_backend_and_says_where_the_second_is() -> None:
+    text = (
+        "storage:\n  sqlite: {path: var/relay.db}\n"
+        '  redis: {url: "redis://127.0.0.1:6379/0"}\nroutes: []\n'
+    )
+    assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
+        "relay.yaml:3:10: storage.redis: give storage.sqlite or storage.redis, not both:"
+        " the queue is in one of them"
+    ]
+
+
+def test_storage_redis_without_redis_py_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("relay.config.schemas.available", lambda: False)
     text = 'storage:\n  redis: {url: "redis://127.0.0.1:6379/0"}\nroutes: []\n'
     assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
-        'relay.yaml:2:3: storage.redis: unknown key "redis" (known keys: sqlite)'
+        "relay.yaml:2:10: storage.redis: storage.redis needs the Python package redis:"
+        " pip install 'relay[redis]'"
+    ]
+
+
+def test_a_wrong_redis_setting_is_located() -> None:
+    text = "storage:\n  redis:\n    partitions: 0\n    colour: red\nroutes: []\n"
+    assert [str(p) for p in check_text(text, "relay.yaml", {}).problems] == [
+        "relay.yaml:3:17: storage.redis.partitions: must be greater than or equal to 1 and"
+        " less than or equal to 1024 (write a whole number from 1 to 1024, such as 16)",
+        'relay.yaml:4:5: storage.redis.colour: unknown key "colour" (known keys:'
+        " key_prefix, max_pending, ownership_ttl, partitions, reclaim_idle, require_durable,"
+        " timeout, url)",
     ]
 
 

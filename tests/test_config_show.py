@@ -76,6 +76,7 @@ storage:
     max_pending: 5000000
     max_size_mb: null
     min_free_mb: 100
+  redis: null
 admin:
   host: 127.0.0.1
   port: 0
@@ -145,7 +146,8 @@ SMALL_JSON = """\
       "max_pending": 5000000,
       "max_size_mb": null,
       "min_free_mb": 100
-    }
+    },
+    "redis": null
   },
   "admin": {
     "host": "127.0.0.1",
@@ -312,6 +314,7 @@ def keys_shown(value: Any, like: Any) -> Any:
 def test_every_setting_of_every_section_is_shown(tmp_path: Path) -> None:
     path = tmp_path / "relay.yaml"
     path.write_text(
+        "storage: {redis: {}}\n"  # off unless written: written, it shows every setting
         "destinations:\n"
         "  customerio: {main: {site_id: s, api_key: kkkkkkkkkkkkkkkkkkkk}}\n"
         "  segment: {main: {write_key: wk}}\n"

@@ -1,6 +1,6 @@
 """How the `relay` commands reach the relay that serves a config: the address its admin
-endpoint got is written beside the store when it starts listening (its port may be any free
-one), and removed when it stops."""
+endpoint got is written beside the store (on Redis, beside the config file) when it starts
+listening (its port may be any free one), and removed when it stops."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from relay.config import Config
 
 
 def address_file(config: Config) -> str:
+    if config.storage.redis is not None:
+        return config.path + ".admin"
     return config.storage.sqlite.path + ".admin"
 
 

@@ -145,11 +145,12 @@ async def reach(config: Config) -> AsyncIterator[Operator]:
         return
     from relay.app import RELAY, build_store, create_app
 
-    if not os.path.exists(config.storage.sqlite.path):
+    if config.storage.redis is None and not os.path.exists(config.storage.sqlite.path):
         raise CommandError(
             f"there is no event store at {config.storage.sqlite.path} (storage.sqlite.path)"
         )
-    app = create_app(config, store=build_store(config, lock_wait=0))
+    # On Redis the store is shared: a command works on it beside the running instances.
+    app = create_app(config, store=build_store(config, lock_wait=0, delivers=False))
     relay = app[RELAY]
     try:
         await relay.store.open()

@@ -169,6 +169,8 @@ def _what_to_write(found: fields.Field[Any] | None, path: Path) -> str:
 
 def _validation_hint(found: fields.Field[Any] | None, message: str, path: Path) -> str:
     name = str(path[-1])
+    if found is not None and message in found.metadata.get("complete", ()):
+        return ""  # the message itself says what to do
     if message.startswith("Missing data for required field"):
         return str(found.metadata.get("required_hint", f"add {name}")) if found else f"add {name}"
     if isinstance(found, KeyList):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import Schema, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from relay.admin.settings import AdminSchema
 from relay.config.positions import Path
@@ -15,6 +15,8 @@ from relay.logs import FORMAT_SETTINGS
 from relay.settings import Duration, Strict, defaults
 from relay.sources.customerio.settings import CustomerIOSource, CustomerIOSourceSchema
 from relay.sources.segment.settings import SegmentSource, SegmentSourceSchema
+from relay.store.redis.client import INSTALL, available
+from relay.store.redis.settings import RedisSchema, RedisSettings
 from relay.store.sqlite.settings import SqliteSchema, SqliteSettings
 
 
@@ -46,10 +48,26 @@ class ServerSchema(Strict):
 @dataclass(frozen=True)
 class StorageSettings:
     sqlite: SqliteSettings
+    # When set, the queue is in Redis, shared by every instance configured alike; the
+    # SQLite settings are then only where local files go (the admin address).
+    redis: RedisSettings | None = None
+
+
+BOTH = "give storage.sqlite or storage.redis, not both: the queue is in one of them"
 
 
 class StorageSchema(Strict):
     sqlite = fields.Nested(SqliteSchema, load_default=defaults(SqliteSchema))
+    redis = fields.Nested(RedisSchema, load_default=None, metadata={"complete": (BOTH, INSTALL)})
+
+    @validates_schema(pass_original=True)
+    def one_backend(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        if not isinstance(original, dict) or original.get("redis") is None:
+            return
+        if "sqlite" in original:
+            raise ValidationError(BOTH, "redis")
+        if not available():
+            raise ValidationError(INSTALL, "redis")
 
     @post_load
     def settings(self, data: dict[str, Any], **kwargs: Any) -> StorageSettings:

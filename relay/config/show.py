@@ -83,7 +83,8 @@ class _View:
             # typed value leaves out the entries whose variable is unset.
             return self.secret(typed if written is _ABSENT else written, path)
         if isinstance(field, fields.Nested) and isinstance(field.schema, Schema):
-            return self.section(field.schema, typed, written, path)
+            # A section that is off unless written (storage.redis) shows as null.
+            return None if typed is None else self.section(field.schema, typed, written, path)
         if isinstance(field, fields.Dict) and "each" in field.metadata:
             names = written if isinstance(written, dict) else typed
             return {

@@ -24,6 +24,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 WINDOW = 1.0
 # Sends that are a full window apart at relay may arrive closer together at the other end
@@ -55,6 +56,24 @@ class Budget:
         """A request goes now (after `wait(now)` said it may)."""
         self.next_slot = max(self.next_slot, now) + self.interval
         self.sent.append(now)
+
+
+class Limiter(Protocol):
+    """What a destination's sender asks: one instance's DestinationLimiter, or a limiter
+    shared by every instance (relay.store.redis.limiter)."""
+
+    rate: float
+
+    async def acquire(self) -> None: ...
+
+    def throttled(self, retry_after: float | None) -> None: ...
+
+
+@runtime_checkable
+class SharesRateLimits(Protocol):
+    """A store shared by several instances, which keeps their rate limits too."""
+
+    def shared_limiter(self, key: str, rate: float) -> Limiter: ...
 
 
 class DestinationLimiter:

@@ -15,7 +15,7 @@ from marshmallow import Schema
 from relay.delivery import Sink
 from relay.destinations.customerio import settings as customerio
 from relay.destinations.customerio.sink import CustomerIOSink
-from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.limiter import Limiter
 from relay.destinations.segment import settings as segment
 from relay.destinations.segment.sink import SegmentSink
 from relay.destinations.transport import Transport
@@ -43,7 +43,7 @@ class DestinationType:
     # What its settings look like, for the hint when they are not a mapping.
     example: str
     # Builds the sink that sends a lease's deliveries.
-    sink: Callable[[Any, Transport, DestinationLimiter, Metrics, Clock], Sink]
+    sink: Callable[[Any, Transport, Limiter, Metrics, Clock], Sink]
     # How many deliveries a lane leases at a time.
     lease_size: Callable[[Any], int]
     # What is shown instead of the credentials (`relay routes test`).

@@ -9,7 +9,7 @@ from typing import TypeAlias
 
 from relay import USER_AGENT
 from relay.codec import encode
-from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.limiter import Limiter
 from relay.destinations.outcome import Outcome, Retry, classify
 from relay.destinations.transport import Response, Transport, TransportError
 from relay.metrics import Metrics
@@ -40,7 +40,7 @@ class Sender:
         headers: Mapping[str, str],
         timeout: float,
         transport: Transport,
-        limiter: DestinationLimiter,
+        limiter: Limiter,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -228,13 +228,14 @@ class Store(Protocol):
         ...
 
 
-def check_queue_room(pending: int, new: int, limit: int) -> None:
+def check_queue_room(
+    pending: int, new: int, limit: int, setting: str = "storage.sqlite.max_pending"
+) -> None:
     """Every backend refuses new deliveries alike once `limit` (max_pending) would be passed:
     with StoreFull, which says what the queue holds and when to try again."""
     if pending + new > limit:
         raise StoreFull(
-            f"the queue holds {pending} deliveries, its limit"
-            f" (storage.sqlite.max_pending) is {limit}; retry later",
+            f"the queue holds {pending} deliveries, its limit ({setting}) is {limit}; retry later",
             retry_after=30,
         )
 

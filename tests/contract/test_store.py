@@ -1,6 +1,6 @@
 """The Store contract: what every backend must do, written once and run against each of them
-(in memory, SQLite, SQLite behind its own process). A new backend joins by adding itself to
-BACKENDS; it is ready when this suite passes."""
+(in memory, SQLite, SQLite behind its own process, Redis). A new backend joins by adding
+itself to BACKENDS; it is ready when this suite passes."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ from relay.store.base import (
 )
 from relay.store.memory import MemoryStore
 from relay.store.process import ProcessStore
+from relay.store.redis import RedisStore
 from relay.store.sqlite import SqliteStore
+from tests.redis_server import URL, delete_prefix, need_redis, new_prefix
 
 DEST = "customerio.main"
 OTHER = "segment.main"
@@ -48,13 +50,24 @@ def _process(path: Path, **options: Any) -> Store:
     return ProcessStore(str(path / "relay.db"), **options)
 
 
-BACKENDS = {"memory": _memory, "sqlite": _sqlite, "process": _process}
+def _redis(path: Path, **options: Any) -> Store:
+    # One key prefix per test (kept in the test's folder, so that a reopened store finds
+    # its data), and one consumer name: a restart under the same name, as with SQLite.
+    prefix_file = path / "redis-prefix"
+    if not prefix_file.exists():
+        prefix_file.write_text(new_prefix())
+    return RedisStore(URL, key_prefix=prefix_file.read_text(), consumer="contract", **options)
+
+
+BACKENDS = {"memory": _memory, "sqlite": _sqlite, "process": _process, "redis": _redis}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
     """Opens a store of the backend under test; `reopen` closes one and opens it again on
     the same data (a restart; the memory store keeps its data in the object)."""
+    if request.param == "redis":
+        need_redis()
     build = BACKENDS[request.param]
     opened: list[Store] = []
 
@@ -72,6 +85,8 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     yield make_store
     for store in opened:
         await store.close()
+    if (tmp_path / "redis-prefix").exists():
+        delete_prefix((tmp_path / "redis-prefix").read_text())
 
 
 def event(
@@ -120,7 +135,7 @@ def test_every_backend_has_every_call() -> None:
         if inspect.iscoroutinefunction(member) and name not in ("open", "close")
     }
     assert protocol == set(STORE_CALLS)
-    for backend in (MemoryStore, SqliteStore, ProcessStore):
+    for backend in (MemoryStore, SqliteStore, ProcessStore, RedisStore):
         for name in (*STORE_CALLS, "open", "close"):
             assert inspect.iscoroutinefunction(getattr(backend, name)), (backend, name)
 

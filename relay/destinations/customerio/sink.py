@@ -20,7 +20,7 @@ from itertools import takewhile
 
 from relay.destinations.batching import pack
 from relay.destinations.customerio.settings import CustomerIODestination
-from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.limiter import Limiter
 from relay.destinations.outcome import DONE, HOLD, Dead, Done, Outcome, Pause, Retry, Skipped
 from relay.destinations.sender import Sender, json_headers
 from relay.destinations.transport import Response, Transport
@@ -159,7 +159,7 @@ class CustomerIOSink:
         self,
         dest: CustomerIODestination,
         transport: Transport,
-        limiter: DestinationLimiter,
+        limiter: Limiter,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:

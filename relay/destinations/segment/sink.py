@@ -10,7 +10,7 @@ from typing import Any
 
 from relay.codec import encode
 from relay.destinations.batching import pack
-from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.limiter import Limiter
 from relay.destinations.outcome import Dead, Outcome, Pause, Retry
 from relay.destinations.segment.settings import SegmentDestination
 from relay.destinations.sender import Sender, json_headers
@@ -82,7 +82,7 @@ class SegmentSink:
         self,
         dest: SegmentDestination,
         transport: Transport,
-        limiter: DestinationLimiter,
+        limiter: Limiter,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
