@@ -13,9 +13,10 @@ FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# relay and its dependencies only: no test extras.
+# relay and its dependencies, with the Redis client (storage.redis) so that one image serves
+# both storages; no test extras.
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl \
+RUN pip install --no-cache-dir "$(ls /wheels/relay-*.whl)[redis]" \
     && rm -rf /wheels \
     && useradd --system --user-group --uid 10001 --home-dir /var/lib/relay \
         --shell /usr/sbin/nologin relay \

@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import fields, post_load, validate
 
-from relay.settings import Duration, Strict
+from relay.settings import Duration, Strict, StrictBool
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -42,7 +42,7 @@ class RedisSchema(Strict):
     timeout = Duration(load_default=5.0, validate=validate.Range(min=0, min_inclusive=False))
     # Refuse to start unless Redis writes every command to its append-only file before
     # answering (appendonly yes, appendfsync always); otherwise only a warning.
-    require_durable = fields.Boolean(load_default=False)
+    require_durable = StrictBool(load_default=False)
 
     @post_load
     def settings(self, data: dict[str, Any], **kwargs: Any) -> RedisSettings:
