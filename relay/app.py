@@ -45,7 +45,7 @@ def build_store(config: Config, *, lock_wait: float = 30.0, delivers: bool = Tru
     command, which must not take a share of the Redis store's partitions."""
     redis = config.storage.redis
     if redis is not None:
-        from relay.store.redis import RedisStore
+        from relay.store.redis.store import RedisStore
 
         return RedisStore(
             redis.url,

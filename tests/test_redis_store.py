@@ -16,8 +16,7 @@ import pytest
 
 from relay.errors import StoreCannotOpen, StoreUnavailable
 from relay.store.base import Settlement
-from relay.store.redis import RedisStore, partition_of
-from relay.store.redis.store import persistence_problem
+from relay.store.redis.store import RedisStore, partition_of, persistence_problem
 from tests.contract.test_store import DEST, NOW, event
 from tests.redis_server import URL, PrivateRedis, delete_prefix, need_redis, new_prefix
 

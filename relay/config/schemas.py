@@ -15,8 +15,7 @@ from relay.logs import FORMAT_SETTINGS
 from relay.settings import Duration, Strict, defaults
 from relay.sources.customerio.settings import CustomerIOSource, CustomerIOSourceSchema
 from relay.sources.segment.settings import SegmentSource, SegmentSourceSchema
-from relay.store.redis.client import INSTALL, available
-from relay.store.redis.settings import RedisSchema, RedisSettings
+from relay.store.redis.settings import INSTALL, RedisSchema, RedisSettings, available
 from relay.store.sqlite.settings import SqliteSchema, SqliteSettings
 
 

@@ -27,7 +27,7 @@ from relay.store.base import (
 )
 from relay.store.memory import MemoryStore
 from relay.store.process import ProcessStore
-from relay.store.redis import RedisStore
+from relay.store.redis.store import RedisStore
 from relay.store.sqlite import SqliteStore
 from tests.redis_server import URL, delete_prefix, need_redis, new_prefix
 

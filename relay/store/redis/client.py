@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from relay.errors import StoreCannotOpen
-
-INSTALL = "storage.redis needs the Python package redis: pip install 'relay[redis]'"
+from relay.store.redis.settings import INSTALL, available
 
 try:
     from redis.exceptions import RedisError
@@ -23,15 +22,7 @@ except ImportError:  # pragma: no cover - where redis is not installed
 # types each command as returning a value or an awaitable), so relay calls it untyped.
 Redis = Any
 
-__all__ = ["INSTALL", "Redis", "RedisError", "available", "connect", "describe", "where"]
-
-
-def available() -> bool:
-    try:
-        import redis.asyncio  # noqa: F401
-    except ImportError:
-        return False
-    return True
+__all__ = ["Redis", "RedisError", "connect", "describe", "where"]
 
 
 def connect(url: str, timeout: float) -> Redis:

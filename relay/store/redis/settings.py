@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,13 @@ from marshmallow import fields, post_load, validate
 from relay.settings import Duration, Strict, StrictBool
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+INSTALL = "storage.redis needs the Python package redis: pip install 'relay[redis]'"
+
+
+def available() -> bool:
+    """Whether redis-py is installed, without importing it (a relay on SQLite never does)."""
+    return importlib.util.find_spec("redis") is not None
 
 
 @dataclass(frozen=True)
