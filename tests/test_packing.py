@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.store.base import NewDelivery, NewEvent, Settlement
+from relay.store.base import EVERY_DEAD_LETTER, NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import SqliteStore, packing
-from relay.store.sqlite.packing import SAMPLES, ZSTD_MAGIC, Packer, train
+from relay.store.sqlite.packing import SAMPLES, ZSTD_MAGIC, Packer, train, unused
 
 DEST = "customerio.main"
 
@@ -175,3 +175,72 @@ async def test_the_store_samples_and_trains_by_itself(tmp_path: Path) -> None:
             assert conn.execute("SELECT count(*) FROM dictionaries").fetchone()[0] == 1
     finally:
         await store.close()
+
+
+def test_a_dictionary_is_unused_once_nothing_queued_is_older_than_the_next_ones_first_id() -> None:
+    three = [(11, 1), (22, 100), (33, 250)]
+    assert unused(three, None) == [11, 22]  # nothing queued: all but the current one
+    assert unused(three, 1) == []
+    assert unused(three, 99) == []
+    assert unused(three, 100) == [11]
+    assert unused(three, 249) == [11]
+    assert unused(three, 250) == [11, 22]
+    assert unused([(11, 1)], None) == []  # the current one is always kept
+    assert unused([(11, 1), (22, None), (33, 250)], None) == []  # not known: kept
+
+
+async def test_a_dictionary_no_queued_delivery_can_name_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(str(path), dedup_flush_interval=3600)
+    await store.open()
+    now = time.time()
+    try:
+        await store.enqueue([new_event(i, now) for i in range(SAMPLES)])
+        await made(path, 1)  # trained in the background once the samples are in
+        await store.enqueue([new_event(i, now) for i in range(SAMPLES, SAMPLES + 10)])
+        # The next dictionary, as after RETRAIN_AFTER messages: trained on later ones.
+        monkeypatch.setattr(packing, "RETRAIN_AFTER", 0)
+        await store.enqueue([new_event(i, now) for i in range(SAMPLES + 10, 2 * SAMPLES + 10)])
+        await made(path, 2)
+        await store.enqueue([new_event(i, now) for i in range(3 * SAMPLES, 3 * SAMPLES + 10)])
+        with sqlite3.connect(path) as conn:
+            (first_of_second,) = conn.execute(
+                "SELECT first_id FROM dictionaries ORDER BY made_at DESC LIMIT 1"
+            ).fetchone()
+        leased = await store.lease(DEST, 3 * SAMPLES, now + 1)
+        older = [d.id for d in leased if d.id < first_of_second]
+        await store.settle(Settlement(done=older[:-1], dead=[(older[-1], "refused")]), now + 1)
+        await store.purge(now + 1)
+        assert dictionaries(path) == 2  # a dead letter still names the first
+        await store.discard(EVERY_DEAD_LETTER)
+        await store.purge(now + 1)
+        assert dictionaries(path) == 1
+        later = await store.dead_letters()
+        assert later == []
+    finally:
+        await store.close()
+    store = SqliteStore(str(path), dedup_flush_interval=3600)
+    await store.open()
+    try:
+        back = await store.lease(DEST, 100, now + 2)  # released at the restart
+        assert [json.dumps(d.message).encode() for d in back] == [
+            message(i) for i in range(3 * SAMPLES, 3 * SAMPLES + 10)
+        ]
+    finally:
+        await store.close()
+
+
+async def made(path: Path, count: int) -> None:
+    """Until `count` dictionaries are in use (recorded, and adopted from a first id on)."""
+    deadline = time.monotonic() + 30
+    while dictionaries(path, "first_id IS NOT NULL") < count:
+        assert time.monotonic() < deadline, f"no dictionary number {count} was made"
+        await asyncio.sleep(0.05)
+
+
+def dictionaries(path: Path, where: str = "1") -> int:
+    with sqlite3.connect(path) as conn:
+        count: int = conn.execute(f"SELECT count(*) FROM dictionaries WHERE {where}").fetchone()[0]
+    return count

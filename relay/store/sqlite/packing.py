@@ -15,19 +15,23 @@ hardly shrinks, but with a dictionary of what messages look like it takes a sixt
   message as it came (JSON starts with `{`, never with zstd's magic number). So rows written
   before packing, or whose message did not shrink, read back as they are, and each row reads
   back with the dictionary it was written with.
+- A dictionary records the first delivery id packed with it. Once no queued delivery is
+  older than the next dictionary's first id, no row can name it, and it is deleted (see
+  `unused`): a long-running store keeps a few dictionaries, not one per million messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, Final
 
 import zstandard
 
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 
-# Messages a dictionary is trained on, and the dictionary's size: more of either made the
-# packed messages of scripts/bench_memory.py no smaller.
+# Messages a dictionary is trained on, and the dictionary's size: 5,000 and 16 KB already
+# packed the messages of scripts/bench_memory.py from 350 bytes to 57; twice that size
+# leaves room for traffic more varied than the benchmark's.
 SAMPLES: Final = 5_000
 DICTIONARY_BYTES: Final = 32 * 1024
 
@@ -54,17 +58,35 @@ def dictionary_id(data: bytes) -> int:
     return zstandard.ZstdCompressionDict(data).dict_id()
 
 
-class Packer:
-    """Packs and unpacks messages with the store's dictionaries. Used by the store's writer
-    thread only (pack, adopt, take_samples) and the threads that read rows (unpack)."""
+def unused(dictionaries: Sequence[tuple[int, int | None]], oldest_queued: int | None) -> list[int]:
+    """The dictionaries no queued delivery can be packed with, from (dictionary id, first
+    delivery id packed with it) oldest first, and the id of the oldest delivery queued (None:
+    none is). Every one but the last, whose successor's first id is at most that id."""
+    gone = []
+    for (dict_id, _), (_, successor_first) in zip(dictionaries, dictionaries[1:], strict=False):
+        if successor_first is None:
+            break  # not known when the next one took over: keep this one and those before
+        if oldest_queued is not None and oldest_queued < successor_first:
+            break
+        gone.append(dict_id)
+    return gone
 
-    def __init__(self, dictionaries: Iterable[bytes] = ()) -> None:
+
+class Packer:
+    """Packs and unpacks messages with the store's dictionaries (in the store's writer
+    thread)."""
+
+    def __init__(self, dictionaries: Sequence[bytes] = ()) -> None:
+        self._dictionaries: dict[int, bytes] = {}
+        # Made when first needed: a store that reads only new rows loads one.
         self._decompressors: dict[int, zstandard.ZstdDecompressor] = {}
         self._compressor: zstandard.ZstdCompressor | None = None
         self._samples: list[bytes] = []
         self.packed = 0  # messages packed with the current dictionary
-        for data in dictionaries:  # oldest first: the last one is the current one
-            self.adopt(data)
+        for data in dictionaries[:-1]:  # oldest first: the last one is the current one
+            self._dictionaries[dictionary_id(data)] = data
+        if dictionaries:
+            self.adopt(dictionaries[-1])
 
     @property
     def wants_training(self) -> bool:
@@ -77,12 +99,17 @@ class Packer:
     def adopt(self, data: bytes) -> None:
         """Pack with this dictionary from now on (it is in the `dictionaries` table)."""
         made = zstandard.ZstdCompressionDict(data)
-        self._decompressors[made.dict_id()] = zstandard.ZstdDecompressor(dict_data=made)
+        self._dictionaries[made.dict_id()] = data
         self._compressor = zstandard.ZstdCompressor(
             level=LEVEL, dict_data=made, write_checksum=False, write_dict_id=True
         )
         self.packed = 0
         self._samples = []
+
+    def forget(self, dict_id: int) -> None:
+        """No stored message names this dictionary any more (it is deleted)."""
+        self._dictionaries.pop(dict_id, None)
+        self._decompressors.pop(dict_id, None)
 
     def pack(self, message: bytes) -> bytes:
         compressor = self._compressor
@@ -101,5 +128,12 @@ class Packer:
         dict_id = zstandard.get_frame_parameters(stored).dict_id
         decompressor = self._decompressors.get(dict_id)
         if decompressor is None:
-            raise ValueError(f"a stored message names dictionary {dict_id}, which is not stored")
+            data = self._dictionaries.get(dict_id)
+            if data is None:
+                raise ValueError(
+                    f"a stored message names dictionary {dict_id}, which is not stored"
+                )
+            decompressor = self._decompressors[dict_id] = zstandard.ZstdDecompressor(
+                dict_data=zstandard.ZstdCompressionDict(data)
+            )
         return decompressor.decompress(stored)

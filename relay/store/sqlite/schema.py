@@ -47,11 +47,13 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value
 ) WITHOUT ROWID;
--- The dictionaries messages are packed with (packing.py), by zstd's id of each.
+-- The dictionaries messages are packed with (packing.py), by zstd's id of each, and the
+-- first delivery id packed with each (NULL until it is used).
 CREATE TABLE IF NOT EXISTS dictionaries (
-    id      INTEGER PRIMARY KEY,
-    data    BLOB NOT NULL,
-    made_at REAL NOT NULL
+    id       INTEGER PRIMARY KEY,
+    data     BLOB NOT NULL,
+    made_at  REAL NOT NULL,
+    first_id INTEGER
 );
 CREATE TABLE IF NOT EXISTS rejected (
     id          INTEGER PRIMARY KEY,

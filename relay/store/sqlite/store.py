@@ -44,7 +44,7 @@ from relay.store.sqlite.files import (
     take_lock,
     unavailable,
 )
-from relay.store.sqlite.packing import Packer, dictionary_id, train
+from relay.store.sqlite.packing import Packer, dictionary_id, train, unused
 from relay.store.sqlite.rows import (
     LeasedRow,
     T,
@@ -221,7 +221,7 @@ class SqliteStore:
         conn.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         self._packer = Packer(
-            data for (data,) in conn.execute("SELECT data FROM dictionaries ORDER BY made_at")
+            [data for (data,) in conn.execute("SELECT data FROM dictionaries ORDER BY made_at")]
         )
         # Read in the main writer's thread, by the operation that checks ids.
         self._dedup_reader = open_connection(self.dedup_path, "NORMAL", "")
@@ -238,6 +238,12 @@ class SqliteStore:
             f" WHERE state = {PENDING} AND attempts > 0"
         )
         self._resync(conn)
+        # A dictionary whose first id was not recorded (the store stopped, or a commit
+        # failed, as it was adopted) is given the next id: later than its true first one,
+        # which only keeps the dictionary before it longer.
+        conn.execute(
+            "UPDATE dictionaries SET first_id = ? WHERE first_id IS NULL", (self._next_delivery_id,)
+        )
         return conn
 
     def _resync(self, conn: sqlite3.Connection) -> None:
@@ -360,16 +366,34 @@ class SqliteStore:
 
         def record(conn: sqlite3.Connection) -> bool:
             added = conn.execute(
-                "INSERT OR IGNORE INTO dictionaries VALUES (?, ?, ?)",
+                "INSERT OR IGNORE INTO dictionaries (id, data, made_at) VALUES (?, ?, ?)",
                 (dictionary_id(data), data, time.time()),
             ).rowcount
             return bool(added)
 
+        def adopt(conn: sqlite3.Connection) -> None:
+            # Rows from this id on may be packed with it (committed with the first of them).
+            conn.execute(
+                "UPDATE dictionaries SET first_id = ? WHERE id = ?",
+                (self._next_delivery_id, dictionary_id(data)),
+            )
+            self._packer.adopt(data)
+
         # Committed before any message is packed with it.
         if not await self._main.submit(record):
             return False  # the rare id made twice: the next samples make another
-        await self._main.submit(lambda _conn: self._packer.adopt(data))
+        await self._main.submit(adopt)
         return True
+
+    def _forget_dictionaries(self, conn: sqlite3.Connection) -> None:
+        """Delete the dictionaries no queued delivery can be packed with any more."""
+        known = conn.execute("SELECT id, first_id FROM dictionaries ORDER BY made_at").fetchall()
+        if len(known) < 2:
+            return
+        (oldest,) = conn.execute("SELECT min(id) FROM queue").fetchone()
+        for dict_id in unused(known, oldest):
+            conn.execute("DELETE FROM dictionaries WHERE id = ?", (dict_id,))
+            self._packer.forget(dict_id)
 
     def _train_when_sampled(self) -> None:
         """Train in the background once the samples are in: until then, messages are stored
@@ -768,6 +792,7 @@ class SqliteStore:
         return await self._read(oldest_queued)
 
     async def purge(self, now: float) -> None:
+        await self._submit(self._forget_dictionaries)
         first = self._purge_from
         self._purge_from = (first + PURGE_SLICES) % 256
         await self._dedup.submit(lambda conn: purge_slices(conn, first, PURGE_SLICES, now))
