@@ -11,7 +11,7 @@ from typing import Any
 
 from relay.store.sqlite.schema import STATES
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, relay_of
-from tests.faults import busiest_window
+from tests.faults import WINDOW_JITTER, busiest_window
 from tests.helpers import post, run_relay, track
 
 AUTH = {"Authorization": basic(WRITE_KEY)}
@@ -161,7 +161,9 @@ async def test_replay_sends_again_within_the_rate_limit(
     assert result.stdout == "12 deliveries put back in the queue (the running relay)\n"
     replays = await customerio.wait_for(sent_before + 12, timeout=15)
     times = [r.at for r in replays[sent_before:]]
-    busiest, _ = busiest_window(times)
+    # In windows of 0.98 s, as the fault tests count: sends a whole window apart can arrive
+    # a little closer on a busy machine (seen: 0.998 s).
+    busiest, _ = busiest_window(times, 1.0 - WINDOW_JITTER)
     assert busiest <= 4, times
 
 
