@@ -363,11 +363,12 @@ class SqliteStore:
         data = await asyncio.to_thread(train, samples)
         if data is None:
             return False
+        dict_id = dictionary_id(data)
 
         def record(conn: sqlite3.Connection) -> bool:
             added = conn.execute(
                 "INSERT OR IGNORE INTO dictionaries (id, data, made_at) VALUES (?, ?, ?)",
-                (dictionary_id(data), data, time.time()),
+                (dict_id, data, time.time()),
             ).rowcount
             return bool(added)
 
@@ -375,7 +376,7 @@ class SqliteStore:
             # Rows from this id on may be packed with it (committed with the first of them).
             conn.execute(
                 "UPDATE dictionaries SET first_id = ? WHERE id = ?",
-                (self._next_delivery_id, dictionary_id(data)),
+                (self._next_delivery_id, dict_id),
             )
             self._packer.adopt(data)
 
