@@ -1,9 +1,9 @@
 """Benchmark: events/s delivered to a loopback Customer.io stand-in at 100 requests/s.
 
-relay runs in-process with `rate_limit: 100` and v2 batches of `batch_size` ops; the
-stand-in, in a process of its own, stamps each request as it arrives. The script queues
-`--events` mixed Segment calls (identify, track, page, screen, group) through `/v1/batch`
-with the destination paused, then starts relay again on the same store with credentials
+relay runs as `relay serve`, in a process of its own, with `rate_limit: 100` and v2 batches
+of `batch_size` ops; the stand-in, in another, stamps each request as it arrives. The script
+queues `--events` mixed Segment calls (identify, track, page, screen, group) through
+`/v1/batch` with the destination paused, then starts relay again on the same store with credentials
 and measures how fast they arrive at the stand-in (delivery alone): events/s, requests/s (never
 above the limit), ops per request, and the largest number of requests seen in any one-second
 window. The baseline, measured in the same run, is relay with `api: v1` (one classic call
@@ -24,11 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 
 import benchlib
-from relay.app import create_app
-from relay.config import parse_config
 
 
 def messages(n: int) -> list[dict[str, Any]]:
@@ -88,34 +85,34 @@ def messages(n: int) -> list[dict[str, Any]]:
 async def run(
     events: int, batch_size: int, rate: float, seconds: float, api: str
 ) -> dict[str, float]:
-    async with benchlib.stand_in() as cio, aiohttp.ClientSession() as session:
-        with tempfile.TemporaryDirectory() as tmp:
-            db = Path(tmp) / "bench.db"
-            settings = {"base_url": cio.url, "rate_limit": rate, "batch_size": batch_size}
+    settings = {"rate_limit": rate, "batch_size": batch_size, "api": api}
+    with tempfile.TemporaryDirectory(prefix="relay-bench-delivery-") as t:
+        tmp = Path(t)
+        db = tmp / "bench.db"
+        async with (
+            benchlib.stand_in(tmp / "stand-in.log") as cio,
+            aiohttp.ClientSession() as session,
+        ):
             # First queued with the destination paused, so that the delivery measured next
             # does not share relay's CPU with taking the events in.
-            paused = TestServer(
-                create_app(parse_config(benchlib.relay_config(db, **settings), "b.yaml", {})),
-                host=benchlib.HOST,
-            )
-            await paused.start_server()
-            url = str(paused.make_url("/v1/batch"))
-            batch = messages(events)
-            for i in range(0, len(batch), 500):
-                async with session.post(
-                    url, json={"batch": batch[i : i + 500]}, headers=benchlib.HEADERS
-                ) as resp:
-                    assert resp.status == 200, await resp.text()
-            await paused.close()
-            text = benchlib.relay_config(db, api_key="k" * 20, api=api, **settings)
-            relay = TestServer(create_app(parse_config(text, "bench.yaml", {})), host=benchlib.HOST)
-            await relay.start_server()
-            deadline = time.monotonic() + seconds
-            await cio.poll(session)
-            while cio.ops + cio.other < events and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            async with benchlib.serve_relay(tmp, db, base_url=cio.url, **settings) as paused:
+                batch = messages(events)
+                for i in range(0, len(batch), 500):
+                    async with session.post(
+                        f"{paused.url}/v1/batch",
+                        json={"batch": batch[i : i + 500]},
+                        headers=benchlib.HEADERS,
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+            async with benchlib.serve_relay(
+                tmp, db, api_key="k" * 20, base_url=cio.url, **settings
+            ) as relay:
+                deadline = time.monotonic() + seconds
                 await cio.poll(session)
-            await relay.close()
+                while cio.ops + cio.other < events and time.monotonic() < deadline:
+                    relay.check()
+                    await asyncio.sleep(0.05)
+                    await cio.poll(session)
 
     arrivals = cio.arrivals
     delivered = cio.ops + cio.other  # a v1 call is one op
