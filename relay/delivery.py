@@ -102,6 +102,8 @@ class DestinationWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
+        # Settlements being recorded in the store (see _record_soon).
+        self._recording: set[asyncio.Task[None]] = set()
         self.metrics.paused.labels(key).set(1 if unconfigured else 0)
         self.metrics.retrying.labels(key).set(0)
 
@@ -141,6 +143,10 @@ class DestinationWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._lanes = []
+        # What a cancelled lane left being recorded: it ends by itself once recorded (or,
+        # the store being unavailable, at its next try now that relay stops).
+        if self._recording:
+            await asyncio.wait(set(self._recording))
 
     @property
     def state(self) -> dict[str, object]:
@@ -159,29 +165,60 @@ class DestinationWorker:
     # ------------------------------------------------------------------ lanes
 
     async def _lane(self) -> None:
-        while not self._stopping:
-            now = self.clock()
-            if self.paused_until > now:
-                await self._sleep(self.paused_until - now)
-                continue
-            if self.failing is None:
-                leased = await self._lease(self.lease_size, now)
-                if leased:
-                    await self._run(leased)
-                    if len(leased) < self.lease_size and not self._stopping:
-                        await asyncio.sleep(LINGER)
-                continue
-            if self._probing or self.probe_at > now:
-                # Another lane probes, or the next probe is not due: wait for either.
-                await self._sleep(self.probe_at - now if self.probe_at > now else PROBE_CAP)
-                continue
-            self._probing = True
-            try:
-                leased = await self._lease(1, now)
-                if leased:
-                    await self._run(leased, probe=True)
-            finally:
-                self._probing = False
+        # The store records one lease's outcomes while the lane leases, maps and sends the
+        # next: at most one recording is in flight per lane, and the next lease cannot take
+        # anything from a lease not yet recorded (it is still leased, its people still held).
+        recording: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping:
+                now = self.clock()
+                if self.paused_until > now:
+                    await self._sleep(self.paused_until - now)
+                    continue
+                if self.failing is None:
+                    leased = await self._lease(self.lease_size, now)
+                    if leased:
+                        outcomes = await self._send(leased)
+                        await self._recorded(recording)
+                        recording = self._record_soon(leased, outcomes)
+                        if len(leased) < self.lease_size and not self._stopping:
+                            await asyncio.sleep(LINGER)
+                    continue
+                # Probing: one request at a time, each recorded before the next.
+                await self._recorded(recording)
+                recording = None
+                if self._probing or self.probe_at > now:
+                    # Another lane probes, or the next probe is not due: wait for either.
+                    await self._sleep(self.probe_at - now if self.probe_at > now else PROBE_CAP)
+                    continue
+                self._probing = True
+                try:
+                    leased = await self._lease(1, now)
+                    if leased:
+                        outcomes = await self._send(leased, probe=True)
+                        await self._recorded(self._record_soon(leased, outcomes, probe=True))
+                finally:
+                    self._probing = False
+        finally:
+            await self._recorded(recording)
+
+    def _record_soon(
+        self, leased: list[Delivery], outcomes: dict[int, Outcome], *, probe: bool = False
+    ) -> asyncio.Task[None]:
+        """Settle `leased` now (what it means for the destination's state takes effect at
+        once) and record the settlement in the store in a task of its own, which neither a
+        stop nor a cancelled lane interrupts."""
+        settlement, now = self._settle(leased, outcomes, probe=probe)
+        task = asyncio.create_task(self._record(settlement, now), name=f"relay-record-{self.key}")
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        return task
+
+    @staticmethod
+    async def _recorded(recording: asyncio.Task[None] | None) -> None:
+        """Wait for a recording to be done; a cancelled lane leaves it running."""
+        if recording is not None:
+            await asyncio.shield(recording)
 
     async def _lease(self, size: int, now: float) -> list[Delivery]:
         """Up to `size` due deliveries; none (after waiting a poll) when there are none."""
@@ -202,10 +239,11 @@ class DestinationWorker:
             await self._sleep(self.poll_interval)
         return leased
 
-    async def _run(self, leased: list[Delivery], *, probe: bool = False) -> None:
+    async def _send(self, leased: list[Delivery], *, probe: bool = False) -> dict[int, Outcome]:
+        """Each leased delivery's outcome from the sink."""
         assert self.sink is not None
         try:
-            outcomes = await self.sink.deliver(leased)
+            return await self.sink.deliver(leased)
         except asyncio.CancelledError:
             # Shutdown ran out of time: nothing was settled, give everything back.
             await asyncio.shield(
@@ -218,10 +256,15 @@ class DestinationWorker:
                 self.key,
                 extra=about_deliveries(self.key, [d.id for d in leased]),
             )
-            outcomes = {d.id: Retry("internal error while sending") for d in leased}
+            return {d.id: Retry("internal error while sending") for d in leased}
+
+    async def _record(self, settlement: Settlement, now: float) -> None:
+        """Record `settlement` in the store, trying again until it is (or relay stops)."""
+        ids = [*settlement.done, *(r.id for r in settlement.retries)]
+        ids += [i for i, _ in settlement.dead] + list(settlement.release)
         while True:
             try:
-                await asyncio.shield(self._settle(leased, outcomes, probe=probe))
+                await self.store.settle(settlement, now)
                 return
             except StoreUnavailable as exc:
                 # The outcome must be recorded, or these deliveries stay leased until the
@@ -230,7 +273,7 @@ class DestinationWorker:
                     "could not record deliveries to %s, will retry: %s",
                     self.key,
                     exc,
-                    extra=about_deliveries(self.key, [d.id for d in leased]),
+                    extra=about_deliveries(self.key, ids),
                 )
                 if self._stopping:
                     return
@@ -278,9 +321,11 @@ class DestinationWorker:
             await asyncio.wait_for(self._wake.wait(), timeout=min(seconds, self.poll_interval))
         self._wake.clear()
 
-    async def _settle(
+    def _settle(
         self, leased: list[Delivery], outcomes: dict[int, Outcome], *, probe: bool = False
-    ) -> None:
+    ) -> tuple[Settlement, float]:
+        """What each outcome means for its delivery (and for the destination's state, at
+        once), with the time it was settled: for the store to record."""
         now = self.clock()
         retry_after = 0.0
         done: list[int] = []
@@ -325,7 +370,6 @@ class DestinationWorker:
             self._failed(now, retries[0].error, retry_after, probe, [r.id for r in retries])
         elif done and self.failing is not None:
             self._recovered(now)
-        await self.store.settle(Settlement(done, retries, dead, release), now)
         if self.note_error is not None:
             for error in (*(r.error for r in retries[:1]), *(reason for _, reason in dead[:1])):
                 self.note_error(self.key, error)
@@ -374,3 +418,4 @@ class DestinationWorker:
                 pause,
                 extra=about_deliveries(self.key, paused_ids),
             )
+        return Settlement(done, retries, dead, release), now

@@ -244,7 +244,7 @@ async def test_gives_up_only_when_old_and_failed_three_times(
         )
         for d, a in zip(leased, attempts, strict=True)
     ]
-    await worker._settle(rows, {d.id: Retry("HTTP 500") for d in rows})
+    await worker._recorded(worker._record_soon(rows, {d.id: Retry("HTTP 500") for d in rows}))
     dead = [d for d in await store.dead_letters() if d.destination == "customerio.test"]
     assert len(dead) == 1 and dead[0].id == rows[2].id
     assert dead[0].reason.startswith("gave up after 3 attempts")
