@@ -1957,7 +1957,7 @@ def test_identifier_over_150_bytes_is_refused() -> None:
 
 def test_merge_and_relationship_identifiers_are_checked() -> None:
     long = "x" * 151
-    merge = Operation("person", "merge", primary={"id": "a"}, secondary={"id": long})
+    merge = Operation("person", "merge", {}, primary={"id": "a"}, secondary={"id": long})
     assert check_limits(merge) == (
         "secondary.id is 151 bytes; Customer.io accepts identifiers of at most 150 bytes"
     )
