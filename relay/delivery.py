@@ -236,7 +236,16 @@ class DestinationWorker:
             log.warning("leasing for %s works again", self.key, extra=about_deliveries(self.key))
             self._lease_failing = False
         if not leased:
-            await self._sleep(self.poll_interval)
+            if self._recording and not self._stopping:
+                # What is due may wait behind deliveries whose outcomes are being recorded
+                # (their people are held until then): lease again as soon as one is.
+                await asyncio.wait(
+                    set(self._recording),
+                    timeout=self.poll_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            else:
+                await self._sleep(self.poll_interval)
         return leased
 
     async def _send(self, leased: list[Delivery], *, probe: bool = False) -> dict[int, Outcome]:

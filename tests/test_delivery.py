@@ -335,3 +335,56 @@ async def test_a_429_storm_never_sends_before_retry_after_and_recovers_at_full_r
     after = times[4:]
     assert after[-1] - after[0] <= 1.0 + 2.0  # then all 20 at the full 20/s
     assert relay_of(app).workers["customerio.main"].state == {"state": "ok"}
+
+
+async def test_a_lease_held_back_by_outcomes_being_recorded_is_tried_again_once_they_are() -> None:
+    """The store records a lease's outcomes while the lane sends the next one; a person's next
+    delivery waits behind the one being recorded, and must go as soon as it is recorded, not
+    at the next poll."""
+    from relay.delivery import DestinationWorker
+    from relay.destinations.outcome import DONE
+    from relay.metrics import Metrics
+    from relay.store.base import NewDelivery, NewEvent, Settlement
+    from relay.store.memory import MemoryStore
+
+    class SlowToRecord(MemoryStore):
+        async def settle(self, settlement: Settlement, now: float) -> None:
+            await asyncio.sleep(0.5)
+            await super().settle(settlement, now)
+
+    sent: list[tuple[int, float]] = []
+
+    class Sink:
+        async def deliver(self, deliveries: Any) -> dict[int, Any]:
+            sent.extend((d.id, loop.time()) for d in deliveries)
+            return {d.id: DONE for d in deliveries}
+
+    loop = asyncio.get_running_loop()
+    store = SlowToRecord()
+    await store.open()
+    await store.enqueue(
+        [
+            NewEvent("web", "segment", b'{"n":%d}' % n, 0.0, "u1", (NewDelivery("cio.main"),))
+            for n in range(3)
+        ]
+    )
+    worker = DestinationWorker(
+        "cio.main",
+        Sink(),
+        store,
+        Metrics(),
+        concurrency=1,
+        lease_size=1,
+        max_age=86400.0,
+        poll_interval=30.0,
+    )
+    started = loop.time()
+    worker.start()
+    try:
+        while len(sent) < 3 and loop.time() - started < 10:
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop(5.0)
+    assert [i for i, _ in sent] == [1, 2, 3]  # in order, each after the one before it
+    assert sent[-1][1] - started < 5.0  # not held back until the next poll (30 s)
+    assert await store.counts() == {}  # every outcome recorded
