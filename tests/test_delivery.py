@@ -8,7 +8,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.delivery import backoff
+from relay.delivery import DestinationWorker, backoff
+from relay.destinations.outcome import DONE
+from relay.metrics import Metrics
+from relay.store.base import NewDelivery, NewEvent, Settlement
+from relay.store.memory import MemoryStore
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
 from tests.helpers import post, sent_ops, track
 
@@ -337,21 +341,30 @@ async def test_a_429_storm_never_sends_before_retry_after_and_recovers_at_full_r
     assert relay_of(app).workers["customerio.main"].state == {"state": "ok"}
 
 
-async def test_a_lease_held_back_by_outcomes_being_recorded_is_tried_again_once_they_are() -> None:
-    """The store records a lease's outcomes while the lane sends the next one; a person's next
-    delivery waits behind the one being recorded, and must go as soon as it is recorded, not
-    at the next poll."""
-    from relay.delivery import DestinationWorker
-    from relay.destinations.outcome import DONE
-    from relay.metrics import Metrics
-    from relay.store.base import NewDelivery, NewEvent, Settlement
-    from relay.store.memory import MemoryStore
+class _SlowToRecord(MemoryStore):
+    """A store that takes `seconds` to record outcomes, noting when each recording started
+    and ended."""
 
-    class SlowToRecord(MemoryStore):
-        async def settle(self, settlement: Settlement, now: float) -> None:
-            await asyncio.sleep(0.5)
-            await super().settle(settlement, now)
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.recorded: list[tuple[float, float]] = []
 
+    async def settle(self, settlement: Settlement, now: float) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(self.seconds)
+        await super().settle(settlement, now)
+        self.recorded.append((started, loop.time()))
+
+
+async def _deliver_with_slow_recording(
+    people: list[str],
+) -> tuple[list[tuple[int, float]], _SlowToRecord]:
+    """One lane leasing one delivery at a time, a person each of `people` in order, against a
+    store that takes 0.5 s to record outcomes and a poll interval of 30 s: each delivery's id
+    and when it was sent (the event loop's clock), and the store, once the worker stopped."""
+    loop = asyncio.get_running_loop()
     sent: list[tuple[int, float]] = []
 
     class Sink:
@@ -359,13 +372,12 @@ async def test_a_lease_held_back_by_outcomes_being_recorded_is_tried_again_once_
             sent.extend((d.id, loop.time()) for d in deliveries)
             return {d.id: DONE for d in deliveries}
 
-    loop = asyncio.get_running_loop()
-    store = SlowToRecord()
+    store = _SlowToRecord(0.5)
     await store.open()
     await store.enqueue(
         [
-            NewEvent("web", "segment", b'{"n":%d}' % n, 0.0, "u1", (NewDelivery("cio.main"),))
-            for n in range(3)
+            NewEvent("web", "segment", b'{"n":%d}' % n, 0.0, person, (NewDelivery("cio.main"),))
+            for n, person in enumerate(people)
         ]
     )
     worker = DestinationWorker(
@@ -381,10 +393,27 @@ async def test_a_lease_held_back_by_outcomes_being_recorded_is_tried_again_once_
     started = loop.time()
     worker.start()
     try:
-        while len(sent) < 3 and loop.time() - started < 10:
+        while len(sent) < len(people) and loop.time() - started < 10:
             await asyncio.sleep(0.05)
     finally:
         await worker.stop(5.0)
+    return sent, store
+
+
+async def test_a_lane_sends_the_next_lease_while_the_last_ones_outcomes_are_recorded() -> None:
+    sent, store = await _deliver_with_slow_recording(["u1", "u2", "u3"])
+    assert [i for i, _ in sent] == [1, 2, 3]
+    # The second went out before the first's outcome was recorded (which takes 0.5 s).
+    assert sent[1][1] < store.recorded[0][1]
+    # Stopping waited for every outcome to be recorded.
+    assert len(store.recorded) == 3
+    assert await store.counts() == {}
+
+
+async def test_a_lease_held_back_by_outcomes_being_recorded_is_tried_again_once_they_are() -> None:
+    """A person's next delivery waits behind the one whose outcome is being recorded, and
+    must go as soon as it is recorded, not at the next poll."""
+    sent, store = await _deliver_with_slow_recording(["u1", "u1", "u1"])
     assert [i for i, _ in sent] == [1, 2, 3]  # in order, each after the one before it
-    assert sent[-1][1] - started < 5.0  # not held back until the next poll (30 s)
+    assert sent[-1][1] - sent[0][1] < 5.0  # not held back until the next poll (30 s)
     assert await store.counts() == {}  # every outcome recorded
