@@ -101,7 +101,7 @@ async def test_ids_survive_a_restart(tmp_path: Path) -> None:
         await again.close()
 
 
-async def test_a_flush_records_every_id_once_in_key_order_in_steps(
+async def test_a_flush_records_every_id_in_slices_each_written_in_key_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written: list[list[bytes]] = []
@@ -118,12 +118,8 @@ async def test_a_flush_records_every_id_once_in_key_order_in_steps(
         assert await store.enqueue([event(i) for i in ids]) == ["queued"] * count
         assert await store.flush_ids() == count
         assert ids_on_disk(store) == count
-        keys = [key for step in written for key in step]
-        # Each id once, and all of them in key order, so that each page of the index is
-        # written once; in several steps, none much larger than a slice.
-        assert keys == sorted(set(keys)) and len(keys) == count
-        assert 3 <= len(written) <= 4
-        assert all(len(step) < 2 * sqlite_dedup._RECORD_SLICE for step in written)
+        assert [len(keys) for keys in written] == [sqlite_dedup._RECORD_SLICE] * 3 + [5]
+        assert all(keys == sorted(keys) for keys in written)
         assert await store.enqueue([event(i) for i in ids[::1000]]) == ["duplicate"] * 13
 
 

@@ -5,6 +5,7 @@ looking up and forgetting them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
 from collections.abc import Iterable
 
@@ -13,7 +14,7 @@ import rbloom
 from relay.store.sqlite.rows import in_chunks, insert_rows, placeholders
 from relay.store.sqlite.schema import FILTER_FALSE_POSITIVES, FILTER_MIN_IDS
 
-# Ids recorded at least per step (see record_ids).
+# Ids recorded per step (see record_ids).
 _RECORD_SLICE = 4096
 
 
@@ -79,22 +80,11 @@ def purge_slices(conn: sqlite3.Connection, first: int, count: int, now: float) -
 
 
 def record_ids(conn: sqlite3.Connection, ids: dict[bytes, float]) -> None:
-    # In key order over the whole flush, so that each page of the index is written once with
-    # all of its new ids: slices sorted each on its own but spread over the whole key space
-    # made SQLite's 2 MB cache spill a page and write it again for nearly every slice, as
-    # the index outgrew the cache (250,000 ids took 2.95 s into an index of a million).
     # This runs beside the main writer, in the same process, so it holds the GIL in short
-    # steps only: one sort of every id of a second (30 ms for 100,000) would stall the main
-    # writer, and every request waiting on it, as long. So the ids go into buckets by their
-    # first byte (a loop the interpreter interrupts) and each bucket is sorted on its own.
-    buckets: list[list[tuple[bytes, float]]] = [[] for _ in range(256)]
-    for item in ids.items():
-        buckets[item[0][0]].append(item)
-    rows: list[tuple[bytes, float]] = []
-    for bucket in buckets:
-        bucket.sort()
-        rows += bucket
-        if len(rows) >= _RECORD_SLICE or bucket is buckets[-1]:
-            # 512 rows, 1,024 parameters: see _MAX_PARAMETERS.
-            insert_rows(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", rows, 512)
-            rows = []
+    # steps only: one C call over every id of a second (sorting 100,000 of them took some
+    # 30 ms) stalled the main writer, and every request waiting on it, as long. Each slice is
+    # sorted, so that the index pages it touches are visited in order.
+    items = iter(ids.items())
+    while chunk := sorted(itertools.islice(items, _RECORD_SLICE)):
+        # 512 rows, 1,024 parameters: see _MAX_PARAMETERS.
+        insert_rows(conn, "INSERT OR REPLACE INTO dedup VALUES ", "(?, ?)", chunk, 512)
