@@ -221,7 +221,8 @@ class DestinationWorker:
             await asyncio.shield(recording)
 
     async def _lease(self, size: int, now: float) -> list[Delivery]:
-        """Up to `size` due deliveries; none (after waiting a poll) when there are none."""
+        """Up to `size` due deliveries; none when there are none, after waiting a poll, or
+        until an outcome being recorded is (its person may hold back what is due)."""
         try:
             leased = await self.store.lease(self.key, size, now)
         except Exception as exc:  # the store may be briefly unwritable; keep the lane alive
@@ -269,8 +270,6 @@ class DestinationWorker:
 
     async def _record(self, settlement: Settlement, now: float) -> None:
         """Record `settlement` in the store, trying again until it is (or relay stops)."""
-        ids = [*settlement.done, *(r.id for r in settlement.retries)]
-        ids += [i for i, _ in settlement.dead] + list(settlement.release)
         while True:
             try:
                 await self.store.settle(settlement, now)
@@ -278,6 +277,8 @@ class DestinationWorker:
             except StoreUnavailable as exc:
                 # The outcome must be recorded, or these deliveries stay leased until the
                 # next start: keep trying, unless shutting down (a start releases them).
+                ids = [*settlement.done, *(r.id for r in settlement.retries)]
+                ids += [i for i, _ in settlement.dead] + list(settlement.release)
                 log.error(
                     "could not record deliveries to %s, will retry: %s",
                     self.key,

@@ -3,12 +3,12 @@
 relay runs as `relay serve`, in a process of its own, with `rate_limit: 100` and v2 batches
 of `batch_size` ops; the stand-in, in another, stamps each request as it arrives. The script
 queues `--events` mixed Segment calls (identify, track, page, screen, group) through
-`/v1/batch` with the destination paused, then starts relay again on the same store with credentials
-and measures how fast they arrive at the stand-in (delivery alone): events/s, requests/s (never
-above the limit), ops per request, and the largest number of requests seen in any one-second
-window. The baseline, measured in the same run, is relay with `api: v1` (one classic call
-per request, as per-call clients send) under the same limit, so the ratio shows what v2
-batching buys under Customer.io's rate limit.
+`/v1/batch` with the destination paused, then starts relay again on the same store with
+credentials and measures how fast they arrive at the stand-in (delivery alone): events/s,
+requests/s (never above the limit), ops per request, and the largest number of requests seen
+in any one-second window. The baseline, measured in the same run, is relay with `api: v1`
+(one classic call per request, as per-call clients send) under the same limit, so the ratio
+shows what v2 batching buys under Customer.io's rate limit.
 
     python scripts/bench_delivery.py [--events 60000] [--batch-size 1000] [--rate 100]
 """
