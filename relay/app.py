@@ -463,10 +463,8 @@ async def cors_middleware(
     response = await handler(request)
     # A handler's own Vary (the settings answer varies by Host) is kept, Origin added to it.
     vary = response.headers.get("Vary")
-    if vary is not None and "origin" not in vary.lower():
-        cors["Vary"] = f"{vary}, Origin"
-    elif vary is not None:
-        cors["Vary"] = vary
+    if vary is not None:
+        cors["Vary"] = vary if "origin" in vary.lower() else f"{vary}, Origin"
     response.headers.update(cors)
     return response
 
