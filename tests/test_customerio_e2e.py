@@ -551,6 +551,20 @@ CIO_HEADERS = {
 }
 
 
+def assert_one_v2_op_sent(request: Recorded, api: str, op: dict[str, Any]) -> None:
+    """`request` carried exactly `op`, with Customer.io's headers: in a v2 batch of its own,
+    or, from a v1 destination, to `/api/v2/entity` (v1 has no call for it)."""
+    assert cio_headers(request) == CIO_HEADERS
+    if api == "v2":
+        assert (request.method, request.path, request.body) == (
+            "POST",
+            "/api/v2/batch",
+            {"batch": [op]},
+        )
+    else:
+        assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)
+
+
 def delivery_event(message_id: str, **properties: Any) -> dict[str, Any]:
     return {
         "type": "track",
@@ -681,15 +695,7 @@ async def test_a_content_event_is_the_person_action_it_names(
         "timestamp": TRACK_TS,
         "attributes": {"contentId": 3},
     }
-    assert cio_headers(request) == CIO_HEADERS
-    if api == "v2":
-        assert (request.method, request.path, request.body) == (
-            "POST",
-            "/api/v2/batch",
-            {"batch": [op]},
-        )
-    else:
-        assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)
+    assert_one_v2_op_sent(request, api, op)
 
 
 # --- phone identifiers, subscription preferences, update-only identifies, end to end ---------
@@ -725,16 +731,8 @@ async def test_a_destination_with_phone_identifiers_and_update_only_sends_them_e
             "_update": True,
         },
     }
-    assert cio_headers(request) == CIO_HEADERS
-    if api == "v2":
-        assert (request.method, request.path, request.body) == (
-            "POST",
-            "/api/v2/batch",
-            {"batch": [op]},
-        )
-    else:
-        # v1 cannot address a person by phone: the v2 op goes to /api/v2/entity.
-        assert (request.method, request.path, request.body) == ("POST", "/api/v2/entity", op)
+    # v1 cannot address a person by phone: the v2 op goes to /api/v2/entity.
+    assert_one_v2_op_sent(request, api, op)
     assert await counts_settle_on(app, {}) == {}
 
 
