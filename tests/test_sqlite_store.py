@@ -22,8 +22,7 @@ from relay.store.base import NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as sqlite_dedup
 from relay.store.sqlite import store as sqlite_store
-from relay.store.sqlite.dedup import purge_slices
-from relay.store.sqlite.schema import DEDUP_SCHEMA
+from relay.store.sqlite.dedup import count_ids
 
 
 def event(dedup_id: str, *, until: float | None = None, rejected: str | None = None) -> NewEvent:
@@ -57,8 +56,7 @@ async def opened(store: SqliteStore) -> AsyncIterator[SqliteStore]:
 
 def ids_on_disk(store: SqliteStore) -> int:
     with sqlite3.connect(store.dedup_path) as conn:
-        count: int = conn.execute("SELECT count(*) FROM dedup").fetchone()[0]
-    return count
+        return count_ids(conn)
 
 
 async def test_a_repeat_is_caught_before_after_and_while_ids_move_to_disk(
@@ -101,25 +99,20 @@ async def test_ids_survive_a_restart(tmp_path: Path) -> None:
         await again.close()
 
 
-async def test_a_flush_records_every_id_in_slices_each_written_in_key_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    written: list[list[bytes]] = []
-    real_insert = sqlite_dedup.insert_rows
-
-    def insert(conn: sqlite3.Connection, head: str, row: str, rows: Any, largest: int) -> None:
-        written.append([key for key, _ in rows])
-        real_insert(conn, head, row, rows, largest)
-
-    monkeypatch.setattr(sqlite_dedup, "insert_rows", insert)
-    count = 3 * sqlite_dedup._RECORD_SLICE + 5
+async def test_a_flush_records_every_id_as_one_run_in_key_order(tmp_path: Path) -> None:
+    count = 3 * 4096 + 5
     async with opened(store_at(tmp_path)) as store:
         ids = [f"id-{i}" for i in range(count)]
-        assert await store.enqueue([event(i) for i in ids]) == ["queued"] * count
+        until = time.time() + 3600.25
+        assert await store.enqueue([event(i, until=until) for i in ids]) == ["queued"] * count
         assert await store.flush_ids() == count
-        assert ids_on_disk(store) == count
-        assert [len(keys) for keys in written] == [sqlite_dedup._RECORD_SLICE] * 3 + [5]
-        assert all(keys == sorted(keys) for keys in written)
+        with sqlite3.connect(store.dedup_path) as conn:
+            (run,) = sqlite_dedup.runs_of(conn)
+            assert (run.ids, run.first_expiry, run.last_expiry) == (count, until, until)
+            rows = conn.execute(f"SELECT key, expires_at FROM {run.table}").fetchall()
+        keys = [dedup_key("segment", "web", i) for i in ids]
+        assert [key for key, _ in rows] == sorted(keys)
+        assert {expires for _, expires in rows} == {until}
         assert await store.enqueue([event(i) for i in ids[::1000]]) == ["duplicate"] * 13
 
 
@@ -132,8 +125,7 @@ async def test_an_expired_id_is_accepted_again_wherever_it_is_kept(tmp_path: Pat
         assert await store.enqueue([event("older", until=past)]) == ["queued"]
         await store.flush_ids()
         assert await store.enqueue([event("older")]) == ["queued"]  # expired, on disk
-        for _ in range(256 // 8):  # a purge looks over a slice of the ids at a time
-            await store.purge(time.time())  # forgets the expired "older" on disk
+        await store.purge(time.time())  # drops the run that holds the expired "older"
         assert ids_on_disk(store) == 1
         await store.flush_ids()  # "older" again, with its new expiry
         assert ids_on_disk(store) == 2
@@ -162,19 +154,6 @@ async def test_a_rejected_message_with_an_id_is_stored_once(tmp_path: Path) -> N
         assert await store.enqueue([bad]) == ["rejected"]
         assert await store.enqueue([bad]) == ["duplicate"]
         assert len(await store.dead_letters()) == 1
-
-
-def test_a_purge_forgets_expired_ids_in_its_slices_only() -> None:
-    conn = sqlite3.connect(":memory:")
-    conn.executescript(DEDUP_SCHEMA)
-    keys = [bytes([b]) + b"x" * 15 for b in (0x00, 0x07, 0x08, 0xF8, 0xFF)]
-    conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(k, 10.0) for k in keys])
-    conn.execute("INSERT INTO dedup VALUES (?, ?)", (b"\x01" + b"y" * 15, 99.0))  # not expired
-    purge_slices(conn, 0, 8, now=20.0)
-    left = sorted(row[0][0] for row in conn.execute("SELECT key FROM dedup"))
-    assert left == [0x01, 0x08, 0xF8, 0xFF]
-    purge_slices(conn, 248, 8, now=20.0)  # the last slices, up to 0xFF included
-    assert sorted(row[0][0] for row in conn.execute("SELECT key FROM dedup")) == [0x01, 0x08]
 
 
 async def test_only_ids_the_filter_may_hold_are_looked_up_on_disk(
@@ -363,17 +342,17 @@ async def test_ids_that_cannot_be_recorded_are_kept_and_recorded_later(
 ) -> None:
     async with opened(store_at(tmp_path)) as store:
         assert await store.enqueue([event("a"), event("b")]) == ["queued", "queued"]
-        real_record = sqlite_store.record_ids
+        real_record = sqlite_store.record_run
 
-        def full(_conn: sqlite3.Connection, _ids: dict[bytes, float]) -> None:
+        def full(_conn: sqlite3.Connection, _run: int, _ids: dict[bytes, float]) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
-        monkeypatch.setattr(sqlite_store, "record_ids", full)
+        monkeypatch.setattr(sqlite_store, "record_run", full)
         assert await store.flush_ids() == 0  # the dedup database refuses them
         assert ids_on_disk(store) == 0
         # Still known: a repeat is caught while they wait in memory ...
         assert await store.enqueue([event("a"), event("c")]) == ["duplicate", "queued"]
-        monkeypatch.setattr(sqlite_store, "record_ids", real_record)
+        monkeypatch.setattr(sqlite_store, "record_run", real_record)
         assert await store.flush_ids() == 3  # ... and they are recorded once it takes them
         assert ids_on_disk(store) == 3
         assert await store.enqueue([event("b")]) == ["duplicate"]

@@ -100,15 +100,15 @@ DROP TABLE deliveries;
 DROP TABLE IF EXISTS holds;
 """
 
-# `key` is a digest of (kind, source, dedup id). No index on `expires_at`: a second index
-# would double the cost of recording ids; expired ids are forgotten a slice of the key space
-# at a time instead (digests spread evenly over it), and a lookup ignores them meanwhile.
+# The dedup database lists its runs here; each run's ids are in a table `ids_<id>` (key, a
+# digest of kind, source and dedup id; expires_at). See relay.store.sqlite.dedup.
 DEDUP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS dedup (
-    key        BLOB PRIMARY KEY,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
-DROP INDEX IF EXISTS dedup_expiry;
+CREATE TABLE IF NOT EXISTS runs (
+    id           INTEGER PRIMARY KEY,
+    ids          INTEGER NOT NULL,
+    first_expiry REAL NOT NULL,
+    last_expiry  REAL NOT NULL
+);
 """
 
 # The filter in front of the dedup database: sized for at least this many ids, or twice the
@@ -136,10 +136,6 @@ WAL_FRAME_HEADER = 24
 AUTOCHECKPOINT = 20_000
 
 TIGHT_AUTOCHECKPOINT = 64
-
-# Each purge reads this many of the 256 slices (by first byte): at one purge every 30 s, all
-# of the dedup ids are looked over every 16 minutes.
-PURGE_SLICES = 8
 
 
 # An UPDATE's assignment that adds a failed attempt (time, error: two parameters) to the

@@ -30,10 +30,17 @@ from relay.store.base import (
 )
 from relay.store.sqlite.dedup import (
     IdFilter,
+    Merge,
+    abandon_merge,
     dedup_key,
+    drop_expired,
     filter_of,
-    purge_slices,
-    record_ids,
+    finish_merge,
+    merge_step,
+    open_runs,
+    plan_merge,
+    record_run,
+    runs_of,
     seen_ids,
 )
 from relay.store.sqlite.files import (
@@ -68,7 +75,6 @@ from relay.store.sqlite.schema import (
     LEASE,
     LEASED,
     PENDING,
-    PURGE_SLICES,
     SCHEMA,
     TIGHT_AUTOCHECKPOINT,
     WAL_FRAME_HEADER,
@@ -140,8 +146,14 @@ class SqliteStore:
         # the writer writes).
         self._counter: sqlite3.Connection | None = None
         self._read_executor: ThreadPoolExecutor | None = None
-        self._purge_from = 0
         self._flusher: asyncio.Task[None] | None = None
+        # Runs of dedup ids: the id the next one takes, and the merging of them in the
+        # background (relay.store.sqlite.dedup), woken when runs are added or dropped.
+        self._next_run = 1
+        self._merger: asyncio.Task[None] | None = None
+        self._runs_changed = asyncio.Event()
+        self._merging: frozenset[int] = frozenset()
+        self._merge_failing = False
         self._ids_failing = False
         self._checkpoint_failing = False
         self._next_delivery_id = 1
@@ -193,6 +205,7 @@ class SqliteStore:
         await self._main.open()
         self._read_executor = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-read")
         self._flusher = asyncio.create_task(self._background_work(), name="relay-store-background")
+        self._merger = asyncio.create_task(self._merge_runs(), name="relay-store-merge-ids")
 
     def _open_dedup(self) -> sqlite3.Connection:
         # Runs in the second writer's own thread. Its work (recording ids, checkpoints) can
@@ -204,7 +217,9 @@ class SqliteStore:
                 me = threading.get_native_id()
                 nice = os.getpriority(os.PRIO_PROCESS, me) + BACKGROUND_NICE
                 os.setpriority(os.PRIO_PROCESS, me, min(19, nice))
-        return open_connection(self.dedup_path, "NORMAL", DEDUP_SCHEMA)
+        conn = open_connection(self.dedup_path, "NORMAL", DEDUP_SCHEMA)
+        self._next_run = open_runs(conn)
+        return conn
 
     def _open_main(self) -> sqlite3.Connection:
         conn = open_connection(self.path, "FULL", SCHEMA)
@@ -258,11 +273,12 @@ class SqliteStore:
             training.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await training
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        for task in (self._flusher, self._merger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._flusher = self._merger = None
         with contextlib.suppress(StoreUnavailable):
             await self.flush_ids()
         reader, self._dedup_reader = self._dedup_reader, None
@@ -318,6 +334,47 @@ class SqliteStore:
             raise
         await self._main.submit(lambda conn: finish(conn, built, pending))
 
+    async def _merge_runs(self) -> None:
+        """Merge runs of dedup ids while there are runs to merge (see plan_merge), a step at a
+        time, so that flushes and checkpoints go on between the steps."""
+        while True:
+            await self._runs_changed.wait()
+            self._runs_changed.clear()
+            try:
+                while await self._merge_once():
+                    pass
+            except StoreUnavailable:
+                pass
+            except Exception as exc:  # lookups only have more runs to look in meanwhile
+                if not self._merge_failing:
+                    log.warning("merging runs of dedup ids failed: %s", exc)
+                self._merge_failing = True
+            else:
+                self._merge_failing = False
+
+    async def _merge_once(self) -> bool:
+        now = time.time()
+        sources = plan_merge(await self._dedup.submit(runs_of), now)
+        if not sources:
+            return False
+        merge = Merge(self._next_run, tuple(sources), now)
+        self._next_run += 1
+        self._merging = frozenset(run.id for run in sources)
+        try:
+            written = 0
+            for step in range(merge.steps):
+                written += await self._dedup.submit(
+                    functools.partial(merge_step, merge=merge, step=step)
+                )
+            await self._dedup.submit(functools.partial(finish_merge, merge=merge, written=written))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._dedup.submit(functools.partial(abandon_merge, merge=merge))
+            raise
+        finally:
+            self._merging = frozenset()
+        return True
+
     def _take_recent(self) -> dict[bytes, float]:
         # Runs in the main writer's thread, between two operations.
         taken, self._recent = self._recent, {}
@@ -329,8 +386,9 @@ class SqliteStore:
         taken = await self._main.submit(lambda _conn: self._take_recent())
         if not taken:
             return 0
+        run_id, self._next_run = self._next_run, self._next_run + 1
         try:
-            await self._dedup.submit(lambda conn: record_ids(conn, taken))
+            await self._dedup.submit(lambda conn: record_run(conn, run_id, taken))
         except Exception as exc:
             if not self._ids_failing:  # once, not every second while the trouble lasts
                 log.error(
@@ -349,6 +407,7 @@ class SqliteStore:
         if self._ids_failing:
             log.warning("dedup ids are recorded again")
             self._ids_failing = False
+        self._runs_changed.set()
         return len(taken)
 
     def _keep_unrecorded(self, ids: dict[bytes, float]) -> None:
@@ -794,6 +853,6 @@ class SqliteStore:
 
     async def purge(self, now: float) -> None:
         await self._submit(self._forget_dictionaries)
-        first = self._purge_from
-        self._purge_from = (first + PURGE_SLICES) % 256
-        await self._dedup.submit(lambda conn: purge_slices(conn, first, PURGE_SLICES, now))
+        busy = self._merging
+        await self._dedup.submit(lambda conn: drop_expired(conn, now, busy))
+        self._runs_changed.set()  # a run may have expired enough to be written again

@@ -1,0 +1,240 @@
+"""The dedup database's runs: recording, looking up, merging in steps, dropping expired ids,
+and adopting the single table of earlier versions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.store.base import NewDelivery, NewEvent
+from relay.store.sqlite import SqliteStore, dedup_key
+from relay.store.sqlite import dedup as runs
+from relay.store.sqlite.dedup import (
+    Merge,
+    Run,
+    count_ids,
+    drop_expired,
+    filter_of,
+    finish_merge,
+    merge_step,
+    open_runs,
+    plan_merge,
+    record_run,
+    runs_of,
+    seen_ids,
+)
+from relay.store.sqlite.schema import DEDUP_SCHEMA
+
+NOW = 1_800_000_000.0
+
+
+def database() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(DEDUP_SCHEMA)
+    return conn
+
+
+def key(n: int) -> bytes:
+    return dedup_key("segment", "web", f"id-{n}")
+
+
+def stored(conn: sqlite3.Connection) -> dict[bytes, float]:
+    """Every id on disk with its expiry, whichever run holds it."""
+    found: dict[bytes, float] = {}
+    for run in runs_of(conn):
+        for k, expires in conn.execute(f"SELECT key, expires_at FROM {run.table}"):
+            assert k not in found, "one id in two runs"
+            found[k] = expires
+    return found
+
+
+def merge_all(conn: sqlite3.Connection, target: int, sources: list[Run], now: float) -> None:
+    merge = Merge(target, tuple(sources), now)
+    written = sum(merge_step(conn, merge, step) for step in range(merge.steps))
+    finish_merge(conn, merge, written)
+
+
+def test_a_run_is_found_by_key_until_each_id_expires() -> None:
+    conn = database()
+    record_run(conn, 1, {key(1): NOW + 10, key(2): NOW - 1})
+    record_run(conn, 2, {key(3): NOW + 0.5})
+    assert [(r.id, r.ids, r.first_expiry, r.last_expiry) for r in runs_of(conn)] == [
+        (1, 2, NOW - 1, NOW + 10),
+        (2, 1, NOW + 0.5, NOW + 0.5),
+    ]
+    asked = [key(n) for n in range(6)]
+    assert seen_ids(conn, asked, NOW) == {key(1), key(3)}
+    assert seen_ids(conn, asked, NOW + 1) == {key(1)}
+    # Every count of keys, padded to a power of two, and more than one statement's worth.
+    many = [key(n) for n in range(1, 1200)]
+    assert seen_ids(conn, many, NOW) == {key(1), key(3)}
+    for size in range(1, 9):
+        assert seen_ids(conn, [key(1)] * size, NOW) == {key(1)}
+    assert seen_ids(database(), asked, NOW) == set()  # no run at all
+
+
+def test_expiries_read_back_as_recorded() -> None:
+    conn = database()
+    expiries = {key(n): NOW + n / 7 + 1e-7 for n in range(500)}
+    record_run(conn, 1, expiries)
+    assert stored(conn) == expiries
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.integers(0, 60), st.integers(-5, 5).map(lambda d: NOW + d), min_size=1),
+        min_size=1,
+        max_size=5,
+    ),
+    st.integers(1, 40),
+)
+def test_a_merge_in_steps_keeps_every_live_id_with_its_latest_expiry(
+    flushes: list[dict[int, float]], step_ids: int
+) -> None:
+    conn = database()
+    for run_id, ids in enumerate(flushes, start=1):
+        record_run(conn, run_id, {key(n): expires for n, expires in ids.items()})
+    expected: dict[bytes, float] = {}
+    for ids in flushes:
+        for n, expires in ids.items():
+            if expires > NOW:
+                expected[key(n)] = max(expires, expected.get(key(n), 0.0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "MERGE_STEP_IDS", step_ids)
+        merge_all(conn, 99, runs_of(conn), NOW)
+    assert stored(conn) == expected
+    left = runs_of(conn)
+    if expected:
+        (merged,) = left
+        assert merged.id == 99
+        assert merged.ids == len(expected)
+        assert merged.first_expiry <= min(expected.values())
+        assert merged.last_expiry >= max(expected.values())
+    else:
+        assert left == []
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert {t for t in tables if t.startswith("ids_")} == {r.table for r in left}
+
+
+def test_the_steps_of_a_merge_cover_the_key_space_once() -> None:
+    sources = (Run(1, 250_001, NOW, NOW), Run(2, 50_000, NOW, NOW))
+    merge = Merge(3, sources, NOW)
+    assert merge.steps == 4  # 300,001 ids in steps of at most 100,000
+    bounds = [merge.bounds(step) for step in range(merge.steps)]
+    assert bounds[0][0] == b""
+    assert bounds[-1][1] > b"\xff" * 16
+    assert all(bounds[i][1] == bounds[i + 1][0] for i in range(len(bounds) - 1))
+    assert [low for low, _ in bounds] == sorted(low for low, _ in bounds)
+
+
+def test_plan_merges_runs_of_a_size_oldest_first_then_mostly_expired_ones() -> None:
+    small = [Run(i, 100, NOW + 10, NOW + 20) for i in range(1, 9)]
+    assert plan_merge(small[:7], NOW) == []
+    assert plan_merge(small, NOW) == small
+    assert plan_merge(list(reversed(small)) + [Run(9, 100, NOW, NOW)], NOW) == small
+    large = [Run(20 + i, 40_000, NOW + 10, NOW + 20) for i in range(8)]
+    # The smallest size class that has FANOUT runs goes first.
+    assert plan_merge(large + small, NOW) == small
+    assert plan_merge(large + small[:3], NOW) == large
+    # A large run past the middle of its expiries is written again alone; a small one waits
+    # for its class to fill, or for its last id to expire and the run to be dropped.
+    old = Run(50, 40_000, NOW - 100, NOW + 50)
+    assert plan_merge([*small[:3], old], NOW) == [old]
+    assert plan_merge([Run(51, 40_000, NOW - 100, NOW + 150)], NOW) == []
+    assert plan_merge([Run(52, 100, NOW - 100, NOW + 50)], NOW) == []
+
+
+def test_runs_whose_ids_all_expired_are_dropped_unless_being_merged() -> None:
+    conn = database()
+    record_run(conn, 1, {key(1): NOW - 5})
+    record_run(conn, 2, {key(2): NOW - 5, key(3): NOW + 5})
+    record_run(conn, 3, {key(4): NOW - 1})
+    assert drop_expired(conn, NOW, frozenset({3})) == 1
+    assert [run.id for run in runs_of(conn)] == [2, 3]
+    assert drop_expired(conn, NOW, frozenset()) == 1
+    assert stored(conn) == {key(2): NOW - 5, key(3): NOW + 5}
+
+
+def test_the_one_table_of_earlier_versions_becomes_a_run(tmp_path: Path) -> None:
+    path = str(tmp_path / "relay.db.dedup")
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE dedup (key BLOB PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID"
+        )
+        old.executemany("INSERT INTO dedup VALUES (?, ?)", [(key(n), NOW + n) for n in range(5)])
+        old.execute("CREATE TABLE ids_7 (key BLOB PRIMARY KEY, expires_at REAL) WITHOUT ROWID")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(DEDUP_SCHEMA)
+    assert open_runs(conn) == 9  # ids_7, a merge's unfinished table, is dropped; 8 is taken
+    (run,) = runs_of(conn)
+    assert (run.id, run.ids, run.first_expiry, run.last_expiry) == (8, 5, NOW, NOW + 4)
+    assert stored(conn) == {key(n): NOW + n for n in range(5)}
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "dedup" not in tables and "ids_7" not in tables
+    assert open_runs(conn) == 9  # opening again changes nothing
+    assert filter_of(conn, NOW + 2.5).count == 2
+
+
+def event(dedup_id: str) -> NewEvent:
+    now = time.time()
+    return NewEvent(
+        source="web",
+        kind="segment",
+        message_json=b'{"type":"track","userId":"u1","event":"E"}',
+        received_at=now,
+        ordering_key="u:u1",
+        deliveries=(NewDelivery("customerio.main"),),
+        dedup_id=dedup_id,
+        dedup_until=now + 3600,
+        rejected_reason=None,
+    )
+
+
+async def test_the_store_merges_runs_in_the_background_and_still_catches_every_repeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs, "FANOUT", 3)
+    monkeypatch.setattr(runs, "MERGE_STEP_IDS", 7)
+    store = SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=3600)
+    await store.open()
+    try:
+        names = [f"m{i}" for i in range(90)]
+        steps: list[int] = []
+        real_step = runs.merge_step
+
+        def counted(conn: sqlite3.Connection, merge: Merge, step: int) -> int:
+            steps.append(step)
+            return real_step(conn, merge, step)
+
+        monkeypatch.setattr("relay.store.sqlite.store.merge_step", counted)
+        for flush in range(9):
+            batch = names[flush * 10 : flush * 10 + 10]
+            assert await store.enqueue([event(n) for n in batch]) == ["queued"] * 10
+            assert await store.flush_ids() == 10
+        for _ in range(200):  # the merges run beside the test, a step at a time
+            if len(await store._dedup.submit(runs_of)) == 1 and not store._merging:
+                break
+            await asyncio.sleep(0.01)
+        on_disk = await store._dedup.submit(runs_of)
+        assert [run.ids for run in on_disk] == [90]  # 9 runs, 3 merges of 3, then one of 3
+        assert max(steps) >= 4  # merges of 30 ids and more took several steps
+        assert await store.enqueue([event(n) for n in names[::7]]) == ["duplicate"] * 13
+        assert await store.enqueue([event("new")]) == ["queued"]
+    finally:
+        await store.close()
+    again = SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=3600)
+    await again.open()  # the filter is built from the merged run
+    try:
+        assert again._filter.count == 91
+        assert await again.enqueue([event("m42"), event("new")]) == ["duplicate", "duplicate"]
+    finally:
+        await again.close()
+    with sqlite3.connect(str(tmp_path / "relay.db.dedup")) as conn:
+        assert count_ids(conn) == 91
