@@ -56,6 +56,13 @@ _RECORD = (
     " AS REAL) FROM i ORDER BY 1"
 )
 
+# A lookup asks for at most this many keys per statement, padded to a power of two (1, 2,
+# 4 … 64), over every run at once; the connection that looks up keeps this many of those
+# statements prepared. A statement's program grows with keys × runs (about 100 KB for 64
+# keys and 20 runs).
+_LOOKUP_CHUNK = 64
+LOOKUPS_PREPARED = 16
+
 # Above every key: the upper bound of a merge's last step.
 _PAST_EVERY_KEY = b"\xff" * (KEY_BYTES + 1)
 
@@ -184,9 +191,8 @@ def seen_ids(conn: sqlite3.Connection, keys: list[bytes], now: float) -> set[byt
         tables = [run_table(run_id) for (run_id,) in conn.execute("SELECT id FROM runs")]
         if not tables:
             return seen
-        for chunk in in_chunks(keys):
-            # Padded to a power of two with a key no run holds, so that a few statements,
-            # prepared once, serve every count of keys.
+        for chunk in in_chunks(keys, _LOOKUP_CHUNK):
+            # Padded with a key no run holds, so that a few statements serve every count.
             size = 1 << (len(chunk) - 1).bit_length()
             marks = ",".join(f"?{i}" for i in range(1, size + 1))
             where = f"WHERE key IN ({marks}) AND expires_at > ?{size + 1}"

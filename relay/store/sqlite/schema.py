@@ -167,8 +167,15 @@ def move_old_tables(conn: sqlite3.Connection) -> int:
     return int(count)
 
 
-def open_connection(path: str, synchronous: str, schema: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def open_connection(
+    path: str, synchronous: str, schema: str, cached_statements: int = 128
+) -> sqlite3.Connection:
+    """A connection in WAL mode with `schema` run on it. A statement kept prepared keeps what
+    was last bound to it too (until it is bound again), and its program: `cached_statements`
+    bounds both."""
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, cached_statements=cached_statements
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=5000")

@@ -16,6 +16,7 @@ from typing import Any
 
 from relay.codec import decode
 from relay.errors import StoreCannotOpen, StoreFull, StoreUnavailable
+from relay.runtime import release_free_memory
 from relay.store.base import (
     EVERY_DEAD_LETTER,
     DeadLetter,
@@ -29,6 +30,7 @@ from relay.store.base import (
     event_tuples,
 )
 from relay.store.sqlite.dedup import (
+    LOOKUPS_PREPARED,
     IdFilter,
     Merge,
     abandon_merge,
@@ -217,7 +219,9 @@ class SqliteStore:
                 me = threading.get_native_id()
                 nice = os.getpriority(os.PRIO_PROCESS, me) + BACKGROUND_NICE
                 os.setpriority(os.PRIO_PROCESS, me, min(19, nice))
-        conn = open_connection(self.dedup_path, "NORMAL", DEDUP_SCHEMA)
+        # Nothing kept prepared: each flush binds its ids, megabytes of them, to a statement
+        # of its own (it names its run), and few statements run here, each seldom.
+        conn = open_connection(self.dedup_path, "NORMAL", DEDUP_SCHEMA, cached_statements=0)
         self._next_run = open_runs(conn)
         return conn
 
@@ -239,7 +243,9 @@ class SqliteStore:
             [data for (data,) in conn.execute("SELECT data FROM dictionaries ORDER BY made_at")]
         )
         # Read in the main writer's thread, by the operation that checks ids.
-        self._dedup_reader = open_connection(self.dedup_path, "NORMAL", "")
+        self._dedup_reader = open_connection(
+            self.dedup_path, "NORMAL", "", cached_statements=LOOKUPS_PREPARED
+        )
         if self.max_size_mb:
             conn.execute(
                 f"PRAGMA max_page_count={int(self.max_size_mb * 1024 * 1024 // self._page_size)}"
@@ -476,6 +482,10 @@ class SqliteStore:
             await asyncio.sleep(self.dedup_flush_interval)
             with contextlib.suppress(StoreUnavailable):
                 await self.flush_ids()
+            # What the second's ids, requests and statements took and gave back goes back
+            # to the system, instead of staying with the process as free heap.
+            with contextlib.suppress(StoreUnavailable):
+                await self._dedup.submit(lambda _conn: release_free_memory())
             if self._filter.full:
                 try:
                     await self.rebuild_filter()
