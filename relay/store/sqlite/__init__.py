@@ -11,9 +11,9 @@ Dedup ids are checked by the same operation that stores the deliveries, so two r
 carrying one id cannot both get through. Ids are digests inserted at random places in an
 index, the costliest write of ingestion, so they are not written with each commit: an id
 accepted in a commit is kept in memory, and a second writer moves the ids to their own
-database file (`<path>.dedup`) about once a second, where each index page is then written
-once for many ids. A crash can lose the last second of ids, which can only let a repeat
-through (at least once), never lose an event.
+database file (`<path>.dedup`) about once a second, as a sorted run that later merges with
+others (relay.store.sqlite.dedup). A crash can lose the last second of ids, which can only
+let a repeat through (at least once), never lose an event.
 
 A Bloom filter of the ids in the dedup database stands in front of it: an id the filter has
 never seen is new without a lookup, so only about one new id in a hundred is looked up at
