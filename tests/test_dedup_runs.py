@@ -238,3 +238,46 @@ async def test_the_store_merges_runs_in_the_background_and_still_catches_every_r
         await again.close()
     with sqlite3.connect(str(tmp_path / "relay.db.dedup")) as conn:
         assert count_ids(conn) == 91
+
+
+async def test_a_purge_during_a_merge_leaves_the_merged_runs_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runs, "FANOUT", 100)  # no merge while the runs are made
+    store = SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=3600)
+    await store.open()
+    try:
+        started, go_on = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        real_step = runs.merge_step
+
+        def held(conn: sqlite3.Connection, merge: Merge, step: int) -> int:
+            # In the dedup writer's thread: the test purges while the merge waits here.
+            loop.call_soon_threadsafe(started.set)
+            asyncio.run_coroutine_threadsafe(go_on.wait(), loop).result(timeout=10)
+            return real_step(conn, merge, step)
+
+        monkeypatch.setattr("relay.store.sqlite.store.merge_step", held)
+        for name in ("a", "b", "c"):  # one run each
+            assert await store.enqueue([event(name)]) == ["queued"]
+            await store.flush_ids()
+        monkeypatch.setattr(runs, "FANOUT", 2)
+        store._runs_changed.set()  # the two oldest runs are merged; the third is left
+        await asyncio.wait_for(started.wait(), 10)
+        later = time.time() + 7200  # every id has expired by then
+        purge = asyncio.create_task(store.purge(later))
+        await asyncio.sleep(0.05)
+        go_on.set()
+        await purge
+        for _ in range(200):
+            if not store._merging:
+                break
+            await asyncio.sleep(0.01)
+        # The purge dropped the one run outside the merge; the merge ended as planned.
+        (merged,) = await store._dedup.submit(runs_of)
+        assert (merged.id, merged.ids) == (4, 2)
+        assert "merging runs of dedup ids failed" not in caplog.text
+        await store.purge(later)
+        assert await store._dedup.submit(runs_of) == []
+    finally:
+        await store.close()

@@ -58,8 +58,8 @@ _RECORD = (
 
 # A lookup asks for at most this many keys per statement, padded to a power of two (1, 2,
 # 4 … 64), over every run at once; the connection that looks up keeps this many of those
-# statements prepared. A statement's program grows with keys × runs (about 100 KB for 64
-# keys and 20 runs).
+# statements prepared. A statement's program grows with keys × runs (160 KB for 64 keys
+# and 20 runs, 30 KB for 4 keys).
 _LOOKUP_CHUNK = 64
 LOOKUPS_PREPARED = 16
 
@@ -145,6 +145,8 @@ def open_runs(conn: sqlite3.Connection) -> int:
 
 def record_run(conn: sqlite3.Connection, run_id: int, ids: dict[bytes, float]) -> None:
     """Record `ids` (keys of KEY_BYTES, by expiry time) as the run `run_id`."""
+    if not ids:
+        return
     # Python only lays the ids end to end (a short step for each, so the main writer's
     # thread gets the GIL between them); SQLite sorts and writes them without it.
     texts: dict[float, bytes] = {}

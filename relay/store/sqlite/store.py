@@ -33,6 +33,7 @@ from relay.store.sqlite.dedup import (
     LOOKUPS_PREPARED,
     IdFilter,
     Merge,
+    Run,
     abandon_merge,
     dedup_key,
     drop_expired,
@@ -360,12 +361,19 @@ class SqliteStore:
 
     async def _merge_once(self) -> bool:
         now = time.time()
-        sources = plan_merge(await self._dedup.submit(runs_of), now)
+
+        def claim(conn: sqlite3.Connection) -> list[Run]:
+            # In the dedup writer's thread, as purges are: a purge runs before this and
+            # the merge does not see what it dropped, or after and leaves its runs alone.
+            sources = plan_merge(runs_of(conn), now)
+            self._merging = frozenset(run.id for run in sources)
+            return sources
+
+        sources = await self._dedup.submit(claim)
         if not sources:
             return False
         merge = Merge(self._next_run, tuple(sources), now)
         self._next_run += 1
-        self._merging = frozenset(run.id for run in sources)
         try:
             written = 0
             for step in range(merge.steps):
@@ -863,6 +871,5 @@ class SqliteStore:
 
     async def purge(self, now: float) -> None:
         await self._submit(self._forget_dictionaries)
-        busy = self._merging
-        await self._dedup.submit(lambda conn: drop_expired(conn, now, busy))
+        await self._dedup.submit(lambda conn: drop_expired(conn, now, self._merging))
         self._runs_changed.set()  # a run may have expired enough to be written again
