@@ -20,6 +20,7 @@ from relay.store.sqlite.dedup import (
     Run,
     count_ids,
     drop_expired,
+    drop_table,
     filter_of,
     finish_merge,
     merge_step,
@@ -58,6 +59,8 @@ def merge_all(conn: sqlite3.Connection, target: int, sources: list[Run], now: fl
     merge = Merge(target, tuple(sources), now)
     written = sum(merge_step(conn, merge, step) for step in range(merge.steps))
     finish_merge(conn, merge, written)
+    for run in sources:
+        drop_table(conn, run.id)
 
 
 def test_a_run_is_found_by_key_until_each_id_expires() -> None:

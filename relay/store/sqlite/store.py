@@ -31,12 +31,14 @@ from relay.store.base import (
 )
 from relay.store.sqlite.dedup import (
     LOOKUPS_PREPARED,
+    MERGE_PAUSE,
     IdFilter,
     Merge,
     Run,
     abandon_merge,
     dedup_key,
     drop_expired,
+    drop_table,
     filter_of,
     finish_merge,
     merge_step,
@@ -209,6 +211,7 @@ class SqliteStore:
         self._read_executor = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-read")
         self._flusher = asyncio.create_task(self._background_work(), name="relay-store-background")
         self._merger = asyncio.create_task(self._merge_runs(), name="relay-store-merge-ids")
+        self._runs_changed.set()  # the runs found on disk may be due a merge already
 
     def _open_dedup(self) -> sqlite3.Connection:
         # Runs in the second writer's own thread. Its work (recording ids, checkpoints) can
@@ -377,9 +380,13 @@ class SqliteStore:
         try:
             written = 0
             for step in range(merge.steps):
+                started = time.perf_counter()
                 written += await self._dedup.submit(
                     functools.partial(merge_step, merge=merge, step=step)
                 )
+                # Paced: a merge is never urgent, and a burst of its writes (a large merge
+                # writes hundreds of megabytes) slows the commits that requests wait for.
+                await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
             await self._dedup.submit(functools.partial(finish_merge, merge=merge, written=written))
         except BaseException:
             with contextlib.suppress(Exception):
@@ -387,6 +394,11 @@ class SqliteStore:
             raise
         finally:
             self._merging = frozenset()
+        # The sources are no longer runs; a table left here is dropped at the next start.
+        for run in sources:
+            started = time.perf_counter()
+            await self._dedup.submit(functools.partial(drop_table, run_id=run.id))
+            await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
         return True
 
     def _take_recent(self) -> dict[bytes, float]:
