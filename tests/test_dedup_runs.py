@@ -284,3 +284,24 @@ async def test_a_purge_during_a_merge_leaves_the_merged_runs_to_it(
         assert await store._dedup.submit(runs_of) == []
     finally:
         await store.close()
+
+
+async def test_runs_found_at_start_are_merged_without_waiting_for_a_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs, "FANOUT", 2)
+    with sqlite3.connect(str(tmp_path / "relay.db.dedup"), isolation_level=None) as conn:
+        conn.executescript(DEDUP_SCHEMA)
+        record_run(conn, 1, {key(1): time.time() + 60})
+        record_run(conn, 2, {key(2): time.time() + 60})
+    store = SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=3600)
+    await store.open()
+    try:
+        for _ in range(200):
+            if len(await store._dedup.submit(runs_of)) == 1 and not store._merging:
+                break
+            await asyncio.sleep(0.01)
+        (merged,) = await store._dedup.submit(runs_of)
+        assert (merged.id, merged.ids) == (3, 2)
+    finally:
+        await store.close()
