@@ -90,8 +90,10 @@ async def test_without_redis_intake_answers_503_and_delivery_resumes_when_it_is_
     try:
         customerio.hold(1)  # the first delivery waits: it is in flight when Redis goes
         text = config_yaml(tmp_path / "relay.db", customerio.url, api="v1")
+        # A lease that Redis ran as it stopped, but whose answer never came, is taken back
+        # after reclaim_idle (30 s by default): shortened, so that the test does not wait.
         url, app = await relay_factory(
-            on_redis(text, server.url, "relay:", ownership_ttl=2, timeout=1)
+            on_redis(text, server.url, "relay:", ownership_ttl=2, timeout=1, reclaim_idle=2)
         )
         assert (await send(url, track("alice", "A1", "m-1")))[0] == 200
         await customerio.wait_for(1)
