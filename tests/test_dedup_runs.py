@@ -159,10 +159,16 @@ def test_runs_whose_ids_all_expired_are_dropped_unless_being_merged() -> None:
     record_run(conn, 1, {key(1): NOW - 5})
     record_run(conn, 2, {key(2): NOW - 5, key(3): NOW + 5})
     record_run(conn, 3, {key(4): NOW - 1})
-    assert drop_expired(conn, NOW, frozenset({3})) == 1
+    assert drop_expired(conn, NOW, frozenset({3})) == [1]
     assert [run.id for run in runs_of(conn)] == [2, 3]
-    assert drop_expired(conn, NOW, frozenset()) == 1
+    assert drop_expired(conn, NOW, frozenset()) == [3]
     assert stored(conn) == {key(2): NOW - 5, key(3): NOW + 5}
+    # Their tables are left to drop one at a time; a start drops any a stop left.
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"ids_1", "ids_3"} <= tables
+    open_runs(conn)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert {t for t in tables if t.startswith("ids_")} == {"ids_2"}
 
 
 def test_the_one_table_of_earlier_versions_becomes_a_run(tmp_path: Path) -> None:

@@ -209,15 +209,13 @@ def seen_ids(conn: sqlite3.Connection, keys: list[bytes], now: float) -> set[byt
         conn.execute("COMMIT")
 
 
-def drop_expired(conn: sqlite3.Connection, now: float, busy: frozenset[int]) -> int:
-    """Drop every run whose ids have all expired, except those in `busy` (being merged)."""
-    dropped = 0
-    for run in runs_of(conn):
-        if run.last_expiry <= now and run.id not in busy:
-            conn.execute(f"DROP TABLE {run.table}")
-            conn.execute("DELETE FROM runs WHERE id = ?", (run.id,))
-            dropped += 1
-    return dropped
+def drop_expired(conn: sqlite3.Connection, now: float, busy: frozenset[int]) -> list[int]:
+    """Take every run whose ids have all expired, except those in `busy` (being merged), off
+    the list of runs, and return their ids: their tables are for drop_table, one at a time,
+    as a merge's sources are."""
+    expired = [run.id for run in runs_of(conn) if run.last_expiry <= now and run.id not in busy]
+    conn.executemany("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id in expired])
+    return expired
 
 
 def size_class(ids: int) -> int:
@@ -301,7 +299,7 @@ def finish_merge(conn: sqlite3.Connection, merge: Merge, written: int) -> None:
         last = max(run.last_expiry for run in merge.sources)
         conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?)", (merge.target, written, first, last))
     else:
-        conn.execute(f"DROP TABLE IF EXISTS {run_table(merge.target)}")
+        drop_table(conn, merge.target)
 
 
 def abandon_merge(conn: sqlite3.Connection, merge: Merge) -> None:

@@ -394,12 +394,16 @@ class SqliteStore:
             raise
         finally:
             self._merging = frozenset()
-        # The sources are no longer runs; a table left here is dropped at the next start.
-        for run in sources:
-            started = time.perf_counter()
-            await self._dedup.submit(functools.partial(drop_table, run_id=run.id))
-            await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
+        await self._drop_tables([run.id for run in sources])
         return True
+
+    async def _drop_tables(self, run_ids: list[int]) -> None:
+        """Drop the tables of runs no longer listed, one a transaction, paced as merges are
+        (a table left by a stop is dropped at the next start)."""
+        for run_id in run_ids:
+            started = time.perf_counter()
+            await self._dedup.submit(functools.partial(drop_table, run_id=run_id))
+            await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
 
     def _take_recent(self) -> dict[bytes, float]:
         # Runs in the main writer's thread, between two operations.
@@ -883,5 +887,6 @@ class SqliteStore:
 
     async def purge(self, now: float) -> None:
         await self._submit(self._forget_dictionaries)
-        await self._dedup.submit(lambda conn: drop_expired(conn, now, self._merging))
+        expired = await self._dedup.submit(lambda conn: drop_expired(conn, now, self._merging))
+        await self._drop_tables(expired)
         self._runs_changed.set()  # a run may have expired enough to be written again
