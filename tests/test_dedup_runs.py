@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.store.base import NewDelivery, NewEvent
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as runs
 from relay.store.sqlite.dedup import (
@@ -31,6 +30,7 @@ from relay.store.sqlite.dedup import (
     seen_ids,
 )
 from relay.store.sqlite.schema import DEDUP_SCHEMA
+from tests.test_sqlite_store import event
 
 NOW = 1_800_000_000.0
 
@@ -189,21 +189,6 @@ def test_the_one_table_of_earlier_versions_becomes_a_run(tmp_path: Path) -> None
     assert "dedup" not in tables and "ids_7" not in tables
     assert open_runs(conn) == 9  # opening again changes nothing
     assert filter_of(conn, NOW + 2.5).count == 2
-
-
-def event(dedup_id: str) -> NewEvent:
-    now = time.time()
-    return NewEvent(
-        source="web",
-        kind="segment",
-        message_json=b'{"type":"track","userId":"u1","event":"E"}',
-        received_at=now,
-        ordering_key="u:u1",
-        deliveries=(NewDelivery("customerio.main"),),
-        dedup_id=dedup_id,
-        dedup_until=now + 3600,
-        rejected_reason=None,
-    )
 
 
 async def test_the_store_merges_runs_in_the_background_and_still_catches_every_repeat(
