@@ -805,5 +805,5 @@ def test_a_v2_delivery_with_an_op_no_batch_carries_goes_whole_as_requests_of_its
     monkeypatch.setattr(sink, "map_and_encode_v2", lambda *a, **k: [op, metric])
     d = Delivery(1, "customerio.main", "u:u1", 0, 0.0, "web", "segment", {})
     [planned] = sink.plan([d], "v2")
-    assert planned.ops == []
-    assert planned.requests == [OutgoingRequest("POST", "/api/v2/entity", op), metric]
+    assert planned.ops == ()
+    assert list(planned.requests) == [OutgoingRequest("POST", "/api/v2/entity", op), metric]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
@@ -34,6 +35,7 @@ from relay.mapping.to_customerio import (
     metric_request,
     travels_alone,
 )
+from relay.mapping.ulid import deterministic_ulid
 from relay.outgoing import OutgoingRequest
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -379,6 +381,40 @@ def test_iso_dates_agree_with_the_standard_library(
     expected_millis = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
     assert iso_to_millis(text) == expected_millis
     assert iso_to_seconds(text) == expected_millis // 1000
+
+
+@SETTINGS
+@given(
+    day=st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)),
+    hour=st.integers(0, 99),
+    minute=st.integers(0, 99),
+    second=st.integers(0, 99),
+)
+def test_a_day_or_time_that_does_not_exist_is_not_a_date(
+    day: date, hour: int, minute: int, second: int
+) -> None:
+    # Each day and minute is read once and kept: reading a good one first must not make a
+    # bad one that shares its start pass, nor the other way round.
+    text = f"{day.isoformat()}T{hour:02d}:{minute:02d}:{second:02d}Z"
+    exists = hour <= 23 and minute <= 59 and second <= 59
+    for _ in range(2):
+        assert (iso_to_millis(text) is not None) == exists
+    assert iso_to_millis(day.isoformat()[:8] + "32") is None
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@SETTINGS
+@given(seed=st.text(max_size=40), millis=st.integers(min_value=-(2**50), max_value=2**50))
+def test_event_ids_are_ulids_of_the_time_and_the_seed_hash(seed: str, millis: int) -> None:
+    # The plain reading of the ULID spec: 48 bits of time, then 80 of SHA-256(seed), in
+    # Crockford's base 32, one character at a time from the top.
+    value = (min(max(millis, 0), 2**48 - 1) << 80) | int.from_bytes(
+        hashlib.sha256(seed.encode("utf-8", "surrogatepass")).digest()[:10], "big"
+    )
+    expected = "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
+    assert deterministic_ulid(seed, millis) == expected
 
 
 @SETTINGS

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import takewhile
+from typing import NamedTuple
 
 from relay.destinations.batching import pack
 from relay.destinations.customerio.settings import CustomerIODestination
@@ -42,14 +42,14 @@ _BATCH_OVERHEAD = len(b'{"batch":[]}')
 _ENTITY = "/api/v2/entity"
 
 
-@dataclass
-class Planned:
+class Planned(NamedTuple):
     """The Customer.io operations for one delivery, or why it cannot be sent: v2 batch ops,
-    or else requests sent one after the other, on their own."""
+    or else requests sent one after the other, on their own. (A named tuple: one is made
+    for every message sent.)"""
 
     delivery: Delivery
-    ops: list[bytes] = field(default_factory=list)  # v2 ops, each as the JSON sent
-    requests: list[OutgoingRequest] = field(default_factory=list)
+    ops: Sequence[bytes] = ()  # v2 ops, each as the JSON sent
+    requests: Sequence[OutgoingRequest] = ()
     rejection: str | None = None
     skipped: str | None = None  # nothing to send, and why
 
