@@ -3,7 +3,7 @@
 relay runs in its own process with a SQLite store and a Customer.io destination whose
 `base_url` is a loopback stand-in, itself in a third process so that it does not take CPU
 from relay: the stand-in answers 200 `{}` to every `POST /api/v2/batch` and counts its
-requests and ops. The destination keeps its defaults (`rate_limit: 100`, `batch_size: 100`)
+requests and ops. The destination keeps its defaults (`rate_limit: 100`, `batch_size: 1000`)
 unless `--batch-size` is given. This process sends `--seconds` of `/v1/batch` requests
 (100 mixed identify/track/page events each, unique messageIds, 16 in flight) while relay
 delivers, then waits (at most `--drain-timeout`) until every acknowledged event has arrived

@@ -39,8 +39,8 @@ def _start_seconds(prefix: str) -> int | None:
     """Unix seconds at the start of `prefix`, `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM` with digits
     where the pattern above has them, or None when that day or minute does not exist.
 
-    Kept for the most recent days and minutes: the messages of a batch mostly share them, and
-    this is the costly part of reading a date."""
+    Kept for the most recent days and minutes, which the messages of a batch mostly share:
+    reading and checking them cost more than the rest of a date."""
     year, month, day = int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10])
     if not 1 <= month <= 12:
         return None
@@ -131,7 +131,7 @@ def _convert_text(text: str) -> str | int:
 
 def _convert_object(value: Mapping[Any, Any]) -> dict[Any, Any]:
     # Scalars and strings that cannot be dates, the most of any object, are copied without a
-    # call of their own: that halves the time an object of a few properties takes.
+    # call of their own: an object of a few properties takes a third of the time.
     out = {}
     for key, item in value.items():
         kind = type(item)
