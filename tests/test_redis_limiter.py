@@ -5,6 +5,7 @@ any second, spread out, and a 429 one of them sees pauses all of them."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import AsyncIterator
 
@@ -54,8 +55,11 @@ async def test_instances_together_send_at_most_rate_in_any_second(
     await asyncio.gather(*tasks, return_exceptions=True)
     assert most_in_a_second(sent) <= rate
     # And the limit is used, not starved: a backlog drains at rate / 1.02 after the first.
-    assert len(sent) >= 2.5 * rate
+    # Judged by the typical gap between sends, which one stall of the whole machine (a
+    # second's sends lost, seen once in CI) does not move, and by a count that allows one.
     gaps = [b - a for a, b in zip(sorted(sent), sorted(sent)[1:], strict=False)]
+    assert statistics.median(gaps) <= 1.1 / rate
+    assert len(sent) >= 2 * rate
     assert min(gaps) >= 0.5 / rate - 0.01  # spread out: at most half a slot early
 
 
