@@ -380,13 +380,7 @@ class SqliteStore:
         try:
             written = 0
             for step in range(merge.steps):
-                started = time.perf_counter()
-                written += await self._dedup.submit(
-                    functools.partial(merge_step, merge=merge, step=step)
-                )
-                # Paced: a merge is never urgent, and a burst of its writes (a large merge
-                # writes hundreds of megabytes) slows the commits that requests wait for.
-                await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
+                written += await self._paced(functools.partial(merge_step, merge=merge, step=step))
             await self._dedup.submit(functools.partial(finish_merge, merge=merge, written=written))
         except BaseException:
             with contextlib.suppress(Exception):
@@ -401,9 +395,16 @@ class SqliteStore:
         """Drop the tables of runs no longer listed, one a transaction, paced as merges are
         (a table left by a stop is dropped at the next start)."""
         for run_id in run_ids:
-            started = time.perf_counter()
-            await self._dedup.submit(functools.partial(drop_table, run_id=run_id))
-            await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
+            await self._paced(functools.partial(drop_table, run_id=run_id))
+
+    async def _paced(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` on the dedup writer, then a pause MERGE_PAUSE times as long as it took. Merges
+        and drops are never urgent, and a burst of their writes (a large merge writes hundreds
+        of megabytes) slows the commits that requests wait for."""
+        started = time.perf_counter()
+        result = await self._dedup.submit(fn)
+        await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
+        return result
 
     def _take_recent(self) -> dict[bytes, float]:
         # Runs in the main writer's thread, between two operations.
