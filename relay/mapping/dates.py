@@ -125,7 +125,7 @@ def convert_dates(value: Any) -> Any:
 
 
 def _convert_text(text: str) -> str | int:
-    millis = iso_to_millis(text) if _could_be_date(text) else None
+    millis = iso_to_millis(text)  # which rules out most strings by their shape first
     return text if millis is None else millis // 1000
 
 
