@@ -757,13 +757,15 @@ class SqliteStore:
                 LEASE, {"dest": code, "now": now, "limit": limit}
             )
         ]
-        if rows:
-            conn.executemany(
-                f"UPDATE queue SET state = {LEASED} WHERE id = ?", [(r[0],) for r in rows]
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO held VALUES (?, ?, ?)",
-                [(code, r[1], r[0]) for r in rows],
+        # A statement per chunk of ids rather than one per row: 1.96 → 1.39 µs a row for the
+        # update, and 0.92 → 0.34 for the holds, which SQLite copies from the rows themselves.
+        for chunk in in_chunks([r[0] for r in rows]):
+            marks = placeholders(len(chunk))
+            conn.execute(f"UPDATE queue SET state = {LEASED} WHERE id IN ({marks})", chunk)
+            conn.execute(
+                "INSERT OR IGNORE INTO held SELECT destination, ordering_key, id FROM queue"
+                f" WHERE id IN ({marks})",
+                chunk,
             )
         return rows
 
@@ -795,11 +797,15 @@ class SqliteStore:
             self._pending -= cur.rowcount
 
     def _unhold(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
-        conn.execute(
-            "DELETE FROM held WHERE (destination, ordering_key, delivery_id) IN"
-            f" (SELECT destination, ordering_key, id FROM queue"
-            f" WHERE id IN ({placeholders(len(ids))}))",
-            ids,
+        # Each hold by its whole key: SQLite plans the one-statement form (a row-value IN
+        # over the deliveries) as a scan of the destination's holds, every lease's.
+        conn.executemany(
+            "DELETE FROM held WHERE destination = ? AND ordering_key = ? AND delivery_id = ?",
+            conn.execute(
+                "SELECT destination, ordering_key, id FROM queue"
+                f" WHERE id IN ({placeholders(len(ids))})",
+                ids,
+            ).fetchall(),
         )
 
     def _release(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
