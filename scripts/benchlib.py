@@ -328,7 +328,8 @@ def kernel_stamp(ancdata):
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
             seconds, nanoseconds = struct.unpack("qq", data[:16])
             return seconds + nanoseconds / 1e9 - WALL_TO_MONOTONIC
-    counts["unstamped"] += 1
+    with lock:
+        counts["unstamped"] += 1
     return time.monotonic()
 
 def handle(method, target, body, stamp):
@@ -354,8 +355,9 @@ def serve(conn):
             data, ancdata, _, _ = conn.recvmsg(4 << 20, socket.CMSG_SPACE(16))
             if not data:
                 return
+            read_at = kernel_stamp(ancdata)
             if not buf:
-                stamp = kernel_stamp(ancdata)
+                stamp = read_at
             buf += data
             while (end := buf.find(b"\\r\\n\\r\\n")) >= 0:
                 head = buf[:end].decode("latin-1").split("\\r\\n")
@@ -369,6 +371,7 @@ def serve(conn):
                     break
                 body, buf = buf[end + 4 : end + 4 + length], buf[end + 4 + length :]
                 answer = handle(method, target, body, stamp)
+                stamp = read_at  # what is left of this read is the next request's start
                 conn.sendall(
                     b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
                     b"Content-Length: %d\\r\\n\\r\\n" % len(answer) + answer
@@ -376,7 +379,7 @@ def serve(conn):
 
 listener = socket.create_server(("127.0.0.1", int(sys.argv[1])), backlog=128)
 # Set on the listener, so that the kernel stamps packets well before the first connection
-# (it starts doing so a moment after the first socket asks), and inherited by every one.
+# (it starts doing so a moment after the first socket asks), and inherited by each of them.
 listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 while True:
     conn, _ = listener.accept()
@@ -393,7 +396,7 @@ class StandIn:
         self.batches = 0  # v2 batch requests
         self.ops = 0  # in the v2 batches
         self.other = 0  # other requests
-        self.unstamped = 0  # requests the kernel did not stamp (see STAND_IN)
+        self.unstamped = 0  # reads the kernel did not stamp (see STAND_IN)
 
     async def poll(self, session: aiohttp.ClientSession) -> list[float]:
         """Fetch the counts and the new arrivals; those arrivals."""
@@ -406,8 +409,8 @@ class StandIn:
         if stats["unstamped"] > self.unstamped:
             self.unstamped = stats["unstamped"]
             print(
-                f"warning: the stand-in stamped {self.unstamped} request(s) itself, the kernel"
-                " not having done so: the busiest second may read high",
+                f"warning: the kernel did not stamp {self.unstamped} read(s) at the stand-in,"
+                " which stamped them itself: the busiest second may read high",
                 file=sys.stderr,
             )
         return new
