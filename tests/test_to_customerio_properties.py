@@ -386,6 +386,24 @@ def test_iso_dates_agree_with_the_standard_library(
 @SETTINGS
 @given(
     day=st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)),
+    hour=st.integers(0, 99),
+    minute=st.integers(0, 99),
+    second=st.integers(0, 99),
+)
+def test_a_day_or_time_that_does_not_exist_is_not_a_date(
+    day: date, hour: int, minute: int, second: int
+) -> None:
+    # Any hour, minute and second of two digits: a date exactly when each is in range, read
+    # twice (the second time from what was kept the first).
+    text = f"{day.isoformat()}T{hour:02d}:{minute:02d}:{second:02d}Z"
+    exists = hour <= 23 and minute <= 59 and second <= 59
+    for _ in range(2):
+        assert (iso_to_millis(text) is not None) == exists
+
+
+@SETTINGS
+@given(
+    day=st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)),
     hour=st.integers(0, 23),
     minute=st.integers(0, 59),
 )
