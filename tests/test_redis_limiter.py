@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
+from relay.destinations.limiter import WINDOW, WINDOW_MARGIN
 from relay.store.redis.limiter import SharedLimiter
 from tests.redis_server import URL, delete_prefix, need_redis, new_prefix
 
@@ -80,3 +81,42 @@ async def test_a_429_seen_by_one_instance_pauses_every_instance(
     assert time.monotonic() - started < 0.2
     await second.acquire()  # another instance waits out the Retry-After
     assert time.monotonic() - started >= 0.85
+
+
+async def test_a_request_counts_in_the_shared_window_from_when_it_is_written(
+    clients: tuple[str, list[redis.asyncio.Redis]],
+) -> None:
+    prefix, opened = clients
+    first, second = (SharedLimiter(client, prefix, "customerio.main", 2) for client in opened[:2])
+    sent = f"{prefix}rate:customerio.main:sent"
+    started = time.monotonic()
+    written = await first.acquire()
+    (let_go,) = [score for _, score in await opened[2].zrange(sent, 0, -1, withscores=True)]
+    await second.acquire()  # half a slot later (0.25 s)
+    await asyncio.sleep(0.3)
+    late = time.monotonic() - started
+    written()  # the first request reached the network only now
+    await asyncio.sleep(0.05)  # the time reaches Redis
+    scores = sorted(score for _, score in await opened[2].zrange(sent, 0, -1, withscores=True))
+    assert let_go + late - 0.005 <= scores[1] <= let_go + late + 0.05
+    # The window's two latest times are now the second request's (0.25 s) and the first's
+    # (0.55 s): the next request waits a second and the margin from the earlier of them, not
+    # from the first request's let-go (it would go at 1.02 s).
+    await second.acquire()
+    assert time.monotonic() - started >= 0.25 + WINDOW + WINDOW_MARGIN - 0.01
+
+
+async def test_a_write_after_its_request_left_the_shared_window_still_counts(
+    clients: tuple[str, list[redis.asyncio.Redis]],
+) -> None:
+    prefix, opened = clients
+    limiter = SharedLimiter(opened[0], prefix, "customerio.main", 1)  # keeps one request
+    sent = f"{prefix}rate:customerio.main:sent"
+    late = await limiter.acquire()
+    await limiter.acquire()  # a second later, and `late` has left the window unwritten
+    before = await opened[1].zrange(sent, 0, -1, withscores=True)
+    late()
+    await asyncio.sleep(0.05)
+    after = await opened[1].zrange(sent, 0, -1, withscores=True)
+    assert len(after) == 1 and after[0][0] != before[0][0]  # it is back, the latest
+    assert after[0][1] > before[0][1]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relay.destinations.limiter import DestinationLimiter
+from relay.destinations.limiter import DestinationLimiter, Written
 from relay.destinations.outcome import (
     Dead,
     Done,
@@ -191,9 +191,9 @@ class WaitingLimiter(DestinationLimiter):
         self.fake = clock
         self.wait = wait
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> Written:
         self.fake.now += self.wait
-        await super().acquire()
+        return await super().acquire()
 
 
 async def test_sent_at_is_stamped_after_the_rate_limiter_wait(segment: StandIn) -> None:

@@ -197,10 +197,11 @@ class WatchedTransport:
         headers: Mapping[str, str],
         body: bytes | None,
         timeout: float,
+        on_written: Callable[[], None] | None = None,
     ) -> Response:
         try:
             response = await self.inner.send(
-                method, url, headers=headers, body=body, timeout=timeout
+                method, url, headers=headers, body=body, timeout=timeout, on_written=on_written
             )
         except TransportError as exc:
             self.watch.went_out(self.destination, method, url, body, None, str(exc))

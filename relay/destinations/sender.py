@@ -58,7 +58,7 @@ class Sender:
 
         `request` may be a function of the send time, called once the limiter lets it go.
         """
-        await self.limiter.acquire()
+        written = await self.limiter.acquire()
         if not isinstance(request, OutgoingRequest):
             request = request(self.clock())
         body = request.body
@@ -72,6 +72,7 @@ class Sender:
                 headers=self.headers,
                 body=body,
                 timeout=self.timeout,
+                on_written=written,
             )
         except TransportError as exc:
             # A timeout or a broken connection took its time too: leaving it out would make

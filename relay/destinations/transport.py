@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Protocol
 
 import aiohttp
@@ -30,9 +31,44 @@ class Transport(Protocol):
         headers: Mapping[str, str],
         body: bytes | None,
         timeout: float,
-    ) -> Response: ...
+        on_written: Callable[[], None] | None = None,
+    ) -> Response:
+        """`on_written` is called as the request is written to the network (the rate
+        limiter counts it from then), at least once if it is written at all."""
+        ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What a request's trace callbacks are given: whom to tell it was written."""
+
+    call: Callable[[], None]
+    has_body: bool
+
+
+async def _headers_sent(
+    _session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    _params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    # A request without a body is written in the same step as its head; the head of one with
+    # a body waits for its first chunk, and is written with it.
+    written = ctx.trace_request_ctx
+    if isinstance(written, _Written) and not written.has_body:
+        written.call()
+
+
+async def _chunk_sent(
+    _session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    _params: aiohttp.TraceRequestChunkSentParams,
+) -> None:
+    # Called just before the chunk (and the head before it) goes to the socket.
+    written = ctx.trace_request_ctx
+    if isinstance(written, _Written):
+        written.call()
 
 
 class AiohttpTransport:
@@ -44,9 +80,13 @@ class AiohttpTransport:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_headers_sent)
+            trace.on_request_chunk_sent.append(_chunk_sent)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit),
                 auto_decompress=True,
+                trace_configs=[trace],
             )
         return self._session
 
@@ -58,6 +98,7 @@ class AiohttpTransport:
         headers: Mapping[str, str],
         body: bytes | None,
         timeout: float,
+        on_written: Callable[[], None] | None = None,
     ) -> Response:
         session = self._get_session()
         try:
@@ -70,6 +111,7 @@ class AiohttpTransport:
                 data=body,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=True,
+                trace_request_ctx=None if on_written is None else _Written(on_written, bool(body)),
             ) as resp:
                 payload = await resp.read()
                 return Response(resp.status, dict(resp.headers), payload)
@@ -111,8 +153,11 @@ class RecordingTransport:
         headers: Mapping[str, str],
         body: bytes | None,
         timeout: float,
+        on_written: Callable[[], None] | None = None,
     ) -> Response:
         self.sent.append(Sent(method, url, dict(headers), body))
+        if on_written is not None:
+            on_written()
         return self.answer
 
     def take(self) -> list[Sent]:
