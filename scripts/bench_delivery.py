@@ -5,8 +5,9 @@ of `batch_size` ops; the stand-in, in another, stamps each request as it arrives
 queues `--events` mixed Segment calls (identify, track, page, screen, group) through
 `/v1/batch` with the destination paused, then starts relay again on the same store with
 credentials and measures how fast they arrive at the stand-in (delivery alone): events/s,
-requests/s (never above the limit), ops per request, and the largest number of requests seen
-in any one-second window. The baseline, measured in the same run, is relay with `api: v1`
+requests/s (never above the limit), ops per request, the largest number of requests seen
+in any one-second window, and the shortest time `rate` + 1 consecutive requests arrived in
+(never a second or less). The baseline, measured in the same run, is relay with `api: v1`
 (one classic call per request, as per-call clients send) under the same limit, so the ratio
 shows what v2 batching buys under Customer.io's rate limit.
 
@@ -84,7 +85,7 @@ def messages(n: int) -> list[dict[str, Any]]:
 
 async def run(
     events: int, batch_size: int, rate: float, seconds: float, api: str
-) -> dict[str, float]:
+) -> dict[str, Any]:
     settings = {"rate_limit": rate, "batch_size": batch_size, "api": api}
     with tempfile.TemporaryDirectory(prefix="relay-bench-delivery-") as t:
         tmp = Path(t)
@@ -124,6 +125,7 @@ async def run(
         "requests_per_s": (len(arrivals) - 1) / span,
         "ops_per_request": delivered / len(arrivals),
         "busiest_second": benchlib.busiest_second(arrivals),
+        "closest": benchlib.closest(arrivals, int(rate) + 1),
     }
 
 
@@ -148,6 +150,12 @@ def main() -> None:
             f"{r['busiest_second']:>13.0f}"
         )
     print(f"ratio relay/baseline: {batched['events_per_s'] / per_call['events_per_s']:.1f}")
+    for name, r in (("relay", batched), ("baseline", per_call)):
+        if r["closest"] is not None:
+            print(
+                f"{name}: closest {int(args.rate) + 1} consecutive requests"
+                f" {r['closest'] * 1000:,.1f} ms apart"
+            )
 
 
 if __name__ == "__main__":

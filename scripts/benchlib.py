@@ -452,6 +452,16 @@ def busiest_second(arrivals: list[float]) -> int:
     return best
 
 
+def closest(arrivals: list[float], count: int) -> float | None:
+    """The shortest time `count` consecutive arrivals spanned (None if there are fewer). With
+    `count` one more than a rate limit, more than a second means no second held more than the
+    limit, and what it is above a second is what was left of the limiter's margin."""
+    times = sorted(arrivals)
+    if len(times) < count:
+        return None
+    return min(b - a for a, b in zip(times, times[count - 1 :], strict=False))
+
+
 def percentile(values: list[float], p: float) -> float | None:
     """Nearest-rank percentile; None for no values."""
     if not values:
