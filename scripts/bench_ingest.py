@@ -5,8 +5,10 @@ requests of 100 events, 16 in flight. The baseline only JSON-decodes the body an
 200; relay authenticates, validates, de-duplicates, routes and commits every event to
 SQLite (WAL, synchronous=FULL) before answering. The Customer.io destination's key is left
 unset, so the destination is paused and deliveries stay queued: this measures ingestion.
+With `--destinations N`, every event is routed alike to N such workspaces.
 
     python scripts/bench_ingest.py [--seconds 10] [--concurrency 16] [--batch 100]
+                                   [--destinations 1]
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--destinations", type=int, default=1, help="workspaces every event is routed to alike"
+    )
     args = parser.parse_args()
 
     results = {}
@@ -65,7 +70,7 @@ async def main() -> None:
         benchlib.stop(bare)
 
     with tempfile.TemporaryDirectory(prefix="relay-bench-ingest-") as tmp:
-        async with benchlib.serve_relay(Path(tmp)) as relay:
+        async with benchlib.serve_relay(Path(tmp), destinations=args.destinations) as relay:
             results["relay"] = await load(
                 f"{relay.url}/v1/batch", args.seconds, args.concurrency, args.batch
             )

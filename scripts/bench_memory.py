@@ -13,8 +13,11 @@ allocated), and disk bytes per queued event; then the growth per event between c
 The baseline, measured in the same run, is the same processes' RSS just after start with
 nothing queued: the ratio is RSS at each checkpoint / RSS at start.
 
+With `--destinations N`, every event is routed alike to N paused workspaces: an event is
+then N queued deliveries, and disk is still counted per event.
+
     python scripts/bench_memory.py [--sizes 100000,500000,1000000] [--concurrency 8]
-                                   [--settle 2] [--timeout 900]
+                                   [--destinations 1] [--settle 2] [--timeout 900]
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ PER_REQUEST = 500
 
 
 def disk(db: Path) -> tuple[int, list[str]]:
-    """Bytes allocated to the database's files, and their names."""
+    """Bytes allocated to the database's files, and each file's name with its MB."""
     total, names = 0, []
     for f in sorted(db.parent.iterdir()):
         if f.name.startswith(db.name):
             with contextlib.suppress(OSError):
-                total += f.stat().st_blocks * 512
-                names.append(f.name)
+                used = f.stat().st_blocks * 512
+                total += used
+                names.append(f"{f.name} {used / MB:.1f}")
     return total, names
 
 
@@ -110,7 +114,7 @@ async def run(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]
         tmp = Path(t)
         db = tmp / "data" / "bench.db"
         db.parent.mkdir()
-        async with benchlib.serve_relay(tmp, db) as relay:
+        async with benchlib.serve_relay(tmp, db, destinations=args.destinations) as relay:
             pid = relay.proc.pid
             await asyncio.sleep(args.settle)
             rows.append({"queued": 0, "rate": None, **measure(pid, db)})
@@ -136,6 +140,12 @@ def main() -> None:
         help="queued events at each checkpoint, comma-separated; default 100000,500000,1000000",
     )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument(
+        "--destinations",
+        type=int,
+        default=1,
+        help="Customer.io workspaces every event is routed to alike; default 1",
+    )
     parser.add_argument(
         "--settle", type=float, default=2.0, help="seconds to wait before measuring; default 2"
     )
@@ -176,7 +186,7 @@ def main() -> None:
         )
     last = rows[-1]
     print(
-        f"store processes: {last['store_pids']}; database files: {', '.join(last['files'])}"
+        f"store processes: {last['store_pids']}; database files (MB): {', '.join(last['files'])}"
         f"\nbaseline (nothing queued): {start_total / MB:.1f} MB resident; ratio at"
         f" {last['queued']:,} queued: {(last['relay_rss'] + last['store_rss']) / start_total:.2f}"
     )

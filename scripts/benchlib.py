@@ -163,25 +163,33 @@ def relay_config(
     port: int | None = None,
     api_key: str = PAUSED,
     redis: dict[str, Any] | None = None,
+    destinations: int = 1,
     **settings: Any,
 ) -> str:
     """relay's config for a run: Segment in through `/v1/batch` (WRITE_KEY), routed to one
     Customer.io destination, `customerio.main`, with `api_key` (by default paused) and the
     further `settings` given (base_url, rate_limit, batch_size, api); SQLite at `db`, or
-    the `redis` settings given (storage.redis). The server section only with a `port`."""
+    the `redis` settings given (storage.redis). The server section only with a `port`.
+    With `destinations` above 1, one route sends every event to that many workspaces alike
+    (`customerio.main`, `customerio.w2` …)."""
     lines = [] if port is None else [f"server: {{host: {HOST}, port: {port}}}"]
     storage = {"redis": redis} if redis is not None else {"sqlite": {"path": str(db)}}
+    names = ["main", *(f"w{n}" for n in range(2, destinations + 1))]
     lines += [
         f"storage: {json.dumps(storage)}",
         f"sources: {{segment: {{write_keys: {{bench: {json.dumps(WRITE_KEY)}}}}}}}",
         "destinations:",
         "  customerio:",
-        "    main:",
-        "      site_id: bench",
-        f"      api_key: {json.dumps(api_key)}",
-        *(f"      {name}: {json.dumps(value)}" for name, value in settings.items()),
-        "routes: [{from: segment, to: [customerio.main]}]",
     ]
+    for name in names:
+        lines += [
+            f"    {name}:",
+            "      site_id: bench",
+            f"      api_key: {json.dumps(api_key)}",
+            *(f"      {key}: {json.dumps(value)}" for key, value in settings.items()),
+        ]
+    targets = ", ".join(f"customerio.{name}" for name in names)
+    lines.append(f"routes: [{{from: segment, to: [{targets}]}}]")
     return "\n".join(lines) + "\n"
 
 

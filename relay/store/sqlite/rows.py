@@ -16,7 +16,7 @@ from relay.store.base import (
     DeadLetterFilter,
     EventTuple,
 )
-from relay.store.sqlite.schema import DEAD, PENDING, STATES
+from relay.store.sqlite.schema import DEAD, PENDING, STATES, message_of
 
 T = TypeVar("T")
 
@@ -113,8 +113,8 @@ def dead_letter_rows(
         for did, dest, source, kind, reason, attempts, created_at, message, dead_at, history in (
             conn.execute(
                 f"SELECT id, {_name_of('destination')}, {_name_of('source')},"
-                f" {_name_of('kind')}, last_error, attempts, created_at, message, next_at,"
-                f" history FROM queue WHERE {where}",
+                f" {_name_of('kind')}, last_error, attempts, created_at, {message_of('queue')},"
+                f" next_at, history FROM queue WHERE {where}",
                 args,
             )
         )
@@ -212,9 +212,12 @@ def insert_deliveries(
     codes: Mapping[str, int],
 ) -> int:
     """Insert a delivery row for each destination of each event, its message packed (see
-    packing.py) and its names as their numbers in `codes`; returns the next id."""
+    packing.py) and its names as their numbers in `codes`; returns the next id. An event
+    routed as it came to two destinations or more has its message stored once, in
+    `shared` (see schema.py)."""
     if not events:
         return next_id
+    shared: list[tuple[int, int, bytes]] = []
     source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
     if deliveries and all(
         e[5] is deliveries and e[3] == received_at and e[0] == source and e[1] == kind
@@ -224,34 +227,55 @@ def insert_deliveries(
         # the rows share is bound once, not once a row.
         destinations = [codes[d] for d, _ in deliveries]
         routed = [r for _, r in deliveries]
+        sharing = routed.count(None) >= 2
         largest = _ROWS_PER_STATEMENT
         while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
             largest //= 2
         for chunk in _fixed_chunks(events, largest):
             values: list[Any] = [codes[source], codes[kind], received_at, *destinations]
             for e in chunk:
+                if sharing:
+                    shared.append((next_id, len(routed), pack(e[2])))
                 for message in routed:
-                    values += (next_id, e[4], pack(e[2] if message is None else message))
+                    if message is not None:
+                        message = pack(message)
+                    elif sharing:
+                        message = b""
+                    else:
+                        message = pack(e[2])
+                    values += (next_id, e[4], message)
                     next_id += 1
             conn.execute(_shared_insert(len(chunk), len(destinations)), values)
-        return next_id
-    rows = []
-    for e in events:
-        for destination, message in e[5]:
-            rows.append(
-                (
-                    next_id,
-                    codes[destination],
-                    e[4],
-                    e[3],
-                    e[3],
-                    codes[e[0]],
-                    codes[e[1]],
-                    pack(e[2] if message is None else message),
+    else:
+        rows = []
+        for e in events:
+            own: bytes | None = None
+            if sum(message is None for _, message in e[5]) >= 2:
+                shared.append((next_id, len(e[5]), pack(e[2])))
+                own = b""
+            for destination, message in e[5]:
+                if message is not None:
+                    message = pack(message)
+                else:
+                    message = own if own is not None else pack(e[2])
+                rows.append(
+                    (
+                        next_id,
+                        codes[destination],
+                        e[4],
+                        e[3],
+                        e[3],
+                        codes[e[0]],
+                        codes[e[1]],
+                        message,
+                    )
                 )
-            )
-            next_id += 1
-    insert_rows(conn, _INSERT_DELIVERIES, f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})", rows)
+                next_id += 1
+        insert_rows(conn, _INSERT_DELIVERIES, f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})", rows)
+    if shared:
+        insert_rows(
+            conn, "INSERT INTO shared (id, deliveries, message) VALUES ", "(?, ?, ?)", shared
+        )
     return next_id
 
 

@@ -13,6 +13,12 @@ log = logging.getLogger("relay.store")
 # path writes two rows per event (delivery and dedup id) and leasing needs no join. Names
 # (destinations, sources, kinds) are stored as numbers from `names`, and states as numbers
 # (STATES): 40 bytes less per delivery, in its row and in the queue's index.
+#
+# An event routed as it came to two destinations or more is stored once, in `shared`: its
+# deliveries' ids follow one another (an event's deliveries are inserted together), the
+# first is the shared row's id, and each of those deliveries has an empty `message`. A
+# delivery finds its event's message as the shared row with the greatest id not above its
+# own (message_of), and the shared row goes with the last delivery that needs it.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (
     id   INTEGER PRIMARY KEY,
@@ -42,6 +48,13 @@ CREATE TABLE IF NOT EXISTS held (
     delivery_id  INTEGER NOT NULL,
     PRIMARY KEY (destination, ordering_key, delivery_id)
 ) WITHOUT ROWID;
+-- The message of each event that two or more deliveries share (see above): the first of
+-- their ids, and how many ids the event's deliveries take from it.
+CREATE TABLE IF NOT EXISTS shared (
+    id         INTEGER PRIMARY KEY,
+    deliveries INTEGER NOT NULL,
+    message    BLOB NOT NULL
+);
 -- Small facts about the store itself; `probe` is written to find out whether writes work.
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -69,10 +82,31 @@ CREATE TABLE IF NOT EXISTS rejected (
 PENDING, LEASED, DEAD = 0, 1, 2
 STATES = {PENDING: "pending", LEASED: "leased", DEAD: "dead"}
 
+
+def message_of(row: str) -> str:
+    """SQL for the message of the `queue` row named `row`: its own, or its event's in
+    `shared`."""
+    return (
+        f"CASE {row}.message WHEN x'' THEN"
+        f" (SELECT message FROM shared WHERE id <= {row}.id ORDER BY id DESC LIMIT 1)"
+        f" ELSE {row}.message END"
+    )
+
+
+# What a delivery's deletion may leave unneeded: the shared messages of deliveries with ids
+# from ?1 to ?2 whose deliveries are all gone.
+UNSHARED = """
+DELETE FROM shared
+WHERE id BETWEEN coalesce((SELECT max(id) FROM shared WHERE id <= ?1), ?1) AND ?2
+  AND NOT EXISTS (
+      SELECT 1 FROM queue WHERE queue.id >= shared.id AND queue.id < shared.id + shared.deliveries
+  )
+"""
+
 # A delivery may be leased when it is due and no earlier delivery of the same person is
 # held (leased, or waiting for a retry): a retry holds back that person only.
 LEASE = f"""
-SELECT id, ordering_key, attempts, created_at, source, kind, message FROM queue AS d
+SELECT id, ordering_key, attempts, created_at, source, kind, {message_of("d")} FROM queue AS d
 WHERE d.destination = :dest AND d.state = {PENDING} AND d.next_at <= :now
   AND NOT EXISTS (
       SELECT 1 FROM held AS h

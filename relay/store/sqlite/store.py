@@ -82,6 +82,7 @@ from relay.store.sqlite.schema import (
     PENDING,
     SCHEMA,
     TIGHT_AUTOCHECKPOINT,
+    UNSHARED,
     WAL_FRAME_HEADER,
     WAL_KEPT_BYTES,
     log,
@@ -795,6 +796,7 @@ class SqliteStore:
                 f"DELETE FROM queue WHERE id IN ({marks}) AND state != {DEAD}", chunk
             )
             self._pending -= cur.rowcount
+            conn.execute(UNSHARED, (min(chunk), max(chunk)))
 
     def _unhold(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         # Each hold by its whole key: SQLite plans the one-statement form (a row-value IN
@@ -848,10 +850,17 @@ class SqliteStore:
     async def discard(self, which: DeadLetterFilter) -> int:
         def run(conn: sqlite3.Connection) -> int:
             where, args = dead_where(which)
+            first, last = conn.execute(
+                "SELECT min(id), max(id) FROM queue"
+                f" WHERE id IN (SELECT id FROM queue WHERE {where})",
+                args,
+            ).fetchone()
             count = conn.execute(
                 f"DELETE FROM queue WHERE id IN (SELECT id FROM queue WHERE {where})",
                 args,
             ).rowcount
+            if first is not None:
+                conn.execute(UNSHARED, (first, last))
             if which.takes_rejected():
                 where, args = rejected_where(which)
                 count += conn.execute(

@@ -1,0 +1,196 @@
+"""An event routed as it came to two destinations or more is stored once in the SQLite store
+(its deliveries point at it), reads back whole for every destination, through dead letters
+and restarts, and is deleted with the last delivery that needs it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.codec import decode, encode
+from relay.store.base import DeadLetterFilter, NewDelivery, NewEvent, Settlement
+from relay.store.sqlite import SqliteStore
+
+DESTINATIONS = ("customerio.a", "customerio.b", "segment.c")
+
+
+def message(i: int) -> bytes:
+    return encode({"type": "track", "userId": f"u{i}", "event": f"E{i}", "messageId": f"m{i}"})
+
+
+def edited(i: int, destination: str) -> bytes:
+    return encode({"type": "track", "userId": f"u{i}", "event": f"E{i} for {destination}"})
+
+
+def routed(i: int, deliveries: tuple[NewDelivery, ...], at: float) -> NewEvent:
+    return NewEvent("web", "segment", message(i), at, f"u:u{i}", deliveries, f"m{i}", at + 3600)
+
+
+def rows(store: SqliteStore) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
+    """(id, message) of each delivery, and (id, deliveries) of each shared message."""
+    with sqlite3.connect(store.path) as conn:
+        queue = conn.execute("SELECT id, message FROM queue ORDER BY id").fetchall()
+        shared = conn.execute("SELECT id, deliveries FROM shared ORDER BY id").fetchall()
+    return queue, shared
+
+
+async def leased(store: SqliteStore, destination: str) -> dict[int, object]:
+    return {d.id: d.message for d in await store.lease(destination, 1000, 1e12)}
+
+
+async def test_an_event_routed_as_it_came_to_three_destinations_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(str(tmp_path / "relay.db"))
+    await store.open()
+    try:
+        at = time.time()
+        three = tuple(NewDelivery(d) for d in DESTINATIONS)
+        assert await store.enqueue([routed(i, three, at) for i in range(2)]) == ["queued"] * 2
+        queue, shared = rows(store)
+        assert [m for _, m in queue] == [b""] * 6
+        assert shared == [(1, 3), (4, 3)]
+        for n, destination in enumerate(DESTINATIONS):
+            got = await leased(store, destination)
+            assert got == {1 + n: decode(message(0)), 4 + n: decode(message(1))}
+        # Delivered to two of them, dead at the third: the message stays for the dead letter.
+        await store.settle(Settlement(done=[1, 2, 4, 5], dead=[(3, "400 bad"), (6, "400")]), at)
+        assert rows(store)[1] == [(1, 3), (4, 3)]
+        (first, second) = await store.dead_letters()
+        assert (first.id, first.message) == (3, decode(message(0)))
+        assert (second.id, second.message) == (6, decode(message(1)))
+        # Replayed and delivered: the last delivery of the event takes its message along.
+        assert await store.replay(DeadLetterFilter(ids=(3,)), at) == 1
+        assert await leased(store, "segment.c") == {3: decode(message(0))}
+        await store.settle(Settlement(done=[3]), at)
+        assert rows(store) == ([(6, b"")], [(4, 3)])
+        assert await store.discard(DeadLetterFilter(ids=(6,))) == 1
+        assert rows(store) == ([], [])
+    finally:
+        await store.close()
+
+
+async def test_edited_deliveries_keep_their_own_message_beside_the_shared_one(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(str(tmp_path / "relay.db"))
+    await store.open()
+    try:
+        at = time.time()
+        a, b, c = DESTINATIONS
+        mixed = [
+            routed(0, (NewDelivery(a), NewDelivery(b, edited(0, b)), NewDelivery(c)), at),
+            routed(1, (NewDelivery(a), NewDelivery(b, edited(1, b))), at),  # one as it came
+            routed(2, (NewDelivery(b),), at + 1),
+        ]
+        assert await store.enqueue(mixed) == ["queued"] * 3
+        queue, shared = rows(store)
+        assert [m == b"" for _, m in queue] == [True, False, True, False, False, False]
+        assert shared == [(1, 3)]
+        assert await leased(store, a) == {1: decode(message(0)), 4: decode(message(1))}
+        assert await leased(store, b) == {
+            2: decode(edited(0, b)),
+            5: decode(edited(1, b)),
+            6: decode(message(2)),
+        }
+        assert await leased(store, c) == {3: decode(message(0))}
+    finally:
+        await store.close()
+
+
+async def test_a_shared_message_outlives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "relay.db")
+    store = SqliteStore(path)
+    await store.open()
+    at = time.time()
+    both = (NewDelivery("customerio.a"), NewDelivery("customerio.b"))
+    await store.enqueue([routed(0, both, at)])
+    assert await leased(store, "customerio.a") == {1: decode(message(0))}
+    await store.close()  # leased when it stopped: back in the queue
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await leased(store, "customerio.a") == {1: decode(message(0))}
+        assert await leased(store, "customerio.b") == {2: decode(message(0))}
+    finally:
+        await store.close()
+
+
+# Each event: for each destination, not routed (None), routed as it came (True), or with a
+# message of its own (False). Then the deliveries are settled in the order drawn, each
+# done or dead.
+events_strategy = st.lists(
+    st.tuples(*(st.sampled_from([None, True, False]) for _ in DESTINATIONS)).filter(
+        lambda routing: any(r is not None for r in routing)
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(events=events_strategy, order=st.randoms(use_true_random=False), one_request=st.booleans())
+def test_every_delivery_reads_its_message_and_the_last_one_takes_it_along(
+    events: list[tuple[bool | None, ...]], order, one_request: bool
+) -> None:
+    asyncio.run(_check(events, order, one_request))
+
+
+async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(str(Path(tmp) / "relay.db"))
+        await store.open()
+        try:
+            at = time.time()
+            new = []
+            for i, routing in enumerate(events):
+                deliveries = tuple(
+                    NewDelivery(d, None if as_it_came else edited(i, d))
+                    for d, as_it_came in zip(DESTINATIONS, routing, strict=True)
+                    if as_it_came is not None
+                )
+                new.append(routed(i, deliveries, at))
+            if one_request:
+                await store.enqueue(new)
+            else:
+                for event in new:
+                    await store.enqueue([event])
+            expected: dict[int, tuple[str, object]] = {}
+            next_id = 1
+            for i, routing in enumerate(events):
+                for d, as_it_came in zip(DESTINATIONS, routing, strict=True):
+                    if as_it_came is not None:
+                        text = message(i) if as_it_came else edited(i, d)
+                        expected[next_id] = (d, decode(text))
+                        next_id += 1
+            got = {}
+            for d in DESTINATIONS:
+                got.update({i: (d, m) for i, m in (await leased(store, d)).items()})
+            assert got == expected
+            ids = list(expected)
+            order.shuffle(ids)
+            dead = set()
+            for n, did in enumerate(ids):
+                if n % 3 == 2:
+                    await store.settle(Settlement(dead=[(did, "gone")]), at)
+                    dead.add(did)
+                else:
+                    await store.settle(Settlement(done=[did]), at)
+                queue, shared = rows(store)
+                left = {i for i, _ in queue}
+                # A shared message is kept exactly while a delivery of its event is.
+                assert {s for s, _ in shared} == {
+                    s for s, count in shared if left & set(range(s, s + count))
+                }
+                letters = {x.id: x.message for x in await store.dead_letters()}
+                assert letters == {i: expected[i][1] for i in dead}
+            assert await store.discard(DeadLetterFilter()) == len(ids) // 3
+            assert rows(store) == ([], [])
+        finally:
+            await store.close()
