@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from relay.errors import StoreCannotOpen, StoreUnavailable
-from relay.store.base import Settlement
+from relay.store.base import DeadLetterFilter, NewDelivery, Settlement
 from relay.store.redis.store import RedisStore, partition_of, persistence_problem
 from tests.contract.test_store import DEST, NOW, event
 from tests.redis_server import URL, PrivateRedis, delete_prefix, need_redis, new_prefix
@@ -248,3 +248,72 @@ async def test_the_partition_count_changes_only_while_the_queue_is_empty(
     second = await open_store(partitions=8)  # empty: it may change
     await second.enqueue([event("a", "A2")])
     assert [d.message["event"] for d in await second.lease(DEST, 10, NOW)] == ["A2"]
+
+
+async def test_a_message_is_kept_beside_its_deliveries_once_for_those_that_share_it(
+    open_store: Open,
+) -> None:
+    store = await open_store()
+    other, edited = "segment.main", "customerio.edited"
+    routed = event("a", "A1", to=(DEST, other))
+    routed.deliveries = (*routed.deliveries, NewDelivery(edited, b'{"event":"Renamed"}'))
+    await store.enqueue([routed, event("c", "C1")])
+    redis = store._redis
+    p = store.prefix
+
+    async def messages() -> dict[bytes, bytes]:
+        keys = sorted([k async for k in redis.scan_iter(match=f"{p}m:*")])
+        return {k[len(p) :]: await redis.get(k) for k in keys}
+
+    rows = [await redis.hgetall(f"{p}d:{i}") for i in (1, 2, 3, 4)]
+    assert [(r.get(b"m"), b"msg" in r) for r in rows] == [
+        (b"1", False),
+        (b"1", False),
+        (b"3", False),
+        (b"4", False),
+    ]
+    # A delivery's hash holds small fields only, which Redis keeps compact.
+    assert {await redis.object("encoding", f"{p}d:{i}") for i in (1, 2, 3, 4)} == {b"listpack"}
+    assert await messages() == {
+        b"m:1": routed.message_json,
+        b"m:1:n": b"1",  # one more delivery than this one
+        b"m:3": b'{"event":"Renamed"}',
+        b"m:4": event("c", "C1").message_json,
+    }
+    (first, _) = await store.lease(DEST, 10, NOW)
+    await store.settle(Settlement(done=[first.id]), NOW)
+    assert await redis.get(f"{p}m:1:n") == b"0"
+    (second,) = await store.lease(other, 10, NOW)
+    assert second.message == first.message == {"type": "track", "userId": "a", "event": "A1"}
+    (third,) = await store.lease(edited, 10, NOW)
+    await store.settle(Settlement(done=[second.id, third.id]), NOW)
+    assert await messages() == {b"m:4": event("c", "C1").message_json}
+    # Given up on at both and discarded: the last one discarded takes the message along.
+    await store.enqueue([event("b", "B1", to=(DEST, other))])
+    dead = [d.id for dest in (DEST, other) for d in await store.lease(dest, 10, NOW)]
+    await store.settle(Settlement(dead=[(i, "400") for i in dead]), NOW)
+    assert [x.message["event"] for x in await store.dead_letters()] == ["B1", "B1"]
+    assert await store.discard(DeadLetterFilter(ids=(dead[1],))) == 1
+    assert await redis.exists(f"{p}m:{dead[0]}") == 1
+    assert await store.discard(DeadLetterFilter(ids=(dead[0],))) == 1
+    assert await messages() == {b"m:4": event("c", "C1").message_json}  # C1 is still leased
+
+
+async def test_deliveries_stored_with_their_message_inside_are_read_as_they_are(
+    open_store: Open,
+) -> None:
+    # As versions before messages moved beside their deliveries stored them.
+    store = await open_store()
+    await store.enqueue([event("a", "A1"), event("b", "B1")])
+    redis, p = store._redis, store.prefix
+    for i in (1, 2):
+        message = await redis.get(f"{p}m:{i}")
+        await redis.hset(f"{p}d:{i}", "msg", message)
+        await redis.hdel(f"{p}d:{i}", "m")
+        await redis.delete(f"{p}m:{i}")
+    leased = await store.lease(DEST, 10, NOW)
+    assert [d.message["event"] for d in leased] == ["A1", "B1"]
+    await store.settle(Settlement(done=[leased[0].id], dead=[(leased[1].id, "400")]), NOW)
+    assert [x.message["event"] for x in await store.dead_letters()] == ["B1"]
+    assert await store.discard(DeadLetterFilter()) == 1
+    assert await redis.exists(f"{p}d:1", f"{p}d:2") == 0

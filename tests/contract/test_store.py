@@ -173,6 +173,29 @@ async def test_one_delivery_per_destination_each_with_its_routed_message(make: M
     assert await store.counts() == {DEST: {"leased": 1}, OTHER: {"leased": 2}}
 
 
+async def test_an_event_for_several_destinations_reads_whole_for_each_to_the_last(
+    make: Make,
+) -> None:
+    # Stored once where the backend can share it: each delivery still reads the whole
+    # message, whatever becomes of the others (done, dead, replayed, discarded).
+    store = await make()
+    await store.enqueue([event("a", "A1", to=(DEST, OTHER)), event("b", "B1", to=(DEST, OTHER))])
+    first = {d.message["userId"]: d for d in await store.lease(DEST, 10, NOW)}
+    await store.settle(Settlement(done=[first["a"].id], dead=[(first["b"].id, "400")]), NOW)
+    other = {d.message["userId"]: d for d in await store.lease(OTHER, 10, NOW)}
+    assert [d.message["event"] for d in other.values()] == ["A1", "B1"]
+    await store.settle(Settlement(dead=[(other["a"].id, "400"), (other["b"].id, "400")]), NOW)
+    assert refs(await store.dead_letters()) == ["A1", "B1", "B1"]
+    assert await store.replay(DeadLetterFilter(ids=(other["a"].id,)), NOW) == 1
+    assert await names(store, OTHER) == ["A1"]
+    assert await store.discard(DeadLetterFilter(ids=(first["b"].id,))) == 1
+    assert [(x.id, x.message["event"]) for x in await store.dead_letters()] == [
+        (other["b"].id, "B1")
+    ]
+    assert await store.discard(EVERY_DEAD_LETTER) == 1
+    assert await store.dead_letters() == []
+
+
 async def test_a_person_is_held_while_their_earlier_delivery_is_leased(make: Make) -> None:
     store = await make()
     await store.enqueue([event("a", "A1"), event("a", "A2"), event("b", "B1")])

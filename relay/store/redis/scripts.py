@@ -8,6 +8,13 @@ Keys, under the prefix P (`storage.redis.key_prefix`):
 - P dests: the destinations ever queued for; P age:<dest>: a sorted set of the deliveries
   waiting for it (pending or leased) by when they were queued;
 - P d:<id>: a delivery (hash) and P d:<id>:h its failed attempts ("<time>\\0<answer>");
+  its message is the string P m:<m>, `m` one of its fields. An event routed as it came
+  to several destinations keeps it once, under the first of those deliveries' ids, with
+  P m:<m>:n counting the others not yet deleted; a delivery with a message of its own (one
+  destination, or a route that reshaped it) has it under its own id, with no count. Out of
+  the hash, a message (longer than Redis's 64-byte bound for a compact hash field) no
+  longer makes each delivery's hash a full hash table. Deliveries stored by earlier versions
+  hold `msg` in the hash instead, and are read as they are;
 - per destination and partition, Q = P q:<dest>:<n>:
   - Q:s, a stream with the consumer group "relay": new deliveries, one entry each. An entry
     stays pending in the group (its PEL) until its delivery is done or dead, so the
@@ -73,6 +80,18 @@ local function release(id)
   count(d[2], 'pending', 1)
   return 1
 end
+-- A delivery's message, from its `msg` (stored by earlier versions) or its `m`.
+local function message_of(msg, m)
+  if msg then return msg end
+  return redis.call('GET', P .. 'm:' .. m)
+end
+-- A delivery whose message is P m:<m> (`m`, or false) was deleted: the last of those
+-- sharing it takes it along (a message of one delivery has no count, read as 0).
+local function forget_message(m)
+  if m and redis.call('DECR', P .. 'm:' .. m .. ':n') < 0 then
+    redis.call('DEL', P .. 'm:' .. m, P .. 'm:' .. m .. ':n')
+  end
+end
 -- The delivery leaves the stream's group: done or dead.
 local function ack(q, entry)
   redis.call('XACK', q .. ':s', 'relay', entry)
@@ -112,17 +131,31 @@ for _ = 1, tonumber(ARGV[4]) do
     redis.call('ZADD', P .. 'rej', rid, rid)
     out[#out + 1] = 'rejected'
   else
+    -- The deliveries with the event's message as it came share one copy of it.
+    local sharing = 0
+    for k = 0, n - 1 do
+      if ARGV[i + 2 * k + 1] == '' then sharing = sharing + 1 end
+    end
+    local shared = nil
     for k = 0, n - 1 do
       local dest, routed = ARGV[i + 2 * k], ARGV[i + 2 * k + 1]
-      local m = msg
-      if routed ~= '' then m = string.sub(routed, 2) end
       local id = redis.call('INCR', P .. 'next')
+      local m = id
+      if routed ~= '' then
+        redis.call('SET', P .. 'm:' .. id, string.sub(routed, 2))
+      elseif shared then
+        m = shared
+      else
+        shared = id
+        redis.call('SET', P .. 'm:' .. id, msg)
+        if sharing > 1 then redis.call('SET', P .. 'm:' .. id .. ':n', sharing - 1) end
+      end
       local q = queue(dest, part)
       ensure_group(q .. ':s')
       local entry = redis.call('XADD', q .. ':s', '*', 'i', id)
       redis.call('HSET', P .. 'd:' .. id, 'dest', dest, 'okey', okey, 'part', part,
                  'state', 'pending', 'attempts', 0, 'next_at', received, 'created_at', received,
-                 'source', source, 'kind', kind, 'msg', m, 'entry', entry)
+                 'source', source, 'kind', kind, 'm', m, 'entry', entry)
       redis.call('ZADD', P .. 'age:' .. dest, received, id)
       redis.call('SADD', P .. 'dests', dest)
       count(dest, 'pending', 1)
@@ -210,10 +243,11 @@ while #out < limit and looked < limit * 10 do
       redis.call('HSET', key, 'state', 'leased')
       redis.call('ZREM', q .. ':w', id)
       redis.call('ZADD', q .. ':h', 0, okey .. '\0' .. pad(id))
-      local f = redis.call('HMGET', key, 'attempts', 'created_at', 'source', 'kind', 'msg', 'entry')
+      local f = redis.call('HMGET', key, 'attempts', 'created_at', 'source', 'kind', 'msg',
+                           'entry', 'm')
       -- Its entry is this consumer's now, and fresh: not taken back while it is in flight.
       redis.call('XCLAIM', q .. ':s', 'relay', consumer, 0, f[6], 'JUSTID')
-      out[#out + 1] = {id, okey, f[1], f[2], f[3], f[4], f[5], best.part, f[6]}
+      out[#out + 1] = {id, okey, f[1], f[2], f[3], f[4], message_of(f[5], f[7]), best.part, f[6]}
     end
   end
 end
@@ -236,7 +270,7 @@ local i = 3
 while i <= #ARGV do
   local op, id = ARGV[i], ARGV[i + 1]
   local key = P .. 'd:' .. id
-  local d = redis.call('HMGET', key, 'state', 'dest', 'part', 'okey', 'entry')
+  local d = redis.call('HMGET', key, 'state', 'dest', 'part', 'okey', 'entry', 'm')
   local state = d[1]
   if op == 'l' then
     release(id)
@@ -252,6 +286,7 @@ while i <= #ARGV do
       unhold(q, okey, id)
       ack(q, d[5])
       redis.call('DEL', key, key .. ':h')
+      forget_message(d[6])
       redis.call('ZREM', P .. 'age:' .. dest, id)
       redis.call('ZREM', q .. ':w', id)
       redis.call('ZREM', q .. ':r', id)
@@ -327,9 +362,10 @@ local gone = 0
 for a = 3, 2 + n do
   local id = ARGV[a]
   local key = P .. 'd:' .. id
-  local d = redis.call('HMGET', key, 'state', 'dest')
+  local d = redis.call('HMGET', key, 'state', 'dest', 'm')
   if d[1] == 'dead' then
     redis.call('DEL', key, key .. ':h')
+    forget_message(d[3])
     redis.call('ZREM', P .. 'dead', id)
     count(d[2], 'dead', -1)
     gone = gone + 1

@@ -332,6 +332,15 @@ class RedisStore:
                 pipe.hgetall(f"{self.prefix}d:{did}")
                 pipe.lrange(f"{self.prefix}d:{did}:h", 0, -1)
             found = await pipe.execute()
+            # The message is beside the delivery (see scripts.py), but for those stored by
+            # earlier versions.
+            apart = [row for row in found[::2] if b"msg" not in row and b"m" in row]
+            if apart:
+                pipe = redis.pipeline(transaction=False)
+                for row in apart:
+                    pipe.get(f"{self.prefix}m:{row[b'm'].decode()}")
+                for row, message in zip(apart, await pipe.execute(), strict=True):
+                    row[b"msg"] = message
         out = []
         for did, row, history in zip(ids, found[::2], found[1::2], strict=True):
             if row.get(b"state") != b"dead":
