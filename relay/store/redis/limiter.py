@@ -100,6 +100,7 @@ class SharedLimiter:
         self._written: Any = redis.register_script(WRITTEN)
         self._pause: Any = redis.register_script(PAUSE)
         self._failing = False
+        self._unshared = False  # the last send time could not be shared
         # A 429 seen here holds this instance at once, before Redis has it for the others.
         self.blocked_until = 0.0  # monotonic
 
@@ -146,8 +147,14 @@ class SharedLimiter:
             )
         except RedisError as exc:
             # It then counts from when it was let go, which the window's margin covers but
-            # on a very busy instance. Redis failing is said once by `acquire`.
-            log.warning("a request's send time could not be shared in Redis (%s)", describe(exc))
+            # on a very busy instance. Said once until a send time is shared again.
+            if not self._unshared:
+                log.warning(
+                    "a request's send time could not be shared in Redis (%s)", describe(exc)
+                )
+            self._unshared = True
+        else:
+            self._unshared = False
 
     def throttled(self, retry_after: float | None) -> None:
         """A 429: no instance sends before its Retry-After."""
