@@ -210,13 +210,13 @@ def insert_deliveries(
     next_id: int,
     pack: Callable[[bytes], bytes],
     codes: Mapping[str, int],
-) -> int:
+) -> tuple[int, bool]:
     """Insert a delivery row for each destination of each event, its message packed (see
-    packing.py) and its names as their numbers in `codes`; returns the next id. An event
-    routed as it came to two destinations or more has its message stored once, in
-    `shared` (see schema.py)."""
+    packing.py) and its names as their numbers in `codes`; returns the next id, and whether
+    a message was shared: an event routed as it came to two destinations or more has its
+    message stored once, in `shared` (see schema.py)."""
     if not events:
-        return next_id
+        return next_id, False
     shared: list[tuple[int, int, bytes]] = []
     source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
     if deliveries and all(
@@ -276,7 +276,7 @@ def insert_deliveries(
         insert_rows(
             conn, "INSERT INTO shared (id, deliveries, message) VALUES ", "(?, ?, ?)", shared
         )
-    return next_id
+    return next_id, bool(shared)
 
 
 def insert_rows(

@@ -93,11 +93,14 @@ def message_of(row: str) -> str:
     )
 
 
-# What a delivery's deletion may leave unneeded: the shared messages of deliveries with ids
-# from ?1 to ?2 whose deliveries are all gone.
+# What deleting deliveries may leave unneeded: the shared messages that the deliveries with
+# the ids in the JSON array ?1 read (one index step each), once no delivery of their event
+# is left. (Over a range of ids instead, one old retry in a lease made it a scan.)
 UNSHARED = """
 DELETE FROM shared
-WHERE id BETWEEN coalesce((SELECT max(id) FROM shared WHERE id <= ?1), ?1) AND ?2
+WHERE id IN (
+      SELECT (SELECT max(s.id) FROM shared AS s WHERE s.id <= gone.value) FROM json_each(?1) AS gone
+  )
   AND NOT EXISTS (
       SELECT 1 FROM queue WHERE queue.id >= shared.id AND queue.id < shared.id + shared.deliveries
   )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from relay.codec import decode
+from relay.codec import decode, encode
 from relay.errors import StoreCannotOpen, StoreFull, StoreUnavailable
 from relay.runtime import release_free_memory
 from relay.store.base import (
@@ -164,6 +164,7 @@ class SqliteStore:
         self._checkpoint_failing = False
         self._next_delivery_id = 1
         self._pending = 0
+        self._sharing = False  # some message is shared (see _resync)
         self._packer = Packer()
         # The numbers names (destinations, sources, kinds) are stored as, both ways (main
         # writer's thread; a name is added in a commit of its own before rows use it).
@@ -274,6 +275,8 @@ class SqliteStore:
 
     def _resync(self, conn: sqlite3.Connection) -> None:
         self._next_delivery_id = (conn.execute("SELECT max(id) FROM queue").fetchone()[0] or 0) + 1
+        # Whether any message is shared, so that a store with none skips looking for them.
+        self._sharing = conn.execute("SELECT 1 FROM shared LIMIT 1").fetchone() is not None
         self._pending = conn.execute(
             f"SELECT count(*) FROM queue WHERE state != {DEAD}"
         ).fetchone()[0]
@@ -640,9 +643,10 @@ class SqliteStore:
                 continue
             stored.append(e)
             outcomes.append("queued")
-        delivery_id = insert_deliveries(
+        delivery_id, shared = insert_deliveries(
             conn, stored, self._next_delivery_id, self._packer.pack, self._codes
         )
+        self._sharing = self._sharing or shared
         if rejected:
             conn.executemany(
                 "INSERT INTO rejected (source, kind, received_at, reason, message)"
@@ -796,7 +800,12 @@ class SqliteStore:
                 f"DELETE FROM queue WHERE id IN ({marks}) AND state != {DEAD}", chunk
             )
             self._pending -= cur.rowcount
-            conn.execute(UNSHARED, (min(chunk), max(chunk)))
+            self._unshare(conn, chunk)
+
+    def _unshare(self, conn: sqlite3.Connection, deleted: Sequence[int]) -> None:
+        """Delete the shared messages no delivery needs once `deleted` are gone."""
+        if self._sharing:
+            conn.execute(UNSHARED, (encode(list(deleted)).decode(),))  # JSON as text
 
     def _unhold(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         # Each hold by its whole key: SQLite plans the one-statement form (a row-value IN
@@ -850,17 +859,13 @@ class SqliteStore:
     async def discard(self, which: DeadLetterFilter) -> int:
         def run(conn: sqlite3.Connection) -> int:
             where, args = dead_where(which)
-            first, last = conn.execute(
-                "SELECT min(id), max(id) FROM queue"
-                f" WHERE id IN (SELECT id FROM queue WHERE {where})",
-                args,
-            ).fetchone()
-            count = conn.execute(
-                f"DELETE FROM queue WHERE id IN (SELECT id FROM queue WHERE {where})",
-                args,
-            ).rowcount
-            if first is not None:
-                conn.execute(UNSHARED, (first, last))
+            ids = [did for (did,) in conn.execute(f"SELECT id FROM queue WHERE {where}", args)]
+            count = 0
+            for chunk in in_chunks(ids):
+                count += conn.execute(
+                    f"DELETE FROM queue WHERE id IN ({placeholders(len(chunk))})", chunk
+                ).rowcount
+                self._unshare(conn, chunk)
             if which.takes_rejected():
                 where, args = rejected_where(which)
                 count += conn.execute(
