@@ -28,17 +28,9 @@ def busiest_window(times: list[float], length: float = WINDOW) -> int:
 
 def run(rate: float, demands: list[float], lateness: list[float]) -> list[float]:
     """When requests go: each wants to go at its demand time (or when the one before it
-    went), then goes as soon as the budget allows, plus that request's lateness."""
-    budget = Budget(rate)
-    sent: list[float] = []
-    now = 0.0
-    for i, demand in enumerate(demands):
-        now = max(now, demand)
-        while (wait := budget.wait(now)) > 0:
-            now += wait + lateness[i % len(lateness)]
-        budget.take(now)
-        sent.append(now)
-    return sent
+    went), then goes as soon as the budget allows, plus that request's lateness; each is
+    written the moment it goes."""
+    return run_written(rate, demands, lateness, [0.0])
 
 
 @settings(max_examples=300, deadline=None)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from relay.codec import decode, encode
 from relay.store.base import DeadLetterFilter, NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import SqliteStore
+from tests.test_sqlite_store import opened
 
 DESTINATIONS = ("customerio.a", "customerio.b", "segment.c")
 
@@ -47,9 +48,7 @@ async def leased(store: SqliteStore, destination: str) -> dict[int, object]:
 async def test_an_event_routed_as_it_came_to_three_destinations_is_stored_once(
     tmp_path: Path,
 ) -> None:
-    store = SqliteStore(str(tmp_path / "relay.db"))
-    await store.open()
-    try:
+    async with opened(SqliteStore(str(tmp_path / "relay.db"))) as store:
         at = time.time()
         three = tuple(NewDelivery(d) for d in DESTINATIONS)
         assert await store.enqueue([routed(i, three, at) for i in range(2)]) == ["queued"] * 2
@@ -72,16 +71,12 @@ async def test_an_event_routed_as_it_came_to_three_destinations_is_stored_once(
         assert rows(store) == ([(6, b"")], [(4, 3)])
         assert await store.discard(DeadLetterFilter(ids=(6,))) == 1
         assert rows(store) == ([], [])
-    finally:
-        await store.close()
 
 
 async def test_edited_deliveries_keep_their_own_message_beside_the_shared_one(
     tmp_path: Path,
 ) -> None:
-    store = SqliteStore(str(tmp_path / "relay.db"))
-    await store.open()
-    try:
+    async with opened(SqliteStore(str(tmp_path / "relay.db"))) as store:
         at = time.time()
         a, b, c = DESTINATIONS
         mixed = [
@@ -100,26 +95,18 @@ async def test_edited_deliveries_keep_their_own_message_beside_the_shared_one(
             6: decode(message(2)),
         }
         assert await leased(store, c) == {3: decode(message(0))}
-    finally:
-        await store.close()
 
 
 async def test_a_shared_message_outlives_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "relay.db")
-    store = SqliteStore(path)
-    await store.open()
-    at = time.time()
-    both = (NewDelivery("customerio.a"), NewDelivery("customerio.b"))
-    await store.enqueue([routed(0, both, at)])
-    assert await leased(store, "customerio.a") == {1: decode(message(0))}
-    await store.close()  # leased when it stopped: back in the queue
-    store = SqliteStore(path)
-    await store.open()
-    try:
+    async with opened(SqliteStore(path)) as store:
+        both = (NewDelivery("customerio.a"), NewDelivery("customerio.b"))
+        await store.enqueue([routed(0, both, time.time())])
+        assert await leased(store, "customerio.a") == {1: decode(message(0))}
+    # Leased when it stopped: back in the queue.
+    async with opened(SqliteStore(path)) as store:
         assert await leased(store, "customerio.a") == {1: decode(message(0))}
         assert await leased(store, "customerio.b") == {2: decode(message(0))}
-    finally:
-        await store.close()
 
 
 # Each event: for each destination, not routed (None), routed as it came (True), or with a
@@ -144,9 +131,7 @@ def test_every_delivery_reads_its_message_and_the_last_one_takes_it_along(
 
 async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(str(Path(tmp) / "relay.db"))
-        await store.open()
-        try:
+        async with opened(SqliteStore(str(Path(tmp) / "relay.db"))) as store:
             at = time.time()
             new = []
             for i, routing in enumerate(events):
@@ -202,5 +187,3 @@ async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool
                 assert letters == {i: expected[i][1] for i in dead}
             assert await store.discard(DeadLetterFilter()) == len(dead)
             assert rows(store) == ([], [])
-        finally:
-            await store.close()
