@@ -92,7 +92,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--batch", type=int, default=100, help="events a request")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="the destination's batch_size (default: 100)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the destination's batch_size (default: relay's own, 1000)",
     )
     benchlib.add_drain_timeout(parser)
     args = parser.parse_args()

@@ -267,7 +267,7 @@ def _planned(i: int, size: int) -> Planned:
         "name": "E",
         "attributes": {"blob": "x" * size},
     }
-    d = Delivery(i, "customerio.main", f"u:{i}", 0, 0.0, "web", "segment", {})
+    d = Delivery(i, "customerio.main", f"u:{i}", 0, 0.0, "web", "segment", b"{}")
     return Planned(d, ops=[json.dumps(op, separators=(",", ":")).encode()])
 
 
@@ -803,7 +803,7 @@ def test_a_v2_delivery_with_an_op_no_batch_carries_goes_whole_as_requests_of_its
     op = b'{"type":"person","identifiers":{"id":"u1"},"action":"identify"}'
     metric = OutgoingRequest("POST", "/api/v1/metrics", b'{"delivery_id":"d","metric":"opened"}')
     monkeypatch.setattr(sink, "map_and_encode_v2", lambda *a, **k: [op, metric])
-    d = Delivery(1, "customerio.main", "u:u1", 0, 0.0, "web", "segment", {})
+    d = Delivery(1, "customerio.main", "u:u1", 0, 0.0, "web", "segment", b"{}")
     [planned] = sink.plan([d], "v2")
     assert planned.ops == ()
     assert list(planned.requests) == [OutgoingRequest("POST", "/api/v2/entity", op), metric]

@@ -244,7 +244,7 @@ async def test_gives_up_only_when_old_and_failed_three_times(
             d.created_at,
             d.source,
             d.kind,
-            d.message,
+            d.message_json,
         )
         for d, a in zip(leased, attempts, strict=True)
     ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from relay.codec import encode
 from relay.destinations.limiter import DestinationLimiter, Written
 from relay.destinations.outcome import (
     Dead,
@@ -204,8 +205,8 @@ async def test_sent_at_is_stamped_after_the_rate_limiter_wait(segment: StandIn) 
     first = {"type": "track", "event": "A", "userId": "u1", "timestamp": "2020-03-26T19:16:39.000Z"}
     second = {**first, "event": "B", "userId": "u2"}
     deliveries = [
-        Delivery(1, dest.key, "user:u1", 0, NOW, "marketing", "customerio", first),
-        Delivery(2, dest.key, "user:u2", 0, NOW, "marketing", "customerio", second),
+        Delivery(1, dest.key, "user:u1", 0, NOW, "marketing", "customerio", encode(first)),
+        Delivery(2, dest.key, "user:u2", 0, NOW, "marketing", "customerio", encode(second)),
     ]
     try:
         outcomes = await sink.deliver(deliveries)

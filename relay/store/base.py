@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
+from relay.codec import decode
 from relay.errors import StoreFull
 
 EnqueueOutcome = Literal["queued", "duplicate", "rejected"]
@@ -73,7 +74,13 @@ def event_tuples(events: list[NewEvent]) -> list[EventTuple]:
 # A named tuple rather than a frozen dataclass, which sets each field through
 # object.__setattr__: a lease builds one for every message it hands out (0.3 µs instead of 0.9).
 class Delivery(NamedTuple):
-    """A leased delivery, handed to a destination's worker."""
+    """A leased delivery, handed to a destination's worker.
+
+    Its message is kept as the JSON stored, and decoded where a sink reads it (`message`), so
+    that the decoded message lives only while it is mapped. Decoding a whole lease when it
+    was taken, and freeing it a request later, cost relay's process a sixth of its time end to
+    end: a lease's thousand messages, decoded apart from their mapping and freed long after,
+    no longer sit in the CPU's cache (the README's benchmarks)."""
 
     id: int
     destination: str
@@ -82,7 +89,13 @@ class Delivery(NamedTuple):
     created_at: float
     source: str
     kind: str
-    message: dict[str, Any]
+    message_json: bytes
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The message, decoded anew at each access: a sink reads it once, where it maps it."""
+        message: dict[str, Any] = decode(self.message_json)
+        return message
 
 
 @dataclass(frozen=True)

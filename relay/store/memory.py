@@ -151,7 +151,7 @@ class MemoryStore:
                     row.created_at,
                     row.source,
                     row.kind,
-                    decode(row.message),
+                    row.message,
                 )
             )
         for d in out:

@@ -25,7 +25,6 @@ import struct
 import sys
 from typing import Any
 
-from relay.codec import decode
 from relay.errors import StoreCannotOpen, StoreFull, StoreInUse, StoreUnavailable
 from relay.runtime import tune_garbage_collector
 from relay.store.base import (
@@ -235,7 +234,7 @@ class ProcessStore:
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
         rows = await self._call("lease", destination, limit, now)
         return [
-            Delivery(did, destination, okey, attempts, created_at, source, kind, decode(message))
+            Delivery(did, destination, okey, attempts, created_at, source, kind, message)
             for did, okey, attempts, created_at, source, kind, message in rows
         ]
 

@@ -155,6 +155,11 @@ async def test_enqueued_events_are_leased_oldest_first_with_their_messages(make:
         {"type": "track", "userId": "a", "event": "A1"},
         {"type": "track", "userId": "b", "event": "B1"},
     ]
+    # Handed out as the JSON stored, byte for byte: a sink decodes it where it maps it.
+    assert [d.message_json for d in leased] == [
+        event("a", "A1").message_json,
+        event("b", "B1").message_json,
+    ]
     assert [(d.destination, d.ordering_key, d.attempts, d.source, d.kind) for d in leased] == [
         (DEST, "u:a", 0, "web", "segment"),
         (DEST, "u:b", 0, "web", "segment"),

@@ -243,7 +243,7 @@ class RedisStore:
                     float(created_at),
                     source.decode(),
                     kind.decode(),
-                    decode(message),
+                    message,
                 )
             )
         return out

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from relay.codec import decode, encode
+from relay.codec import encode
 from relay.errors import StoreCannotOpen, StoreFull, StoreUnavailable
 from relay.runtime import release_free_memory
 from relay.store.base import (
@@ -741,12 +741,12 @@ class SqliteStore:
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
         rows = await self.lease_rows(destination, limit, now)
         return [
-            Delivery(did, destination, okey, attempts, created_at, source, kind, decode(message))
+            Delivery(did, destination, okey, attempts, created_at, source, kind, message)
             for did, okey, attempts, created_at, source, kind, message in rows
         ]
 
     async def lease_rows(self, destination: str, limit: int, now: float) -> list[LeasedRow]:
-        """`lease`, with each message as its stored JSON (for a caller that decodes it)."""
+        """`lease` as plain tuples, which cross to relay's process faster than `Delivery`s."""
         return await self._submit(lambda conn: self._lease(conn, destination, limit, now))
 
     def _lease(
