@@ -79,8 +79,8 @@ class Delivery(NamedTuple):
     Its message is kept as the JSON stored, and decoded where a sink reads it (`message`), so
     that the decoded message lives only while it is mapped. Decoding a whole lease when it
     was taken, and freeing it a request later, cost relay's process a sixth of its time end to
-    end: a lease's thousand messages, decoded apart from their mapping and freed long after,
-    no longer sit in the CPU's cache (the README's benchmarks)."""
+    end: by the time each of a lease's thousand messages was mapped, and later freed, it was
+    no longer in the CPU's cache (the README's benchmarks)."""
 
     id: int
     destination: str
