@@ -38,7 +38,7 @@ from relay.store.base import (
     Settlement,
     event_tuples,
 )
-from relay.store.sqlite import DEFAULT_MIN_FREE_MB, SqliteStore
+from relay.store.sqlite import DEFAULT_MIN_FREE_MB, SqliteStore, leased_deliveries
 
 log = logging.getLogger("relay.store")
 
@@ -232,11 +232,7 @@ class ProcessStore:
         return outcomes
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
-        rows = await self._call("lease", destination, limit, now)
-        return [
-            Delivery(did, destination, okey, attempts, created_at, source, kind, message)
-            for did, okey, attempts, created_at, source, kind, message in rows
-        ]
+        return leased_deliveries(destination, await self._call("lease", destination, limit, now))
 
     async def settle(self, settlement: Settlement, now: float) -> None:
         if settlement:

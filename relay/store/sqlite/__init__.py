@@ -28,8 +28,8 @@ it into the database file does not hold up the commits that requests wait for.
 from __future__ import annotations
 
 from relay.store.sqlite.dedup import dedup_key
-from relay.store.sqlite.rows import LeasedRow
+from relay.store.sqlite.rows import LeasedRow, leased_deliveries
 from relay.store.sqlite.schema import DEFAULT_MIN_FREE_MB
 from relay.store.sqlite.store import SqliteStore
 
-__all__ = ["DEFAULT_MIN_FREE_MB", "LeasedRow", "SqliteStore", "dedup_key"]
+__all__ = ["DEFAULT_MIN_FREE_MB", "LeasedRow", "SqliteStore", "dedup_key", "leased_deliveries"]

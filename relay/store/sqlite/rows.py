@@ -14,6 +14,7 @@ from relay.codec import decode
 from relay.store.base import (
     DeadLetter,
     DeadLetterFilter,
+    Delivery,
     EventTuple,
 )
 from relay.store.sqlite.schema import DEAD, PENDING, STATES, message_of
@@ -22,6 +23,15 @@ T = TypeVar("T")
 
 # id, ordering key, attempts, created at, source, kind, message JSON
 LeasedRow = tuple[int, str, int, float, str, str, bytes]
+
+
+def leased_deliveries(destination: str, rows: Sequence[LeasedRow]) -> list[Delivery]:
+    """A lease's rows as the deliveries handed to `destination`'s worker."""
+    return [
+        Delivery(did, destination, okey, attempts, created_at, source, kind, message)
+        for did, okey, attempts, created_at, source, kind, message in rows
+    ]
+
 
 _CHUNK = 500  # stays well under SQLite's bound-parameter limit
 

@@ -65,6 +65,7 @@ from relay.store.sqlite.rows import (
     dead_where,
     in_chunks,
     insert_deliveries,
+    leased_deliveries,
     oldest_queued,
     placeholders,
     rejected_where,
@@ -739,11 +740,7 @@ class SqliteStore:
         return self._main.problem or no_room
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
-        rows = await self.lease_rows(destination, limit, now)
-        return [
-            Delivery(did, destination, okey, attempts, created_at, source, kind, message)
-            for did, okey, attempts, created_at, source, kind, message in rows
-        ]
+        return leased_deliveries(destination, await self.lease_rows(destination, limit, now))
 
     async def lease_rows(self, destination: str, limit: int, now: float) -> list[LeasedRow]:
         """`lease` as plain tuples, which cross to relay's process faster than `Delivery`s."""
