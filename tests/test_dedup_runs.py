@@ -22,6 +22,7 @@ from relay.store.sqlite.dedup import (
     drop_table,
     filter_of,
     finish_merge,
+    id_records,
     merge_step,
     open_runs,
     plan_merge,
@@ -55,6 +56,10 @@ def stored(conn: sqlite3.Connection) -> dict[bytes, float]:
     return found
 
 
+def record(conn: sqlite3.Connection, run_id: int, ids: dict[bytes, float]) -> None:
+    record_run(conn, run_id, id_records(ids.items()))
+
+
 def merge_all(conn: sqlite3.Connection, target: int, sources: list[Run], now: float) -> None:
     merge = Merge(target, tuple(sources), now)
     written = sum(merge_step(conn, merge, step) for step in range(merge.steps))
@@ -65,8 +70,8 @@ def merge_all(conn: sqlite3.Connection, target: int, sources: list[Run], now: fl
 
 def test_a_run_is_found_by_key_until_each_id_expires() -> None:
     conn = database()
-    record_run(conn, 1, {key(1): NOW + 10, key(2): NOW - 1})
-    record_run(conn, 2, {key(3): NOW + 0.5})
+    record(conn, 1, {key(1): NOW + 10, key(2): NOW - 1})
+    record(conn, 2, {key(3): NOW + 0.5})
     assert [(r.id, r.ids, r.first_expiry, r.last_expiry) for r in runs_of(conn)] == [
         (1, 2, NOW - 1, NOW + 10),
         (2, 1, NOW + 0.5, NOW + 0.5),
@@ -85,8 +90,38 @@ def test_a_run_is_found_by_key_until_each_id_expires() -> None:
 def test_expiries_read_back_as_recorded() -> None:
     conn = database()
     expiries = {key(n): NOW + n / 7 + 1e-7 for n in range(500)}
-    record_run(conn, 1, expiries)
+    record(conn, 1, expiries)
     assert stored(conn) == expiries
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 30),
+            # Times since 2001 (what an expiry is), often one of a few: ids of one request
+            # share theirs.
+            st.one_of(st.sampled_from([NOW, NOW + 1, NOW - 2]), st.floats(1e9, 9e9)),
+        ),
+        max_size=60,
+    ).map(lambda ids: [(key(n), expires) for n, expires in ids])
+)
+def test_a_run_holds_each_id_once_with_its_latest_expiry(ids: list[tuple[bytes, float]]) -> None:
+    """However the ids come (in any order, one id more than once, in groups that share an
+    expiry or not), each is recorded once with the latest of its expiries, and the run's
+    row counts and bounds what its table holds."""
+    conn = database()
+    record_run(conn, 1, id_records(ids))
+    expected: dict[bytes, float] = {}
+    for k, expires in ids:
+        expected[k] = max(expires, expected.get(k, expires))
+    assert stored(conn) == expected
+    if expected:
+        assert [(r.id, r.ids, r.first_expiry, r.last_expiry) for r in runs_of(conn)] == [
+            (1, len(expected), min(expected.values()), max(expected.values()))
+        ]
+    else:
+        assert runs_of(conn) == []
 
 
 @settings(max_examples=60, deadline=None)
@@ -103,7 +138,7 @@ def test_a_merge_in_steps_keeps_every_live_id_with_its_latest_expiry(
 ) -> None:
     conn = database()
     for run_id, ids in enumerate(flushes, start=1):
-        record_run(conn, run_id, {key(n): expires for n, expires in ids.items()})
+        record(conn, run_id, {key(n): expires for n, expires in ids.items()})
     expected: dict[bytes, float] = {}
     for ids in flushes:
         for n, expires in ids.items():
@@ -156,9 +191,9 @@ def test_plan_merges_runs_of_a_size_oldest_first_then_mostly_expired_ones() -> N
 
 def test_runs_whose_ids_all_expired_are_dropped_unless_being_merged() -> None:
     conn = database()
-    record_run(conn, 1, {key(1): NOW - 5})
-    record_run(conn, 2, {key(2): NOW - 5, key(3): NOW + 5})
-    record_run(conn, 3, {key(4): NOW - 1})
+    record(conn, 1, {key(1): NOW - 5})
+    record(conn, 2, {key(2): NOW - 5, key(3): NOW + 5})
+    record(conn, 3, {key(4): NOW - 1})
     assert drop_expired(conn, NOW, frozenset({3})) == [1]
     assert [run.id for run in runs_of(conn)] == [2, 3]
     assert drop_expired(conn, NOW, frozenset()) == [3]
@@ -283,8 +318,8 @@ async def test_runs_found_at_start_are_merged_without_waiting_for_a_flush(
     monkeypatch.setattr(runs, "FANOUT", 2)
     with sqlite3.connect(str(tmp_path / "relay.db.dedup"), isolation_level=None) as conn:
         conn.executescript(DEDUP_SCHEMA)
-        record_run(conn, 1, {key(1): time.time() + 60})
-        record_run(conn, 2, {key(2): time.time() + 60})
+        record(conn, 1, {key(1): time.time() + 60})
+        record(conn, 2, {key(2): time.time() + 60})
     store = SqliteStore(str(tmp_path / "relay.db"), dedup_flush_interval=3600)
     await store.open()
     try:

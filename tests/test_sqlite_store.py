@@ -344,7 +344,7 @@ async def test_ids_that_cannot_be_recorded_are_kept_and_recorded_later(
         assert await store.enqueue([event("a"), event("b")]) == ["queued", "queued"]
         real_record = sqlite_store.record_run
 
-        def full(_conn: sqlite3.Connection, _run: int, _ids: dict[bytes, float]) -> None:
+        def full(_conn: sqlite3.Connection, _run: int, _records: bytes) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(sqlite_store, "record_run", full)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
@@ -42,9 +43,9 @@ MERGE_PAUSE = 1.0
 
 KEY_BYTES = 16
 
-# A flush is handed to SQLite as one blob: per id, its key and then its expiry in ASCII,
-# always this wide: seconds since 1970, up to the year 2286, with nine decimals, enough for
-# any time since 2001 to read back as the very same float.
+# A flush is handed to SQLite as one blob (id_records): per id, its key and then its expiry
+# in ASCII, always this wide: seconds since 1970, up to the year 2286, with nine decimals,
+# enough for any time since 2001 to read back as the very same float.
 _EXPIRY_WIDTH = 20
 _RECORD_WIDTH = KEY_BYTES + _EXPIRY_WIDTH
 _LATEST_EXPIRY = 9_999_999_999.0
@@ -53,10 +54,10 @@ _RUN_COLUMNS = "(key BLOB PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID"
 
 _RECORD = (
     "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n < ?1)"
-    " INSERT INTO {table} SELECT"
+    " INSERT OR REPLACE INTO {table} SELECT"
     f" substr(?2, n * {_RECORD_WIDTH} + 1, {KEY_BYTES}),"
     f" CAST(CAST(substr(?2, n * {_RECORD_WIDTH} + {KEY_BYTES + 1}, {_EXPIRY_WIDTH}) AS TEXT)"
-    " AS REAL) FROM i ORDER BY 1"
+    " AS REAL) FROM i ORDER BY 1, 2"
 )
 
 # A lookup asks for at most this many keys per statement, padded to a power of two (1, 2,
@@ -146,23 +147,35 @@ def open_runs(conn: sqlite3.Connection) -> int:
     return next_id
 
 
-def record_run(conn: sqlite3.Connection, run_id: int, ids: dict[bytes, float]) -> None:
-    """Record `ids` (keys of KEY_BYTES, by expiry time) as the run `run_id`."""
-    if not ids:
-        return
-    # Python only lays the ids end to end (a short step for each, so the main writer's
-    # thread gets the GIL between them); SQLite sorts and writes them without it.
-    texts: dict[float, bytes] = {}
+def id_records(ids: Iterable[tuple[bytes, float]]) -> bytes:
+    """Dedup ids, as (key of KEY_BYTES, expiry time), laid end to end as `record_run` takes
+    them.
+
+    Built where ids are committed, a request's at a time, and not by the writer that records
+    them: that writer's thread runs at a lower priority, and Python code there holds the GIL
+    while the system may leave the thread waiting for a core, so the main writer waited for
+    it (see SqliteStore._open_dedup). The ids of one request share their expiry, so the work
+    here is a join per request, not a Python step per id.
+    """
     parts: list[bytes] = []
-    for key, expires in ids.items():
-        text = texts.get(expires)
-        if text is None:
-            text = texts[expires] = b"%020.9f" % min(max(expires, 0.0), _LATEST_EXPIRY)
-        parts += (key, text)
+    for expires, same in itertools.groupby(ids, operator.itemgetter(1)):
+        text = b"%020.9f" % min(max(expires, 0.0), _LATEST_EXPIRY)
+        parts += (text.join(map(operator.itemgetter(0), same)), text)
+    return b"".join(parts)
+
+
+def record_run(conn: sqlite3.Connection, run_id: int, records: bytes) -> None:
+    """Record the ids of `records` (see id_records) as the run `run_id`; of an id recorded
+    twice, the later expiry is kept. SQLite sorts and writes them without the GIL."""
+    if not records:
+        return
     table = run_table(run_id)
     conn.execute(f"CREATE TABLE {table} {_RUN_COLUMNS}")
-    conn.execute(_RECORD.format(table=table), (len(ids) - 1, b"".join(parts)))
-    conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?)", (run_id, len(ids), min(texts), max(texts)))
+    conn.execute(_RECORD.format(table=table), (len(records) // _RECORD_WIDTH - 1, records))
+    conn.execute(
+        f"INSERT INTO runs SELECT ?, count(*), min(expires_at), max(expires_at) FROM {table}",
+        (run_id,),
+    )
 
 
 def count_ids(conn: sqlite3.Connection) -> int:

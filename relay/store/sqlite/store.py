@@ -41,6 +41,7 @@ from relay.store.sqlite.dedup import (
     drop_table,
     filter_of,
     finish_merge,
+    id_records,
     merge_step,
     open_runs,
     plan_merge,
@@ -126,7 +127,7 @@ class SqliteStore:
             self._resync,
             max_group,
             on_commit=self._commit_ids,
-            on_abort=lambda: self._staged.clear(),
+            on_abort=self._drop_staged,
             # The store runs in a process of its own (relay.store.process), whose event loop
             # does nothing else: the main writer runs there, the dedup writer in a thread.
             inline=True,
@@ -139,10 +140,13 @@ class SqliteStore:
         )
         # Dedup ids not yet in the dedup database, by expiry time. Only the main writer's
         # thread changes `_staged` (this transaction's ids) and `_recent` (committed ids);
-        # `_flushing` holds the ids being written to the dedup database meanwhile.
+        # `_flushing` holds the ids being written to the dedup database meanwhile. The same
+        # ids laid out for recording (id_records), a request's at a time, beside each.
         self._staged: dict[bytes, float] = {}
         self._recent: dict[bytes, float] = {}
         self._flushing: dict[bytes, float] = {}
+        self._staged_records: list[bytes] = []
+        self._recent_records: list[bytes] = []
         self._dedup_reader: sqlite3.Connection | None = None
         # Every id in the dedup database is in `_filter` (main writer's thread only). While a
         # new filter is built, the ids committed meanwhile are also kept in `_rebuild_log`.
@@ -219,8 +223,11 @@ class SqliteStore:
     def _open_dedup(self) -> sqlite3.Connection:
         # Runs in the second writer's own thread. Its work (recording ids, checkpoints) can
         # wait: at a lower priority it takes the cores when the threads that requests wait
-        # for leave them idle, instead of taking turns with them. On Linux a thread's own id
-        # names it alone here (elsewhere it could name a process: left as it is).
+        # for leave them idle, instead of taking turns with them. So it runs as little
+        # Python as it can (SQLite's work goes on without the GIL): Python here holds the
+        # GIL while the system may leave the thread waiting for a core, and the main writer
+        # waits for the GIL meanwhile (see id_records). On Linux a thread's own id names it
+        # alone here (elsewhere it could name a process: left as it is).
         if sys.platform.startswith("linux"):
             with contextlib.suppress(OSError):
                 me = threading.get_native_id()
@@ -315,7 +322,13 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ dedup ids
 
+    def _drop_staged(self) -> None:
+        self._staged.clear()
+        self._staged_records.clear()
+
     def _commit_ids(self) -> None:
+        self._recent_records += self._staged_records
+        self._staged_records.clear()
         staged = self._staged
         if staged:
             self._recent.update(staged)
@@ -411,20 +424,21 @@ class SqliteStore:
         await asyncio.sleep((time.perf_counter() - started) * MERGE_PAUSE)
         return result
 
-    def _take_recent(self) -> dict[bytes, float]:
+    def _take_recent(self) -> tuple[dict[bytes, float], bytes]:
         # Runs in the main writer's thread, between two operations.
         taken, self._recent = self._recent, {}
+        records, self._recent_records = self._recent_records, []
         self._flushing = taken
-        return taken
+        return taken, b"".join(records)
 
     async def flush_ids(self) -> int:
         """Move the ids accepted since the last flush to the dedup database."""
-        taken = await self._main.submit(lambda _conn: self._take_recent())
+        taken, records = await self._main.submit(lambda _conn: self._take_recent())
         if not taken:
             return 0
         run_id, self._next_run = self._next_run, self._next_run + 1
         try:
-            await self._dedup.submit(lambda conn: record_run(conn, run_id, taken))
+            await self._dedup.submit(lambda conn: record_run(conn, run_id, records))
         except Exception as exc:
             if not self._ids_failing:  # once, not every second while the trouble lasts
                 log.error(
@@ -436,7 +450,7 @@ class SqliteStore:
             # Back with the ids to record, before they leave `_flushing`: an id in neither
             # would be looked for on disk only, where it is not.
             with contextlib.suppress(StoreUnavailable):
-                await self._main.submit(lambda _conn: self._keep_unrecorded(taken))
+                await self._main.submit(lambda _conn: self._keep_unrecorded(taken, records))
             return 0
         finally:
             self._flushing = {}
@@ -446,10 +460,12 @@ class SqliteStore:
         self._runs_changed.set()
         return len(taken)
 
-    def _keep_unrecorded(self, ids: dict[bytes, float]) -> None:
-        # In the main writer's thread: ids committed since keep their own (later) expiry.
+    def _keep_unrecorded(self, ids: dict[bytes, float], records: bytes) -> None:
+        # In the main writer's thread: ids committed since keep their own (later) expiry;
+        # the records go with the next flush's, where record_run keeps an id's later one.
         for key, expires in ids.items():
             self._recent.setdefault(key, expires)
+        self._recent_records.append(records)
 
     async def train_dictionary(self) -> bool:
         """Train a dictionary on the messages sampled since the last one, record it and pack
@@ -658,6 +674,8 @@ class SqliteStore:
         self._next_delivery_id = delivery_id
         # Last, so that an operation that failed above leaves no ids behind.
         self._staged.update(recorded)
+        if recorded:
+            self._staged_records.append(id_records(recorded))
         return outcomes
 
     def _disk_free(self) -> int:
