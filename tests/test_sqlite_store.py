@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from relay.codec import decode
-from relay.store.base import NewDelivery, NewEvent, Settlement
+from relay.errors import StoreUnavailable
+from relay.store.base import NewDelivery, NewEvent, Settlement, event_tuples
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as sqlite_dedup
 from relay.store.sqlite import store as sqlite_store
@@ -146,6 +147,37 @@ async def test_a_refused_request_leaves_its_ids_free(tmp_path: Path) -> None:
             Settlement(done=[d.id for d in await store.lease("customerio.main", 10, 1e12)]), 0
         )
         assert await store.enqueue([event("second")]) == ["queued"]  # not taken as a repeat
+
+
+async def test_ids_of_a_transaction_that_did_not_commit_are_never_recorded(
+    tmp_path: Path,
+) -> None:
+    """A group whose COMMIT fails throws its ids away, with what was laid out to record them:
+    the same event sent again is new, even once the filter is built from disk again."""
+    async with opened(store_at(tmp_path)) as store:
+        conn = store._main.conn
+        assert conn is not None
+        # A deferred foreign key: the insert passes, the COMMIT fails.
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE child (parent INTEGER REFERENCES parent DEFERRABLE INITIALLY DEFERRED)"
+        )
+        assert await store.enqueue([event("before")]) == ["queued"]
+        lost = event_tuples([event("lost")])
+        keys: list[bytes | None] = [dedup_key("segment", "web", "lost")]
+
+        def stored_then_not_committed(conn: sqlite3.Connection) -> None:
+            store._enqueue(conn, lost, keys, time.time())
+            conn.execute("INSERT INTO child VALUES (1)")
+
+        with pytest.raises(StoreUnavailable):
+            await store._main.submit(stored_then_not_committed)
+        assert await store.enqueue([event("after")]) == ["queued"]  # the next commit
+        assert await store.flush_ids() == 2
+        assert ids_on_disk(store) == 2
+    async with opened(store_at(tmp_path)) as store:
+        assert await store.enqueue([event("lost"), event("after")]) == ["queued", "duplicate"]
 
 
 async def test_a_rejected_message_with_an_id_is_stored_once(tmp_path: Path) -> None:
