@@ -8,7 +8,12 @@ processes spinning beside it (one per core by default), as relay's HTTP process 
 load do on a small machine. Then the store's background writer (dedup ids, checkpoints)
 shares the cores with them, and whatever it makes the commits wait for shows in the tail.
 
+The Bloom filters in front of the dedup ids are each sized for at least a million ids, which
+a run of seconds does not fill; `--filter-min-ids 50000` makes them fill within a run, as
+they do in hours of traffic, so that what the store does then shows too.
+
     python scripts/bench_store.py [--seconds 10] [--busy N] [--callers 4]
+                                  [--filter-min-ids N]
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ sys.path.insert(0, str(benchlib.REPO))
 from relay.runtime import tune_garbage_collector  # noqa: E402
 from relay.store.base import NewDelivery, NewEvent  # noqa: E402
 from relay.store.sqlite import SqliteStore  # noqa: E402
+from relay.store.sqlite import dedup as sqlite_dedup  # noqa: E402
+from relay.store.sqlite import store as sqlite_store  # noqa: E402
 
 BATCH = 100
 DELIVERIES = (NewDelivery("customerio.main"),)
@@ -97,7 +104,13 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--callers", type=int, default=4)
+    parser.add_argument(
+        "--filter-min-ids", type=int, help="the least ids a dedup filter is sized for"
+    )
     args = parser.parse_args()
+    if args.filter_min_ids:
+        for module in (sqlite_store, sqlite_dedup):
+            module.FILTER_MIN_IDS = args.filter_min_ids  # type: ignore[attr-defined]
     # As in the store's own process.
     tune_garbage_collector()
 

@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as runs
 from relay.store.sqlite.dedup import (
+    IdFilter,
     Merge,
     Run,
     count_ids,
@@ -66,6 +68,37 @@ def merge_all(conn: sqlite3.Connection, target: int, sources: list[Run], now: fl
     finish_merge(conn, merge, written)
     for run in sources:
         drop_table(conn, run.id)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 30),  # ids committed together
+            st.floats(0, 60, allow_nan=False),  # how long they live
+            st.floats(0, 10, allow_nan=False),  # time passed before they came
+        ),
+        max_size=40,
+    )
+)
+def test_the_filters_know_every_id_until_it_expires(
+    commits: list[tuple[int, float, float]],
+) -> None:
+    with mock.patch.object(runs, "FILTER_MIN_IDS", 16):
+        found = IdFilter(16)
+        now, expiries = NOW, {}
+        for count, lifetime, passed in commits:
+            now += passed
+            ids = {key(len(expiries) + i): now + lifetime for i in range(count)}
+            found.add(ids, count, now + lifetime, now)
+            expiries.update(ids)
+            live = [k for k, expires in expiries.items() if expires > now]
+            assert all(any(k in bloom for bloom in found.blooms) for k in live)
+            assert found.count >= len(live)
+            *older, (held, capacity) = found.sizes
+            # A new filter is started only once the one before holds what it is sized for.
+            assert all(held >= capacity >= 16 for held, capacity in older)
+            assert capacity >= 16 and held <= capacity + count
 
 
 def test_a_run_is_found_by_key_until_each_id_expires() -> None:

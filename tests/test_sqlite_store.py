@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -210,7 +209,7 @@ async def test_only_ids_the_filter_may_hold_are_looked_up_on_disk(
         assert looked_up[-1] == dedup_key("segment", "web", "id-7")
 
 
-async def test_the_filter_is_built_from_disk_at_start_and_again_when_full(
+async def test_the_filter_is_built_from_disk_at_start_and_a_new_one_started_when_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_store, "FILTER_MIN_IDS", 20)
@@ -225,38 +224,47 @@ async def test_the_filter_is_built_from_disk_at_start_and_again_when_full(
     again = store_at(tmp_path)
     await again.open()  # only the 10 live ids go into the filter, sized for at least 20
     try:
-        assert (again._filter.count, again._filter.capacity) == (10, 20)
+        assert again._filter.sizes == [(10, 20)]
         assert await again.enqueue([event("on-disk-3")]) == ["duplicate"]
-        await again.enqueue([event(f"flushed-{i}") for i in range(10)])
+        assert await again.enqueue([event("old-3")]) == ["queued"]  # expired: new again
+        await again.enqueue([event(f"flushed-{i}") for i in range(9)])
         await again.flush_ids()
+        assert again._filter.sizes == [(20, 20)]
+        # Full: the next ids start a second filter, sized for the ids the first one holds.
         await again.enqueue([event(f"recent-{i}") for i in range(5)])
-        assert again._filter.full
-        # Built again while ids are on disk, in memory, and arriving: the scan of the disk
-        # waits until the arriving ids are committed.
-        committed = threading.Event()
-        real_filter_of = sqlite_store.filter_of
-
-        def filter_of(conn: sqlite3.Connection, now: float) -> Any:
-            assert committed.wait(10)
-            return real_filter_of(conn, now)
-
-        monkeypatch.setattr(sqlite_store, "filter_of", filter_of)
-        rebuilt = asyncio.create_task(again.rebuild_filter())
-        while again._rebuild_log is None:
-            await asyncio.sleep(0.001)
-        arriving = await again.enqueue([event(f"arriving-{i}") for i in range(5)])
-        committed.set()
-        await rebuilt
-        assert arriving == ["queued"] * 5
-        assert not again._filter.full
-        assert again._filter.capacity == 2 * 20  # twice the live ids found on disk
-        names = [f"{k}-{i}" for k in ("on-disk", "flushed") for i in range(10)]
-        names += [f"{k}-{i}" for k in ("recent", "arriving") for i in range(5)]
+        assert again._filter.sizes == [(20, 20), (5, 20)]
+        names = ["old-3"] + [f"{k}-{i}" for k in ("on-disk", "flushed") for i in range(9)]
+        names += [f"recent-{i}" for i in range(5)]
         assert await again.enqueue([event(n) for n in names]) == ["duplicate"] * len(names)
-        await again.flush_ids()  # only the filter and the disk are left
+        await again.flush_ids()  # only the filters and the disk are left
         assert await again.enqueue([event(n) for n in names]) == ["duplicate"] * len(names)
+        assert await again.enqueue([event("new")]) == ["queued"]
     finally:
         await again.close()
+
+
+async def test_a_filter_whose_ids_have_all_expired_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "FILTER_MIN_IDS", 20)
+    monkeypatch.setattr(sqlite_dedup, "FILTER_MIN_IDS", 20)
+    async with opened(store_at(tmp_path)) as store:
+        soon = time.time() + 0.3
+        await store.enqueue([event(f"short-{i}", until=soon) for i in range(20)])
+        await store.enqueue([event("long-0")])
+        assert store._filter.sizes == [(20, 20), (1, 20)]
+        await asyncio.sleep(max(0.0, soon - time.time()) + 0.05)
+        # The next commit drops the first filter: its ids have all expired.
+        assert await store.enqueue([event("long-1")]) == ["queued"]
+        assert store._filter.sizes == [(2, 20)]
+        await store.flush_ids()
+        assert await store.enqueue([event("short-4"), event("long-0")]) == [
+            "queued",
+            "duplicate",
+        ]
+        # The filter left takes more ids before a new one is started.
+        await store.enqueue([event(f"more-{i}") for i in range(10)])
+        assert store._filter.sizes == [(13, 20)]
 
 
 def _routed(i: int, deliveries: tuple[NewDelivery, ...], at: float) -> NewEvent:

@@ -15,11 +15,12 @@ database file (`<path>.dedup`) about once a second, as a sorted run that later m
 others (relay.store.sqlite.dedup). A crash can lose the last second of ids, which can only
 let a repeat through (at least once), never lose an event.
 
-A Bloom filter of the ids in the dedup database stands in front of it: an id the filter has
-never seen is new without a lookup, so only about one new id in a hundred is looked up at
-all (a lookup at a random place of a large index is the costliest read of ingestion). The
-filter is built from the database when the store opens, and built again, in the background,
-when it holds more ids than it was sized for (the expired ones are left out then).
+Bloom filters of the ids in the dedup database stand in front of it: an id no filter has
+seen is new without a lookup, so only about one new id in a hundred is looked up at all (a
+lookup at a random place of a large index is the costliest read of ingestion). One filter
+is built from the database when the store opens; when the newest holds as many ids as it
+was sized for, a new one is started beside it, and one whose ids have all expired is
+dropped (dedup.IdFilter).
 
 The same second writer also checkpoints the main database's write-ahead log, so that copying
 it into the database file does not hold up the commits that requests wait for.

@@ -1,4 +1,4 @@
-"""Dedup ids: their keys, the Bloom filter in front of the dedup database, and that database,
+"""Dedup ids: their keys, the Bloom filters in front of the dedup database, and that database,
 where ids are kept in sorted runs, each written once and merged in the background.
 
 Why runs. Ids are digests, so they fall at random places of an index. In one index of every
@@ -79,22 +79,65 @@ def dedup_key(kind: str, source: str, dedup_id: str) -> bytes:
     ).digest()
 
 
+@dataclass
+class _Generation:
+    bloom: rbloom.Bloom
+    capacity: int  # the ids it is sized for
+    count: int = 0
+    last_expiry: float = float("-inf")  # of the ids added to it
+
+
 class IdFilter:
-    """The dedup ids that the dedup database may hold; "no" is certain, "yes" is probably."""
+    """The dedup ids that the dedup database may hold; "no" is certain, "yes" is probably.
+
+    A Bloom filter cannot forget an id, and one holding more ids than it is sized for says
+    "yes" ever more often. So ids go into the newest of a few filters. Once it holds what it
+    is sized for, the next ids committed start a new one, sized for the ids the filters kept
+    hold (at least FILTER_MIN_IDS), and a filter whose ids have all expired is dropped whole.
+    In a steady stream two are kept, the older one's ids expiring as the newer one fills.
+
+    No filter is built again from the ids on disk while requests are served, as one used to
+    be when it was full: that is a Python step for each live id, in the background writer's
+    low-priority thread. With every core busy, it took 20 s for 2 million ids, and requests
+    waited for the GIL it held meanwhile: their p99 tripled (scripts/bench_store.py with
+    --filter-min-ids shows such a tail).
+    """
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.count = 0
-        # Asked directly (`key in f.bloom`) on the hot path: a method call costs more.
-        self.bloom = rbloom.Bloom(capacity, FILTER_FALSE_POSITIVES)
+        self._generations: list[_Generation] = []
+        # Asked directly (`key in bloom`, each in turn) on the hot path: a method call costs
+        # more. Only ever replaced, never changed in place.
+        self.blooms: tuple[rbloom.Bloom, ...] = ()
+        self._start(capacity)
 
-    def add(self, keys: Iterable[bytes], count: int) -> None:
-        self.bloom.update(keys)
-        self.count += count
+    def _start(self, capacity: int) -> _Generation:
+        started = _Generation(rbloom.Bloom(capacity, FILTER_FALSE_POSITIVES), capacity)
+        self._generations.append(started)
+        self.blooms = tuple(g.bloom for g in self._generations)
+        return started
+
+    def add(self, keys: Iterable[bytes], count: int, last_expiry: float, now: float) -> None:
+        """Add `count` ids, none expiring after `last_expiry`; filters whose ids have all
+        expired by `now` are dropped first."""
+        *older, newest = self._generations
+        if any(g.last_expiry <= now for g in older):
+            self._generations = [g for g in older if g.last_expiry > now] + [newest]
+            self.blooms = tuple(g.bloom for g in self._generations)
+        if newest.count >= newest.capacity:
+            newest = self._start(max(FILTER_MIN_IDS, self.count))
+        newest.bloom.update(keys)
+        newest.count += count
+        newest.last_expiry = max(newest.last_expiry, last_expiry)
 
     @property
-    def full(self) -> bool:
-        return self.count > self.capacity
+    def count(self) -> int:
+        """Ids added to the filters kept, some of them expired maybe."""
+        return sum(g.count for g in self._generations)
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """The ids each filter kept holds and is sized for, oldest first."""
+        return [(g.count, g.capacity) for g in self._generations]
 
 
 @dataclass(frozen=True)
@@ -196,7 +239,8 @@ def filter_of(conn: sqlite3.Connection, now: float) -> IdFilter:
     keys = (
         conn.execute(f"SELECT key FROM {run.table} WHERE expires_at > ?", (now,)) for run in runs
     )
-    found.add((row[0] for row in itertools.chain.from_iterable(keys)), live)
+    last_expiry = max((run.last_expiry for run in runs), default=now)
+    found.add((row[0] for row in itertools.chain.from_iterable(keys)), live, last_expiry, now)
     return found
 
 

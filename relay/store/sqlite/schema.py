@@ -148,12 +148,13 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
-# The filter in front of the dedup database: sized for at least this many ids, or twice the
-# live ids when it is built (10 bits for each id it is sized for, at this rate of false
-# positives).
+# The filters in front of the dedup database (see dedup.IdFilter): each sized for at least
+# this many ids, or twice the live ids for the one built from disk when the store opens.
 FILTER_MIN_IDS = 1_000_000
 
-FILTER_FALSE_POSITIVES = 0.01
+# Of each filter, when it holds what it is sized for (11 bits for each id it is sized for):
+# with the two filters of a steady stream, about 1 % of new ids are looked up on disk.
+FILTER_FALSE_POSITIVES = 0.005
 
 # How much nicer than the rest the second writer's thread is (see SqliteStore._open_dedup).
 BACKGROUND_NICE = 10

@@ -148,10 +148,8 @@ class SqliteStore:
         self._staged_records: list[bytes] = []
         self._recent_records: list[bytes] = []
         self._dedup_reader: sqlite3.Connection | None = None
-        # Every id in the dedup database is in `_filter` (main writer's thread only). While a
-        # new filter is built, the ids committed meanwhile are also kept in `_rebuild_log`.
+        # Every id in the dedup database is in `_filter` (main writer's thread only).
         self._filter = IdFilter(FILTER_MIN_IDS)
-        self._rebuild_log: list[bytes] | None = None
         self._checkpointer: sqlite3.Connection | None = None
         # `counts` reads on a connection and a thread of its own (WAL lets it read while
         # the writer writes).
@@ -332,35 +330,8 @@ class SqliteStore:
         staged = self._staged
         if staged:
             self._recent.update(staged)
-            self._filter.add(staged, len(staged))
-            if self._rebuild_log is not None:
-                self._rebuild_log.extend(staged)
+            self._filter.add(staged, len(staged), max(staged.values()), time.time())
             staged.clear()
-
-    async def rebuild_filter(self) -> None:
-        """Build the id filter again from the dedup database, leaving out expired ids."""
-
-        def start(_conn: sqlite3.Connection) -> set[bytes]:
-            # From here on, committed ids are also logged; those committed before are in
-            # the database, or on their way there (recent, flushing), by the time the scan
-            # below runs, since flushes and the scan take turns on the dedup writer.
-            self._rebuild_log = []
-            return set(self._recent) | set(self._flushing)
-
-        def finish(_conn: sqlite3.Connection, built: IdFilter, pending: set[bytes]) -> None:
-            assert self._rebuild_log is not None
-            built.add(pending, len(pending))
-            built.add(self._rebuild_log, len(self._rebuild_log))
-            self._filter, self._rebuild_log = built, None
-
-        pending = await self._main.submit(start)
-        now = time.time()
-        try:
-            built = await self._dedup.submit(lambda conn: filter_of(conn, now))
-        except BaseException:
-            await self._main.submit(lambda _conn: setattr(self, "_rebuild_log", None))
-            raise
-        await self._main.submit(lambda conn: finish(conn, built, pending))
 
     async def _merge_runs(self) -> None:
         """Merge runs of dedup ids while there are runs to merge (see plan_merge), a step at a
@@ -532,11 +503,6 @@ class SqliteStore:
             # to the system, instead of staying with the process as free heap.
             with contextlib.suppress(StoreUnavailable):
                 await self._dedup.submit(lambda _conn: release_free_memory())
-            if self._filter.full:
-                try:
-                    await self.rebuild_filter()
-                except Exception as exc:  # the full filter still answers, less often "no"
-                    log.warning("the dedup id filter could not be built again: %s", exc)
             # While writes fail (a full disk), the whole log is copied and its file emptied,
             # which gives back its space as soon as the database file can take it.
             mode = "TRUNCATE" if self._main.problem is not None else "PASSIVE"
@@ -561,13 +527,16 @@ class SqliteStore:
         seen: set[bytes] = set()
         unknown: list[bytes] = []
         staged, recent, flushing = self._staged, self._recent, self._flushing
-        # Every committed id is in the filter (recent and flushing ones too), so an id it
-        # has not seen can only be in this transaction's own ids.
-        recorded = self._filter.bloom
+        # Every committed id is in the filters (recent and flushing ones too), so an id
+        # none has seen can only be in this transaction's own ids.
+        recorded = self._filter.blooms
         for key in keys:
             if key is None:
                 continue
-            if key not in recorded:
+            for bloom in recorded:
+                if key in bloom:
+                    break
+            else:
                 expires = staged.get(key)
                 if expires is not None and expires > now:
                     seen.add(key)
