@@ -267,6 +267,38 @@ async def test_a_filter_whose_ids_have_all_expired_is_dropped(
         assert store._filter.sizes == [(13, 20)]
 
 
+async def test_the_log_starts_over_after_a_checkpoint_that_could_not_copy_all_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(store_at(tmp_path)) as store:
+        await store.enqueue([event(f"a-{i}") for i in range(300)])
+        # The background checkpoint copies the log as far as every reader has read it, and
+        # no further; a write after what this reader reads stands for what the main writer
+        # adds while the second writer copies.
+        reader = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM meta").fetchone()
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as other:
+            other.execute("INSERT OR REPLACE INTO meta VALUES ('meanwhile', 1)")
+        in_background = store._checkpoint
+
+        def checkpoint_beside_the_reader(conn: sqlite3.Connection, mode: str) -> None:
+            in_background(conn, mode)
+            reader.execute("COMMIT")
+
+        monkeypatch.setattr(store, "_checkpoint", checkpoint_beside_the_reader)
+        try:
+            await store.checkpoint()
+        finally:
+            reader.close()
+        log = Path(store.path + "-wal")
+        size = log.stat().st_size
+        # Fewer pages than the first: written over the start of the log, which does not grow.
+        await store.enqueue([event(f"b-{i}") for i in range(100)])
+        assert log.stat().st_size == size
+        assert await store.enqueue([event("a-7"), event("b-7")]) == ["duplicate"] * 2
+
+
 def _routed(i: int, deliveries: tuple[NewDelivery, ...], at: float) -> NewEvent:
     return NewEvent(
         source="web",

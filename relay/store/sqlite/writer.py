@@ -16,6 +16,19 @@ from relay.store.sqlite.files import storage_trouble, unavailable
 from relay.store.sqlite.rows import T
 from relay.store.sqlite.schema import log
 
+# An operation, the future its caller waits on, and whether it runs between transactions.
+_Item = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
+
+
+def _settle(fut: asyncio.Future[Any], result: tuple[bool, Any]) -> None:
+    if fut.done():  # its caller stopped waiting
+        return
+    ok, value = result
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
 
 class Writer:
     """One connection, one thread, and a queue of operations committed in groups.
@@ -46,9 +59,7 @@ class Writer:
         self.max_group = max_group
         self.conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._queue: asyncio.Queue[
-            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
-        ] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
         # Why the last write failed, in plain words, until a write succeeds again.
@@ -87,42 +98,58 @@ class Writer:
             conn, self.conn = self.conn, None
             conn.close()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, between: bool = False
+    ) -> asyncio.Future[T]:
+        """Run `fn` with the connection: in a transaction, committed with the operations
+        queued beside it; or, `between` transactions, on its own, once those queued before it
+        have committed and before those queued after it (a checkpoint, which cannot run in a
+        transaction)."""
         if self._task is None:
             raise StoreUnavailable("the store is not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((fn, fut))
+        self._queue.put_nowait((fn, fut, between))
         return fut
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = False
-        while not stop:
-            item = await self._queue.get()
+        taken: list[_Item | None] = []  # taken from the queue ahead of its turn
+        while True:
+            item = taken.pop() if taken else await self._queue.get()
             if item is None:
                 break
+            if item[2]:
+                fn, fut, _ = item
+                if self.inline:
+                    alone = self._run_alone(fn)
+                else:
+                    alone = await loop.run_in_executor(self._executor, self._run_alone, fn)
+                _settle(fut, alone)
+                continue
             group = [item]
             while len(group) < self.max_group:
                 try:
                     nxt = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-                if nxt is None:
-                    stop = True
+                if nxt is None or nxt[2]:  # the end, or an operation that runs alone
+                    taken.append(nxt)
                     break
                 group.append(nxt)
-            fns = [fn for fn, _ in group]
+            fns = [fn for fn, _, _ in group]
             if self.inline:
                 results = self._run_group(fns)
             else:
                 results = await loop.run_in_executor(self._executor, self._run_group, fns)
-            for (_, fut), (ok, value) in zip(group, results, strict=True):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+            for (_, fut, _), result in zip(group, results, strict=True):
+                _settle(fut, result)
+
+    def _run_alone(self, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
+        assert self.conn is not None
+        try:
+            return True, fn(self.conn)
+        except Exception as exc:  # the operation's own failure, for its caller
+            return False, exc
 
     def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
         at_once = self._try_at_once(fns)
