@@ -38,12 +38,14 @@ KINDS = ("identify", "track", "track", "track")
 async def load(url: str, seconds: float, concurrency: int, batch: int) -> dict[str, float]:
     bodies = [benchlib.make_batch(batch, KINDS, uniform=True) for _ in range(64)]
     result = await benchlib.closed_loop(url, bodies, seconds, concurrency)
-    p50, p99 = (benchlib.percentile(result.latencies, p) or 0.0 for p in (50, 99))
+    p50, p99, p999 = (benchlib.percentile(result.latencies, p) or 0.0 for p in (50, 99, 99.9))
     return {
         "requests": result.requests,
         "events_per_s": result.requests * batch / (result.ended - result.started),
         "p50_ms": p50 * 1000,
         "p99_ms": p99 * 1000,
+        "p999_ms": p999 * 1000,
+        "max_ms": max(result.latencies, default=0.0) * 1000,
         "failures": result.failures,
     }
 
@@ -76,12 +78,13 @@ async def main() -> None:
             )
 
     print(
-        f"{'server':<10}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'requests':>10}{'non-200':>9}"
+        f"{'server':<10}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'max ms':>9}"
+        f"{'requests':>10}{'non-200':>9}"
     )
     for name, r in results.items():
         print(
             f"{name:<10}{r['events_per_s']:>12.0f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
-            f"{r['requests']:>10.0f}{r['failures']:>9.0f}"
+            f"{r['p999_ms']:>10.1f}{r['max_ms']:>9.1f}{r['requests']:>10.0f}{r['failures']:>9.0f}"
         )
     ratio = results["relay"]["events_per_s"] / results["baseline"]["events_per_s"]
     print(f"ratio relay/baseline: {ratio:.2f}")
