@@ -85,17 +85,16 @@ async def load(seconds: float, callers: int) -> dict[str, float]:
         finally:
             ended = time.monotonic()
             await store.close()
-    latencies.sort()
 
     def ms(p: float) -> float:
-        return 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * p))]
+        return 1000 * (benchlib.percentile(latencies, p) or 0.0)
 
     return {
         "events_per_s": len(latencies) * BATCH / (ended - started),
-        "p50": ms(0.5),
-        "p99": ms(0.99),
-        "p999": ms(0.999),
-        "max": 1000 * latencies[-1],
+        "p50": ms(50),
+        "p99": ms(99),
+        "p999": ms(99.9),
+        "max": 1000 * max(latencies),
     }
 
 
