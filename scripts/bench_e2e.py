@@ -5,7 +5,8 @@ relay runs in its own process with a SQLite store and a Customer.io destination 
 from relay: the stand-in answers 200 `{}` to every `POST /api/v2/batch` and counts its
 requests and ops. The destination keeps its defaults (`rate_limit: 100`, `batch_size: 1000`)
 unless `--batch-size` is given. This process sends `--seconds` of `/v1/batch` requests
-(100 mixed identify/track/page events each, unique messageIds, 16 in flight) while relay
+(100 mixed identify/track/page events each, unique messageIds, 16 in flight, with the
+plain client of benchlib.closed_loop unless `--client aiohttp`) while relay
 delivers, then waits (at most `--drain-timeout`) until every acknowledged event has arrived
 at the stand-in.
 
@@ -19,6 +20,7 @@ same seconds. The ratio is end-to-end events/s / ingest-alone events/s.
 
     python scripts/bench_e2e.py [--seconds 10] [--concurrency 16] [--batch 100]
                                 [--batch-size N] [--drain-timeout 120]
+                                [--client plain|aiohttp]
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ async def run(args: argparse.Namespace, paused: bool) -> dict[str, Any]:
             ) as relay,
         ):
             load = await benchlib.closed_loop(
-                f"{relay.url}/v1/batch", bodies, args.seconds, args.concurrency
+                f"{relay.url}/v1/batch", bodies, args.seconds, args.concurrency, args.client
             )
             acknowledged = load.ok * args.batch
             async with aiohttp.ClientSession() as session:
@@ -98,6 +100,9 @@ def main() -> None:
         help="the destination's batch_size (default: relay's own, 1000)",
     )
     benchlib.add_drain_timeout(parser)
+    parser.add_argument(
+        "--client", choices=benchlib.CLIENTS, default="plain", help="the HTTP client of the load"
+    )
     args = parser.parse_args()
 
     alone = asyncio.run(run(args, paused=True))

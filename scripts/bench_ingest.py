@@ -1,14 +1,17 @@
 """Benchmark: events/s accepted through /v1/batch, against a bare aiohttp baseline.
 
 Both servers run in their own process on loopback and get the same load from this one:
-requests of 100 events, 16 in flight. The baseline only JSON-decodes the body and answers
-200; relay authenticates, validates, de-duplicates, routes and commits every event to
-SQLite (WAL, synchronous=FULL) before answering. The Customer.io destination's key is left
-unset, so the destination is paused and deliveries stay queued: this measures ingestion.
-With `--destinations N`, every event is routed alike to N such workspaces.
+requests of 100 events, 16 in flight, written by a plain HTTP/1.1 client that costs the
+cores it shares with them little (`--client aiohttp` sends them with aiohttp's client, as
+the figures before it were measured; see benchlib.closed_loop). The baseline only
+JSON-decodes the body and answers 200; relay authenticates, validates, de-duplicates,
+routes and commits every event to SQLite (WAL, synchronous=FULL) before answering. The
+Customer.io destination's key is left unset, so the destination is paused and deliveries
+stay queued: this measures ingestion. With `--destinations N`, every event is routed alike
+to N such workspaces.
 
     python scripts/bench_ingest.py [--seconds 10] [--concurrency 16] [--batch 100]
-                                   [--destinations 1]
+                                   [--destinations 1] [--client plain|aiohttp]
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import benchlib
-from benchlib import HOST
+from benchlib import CLIENTS, HOST
 
 BARE_SERVER = """
 import json, sys
@@ -35,9 +38,11 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 KINDS = ("identify", "track", "track", "track")
 
 
-async def load(url: str, seconds: float, concurrency: int, batch: int) -> dict[str, float]:
+async def load(
+    url: str, seconds: float, concurrency: int, batch: int, client: str
+) -> dict[str, float]:
     bodies = [benchlib.make_batch(batch, KINDS, uniform=True) for _ in range(64)]
-    result = await benchlib.closed_loop(url, bodies, seconds, concurrency)
+    result = await benchlib.closed_loop(url, bodies, seconds, concurrency, client)
     p50, p99, p999 = (benchlib.percentile(result.latencies, p) or 0.0 for p in (50, 99, 99.9))
     return {
         "requests": result.requests,
@@ -58,6 +63,9 @@ async def main() -> None:
     parser.add_argument(
         "--destinations", type=int, default=1, help="workspaces every event is routed to alike"
     )
+    parser.add_argument(
+        "--client", choices=CLIENTS, default="plain", help="the HTTP client the load is sent with"
+    )
     args = parser.parse_args()
 
     results = {}
@@ -65,8 +73,9 @@ async def main() -> None:
     bare = benchlib.start(["-c", BARE_SERVER, str(port)])
     try:
         await benchlib.wait_up(f"http://{HOST}:{port}/", bare)
+        url = f"http://{HOST}:{port}/v1/batch"
         results["baseline"] = await load(
-            f"http://{HOST}:{port}/v1/batch", args.seconds, args.concurrency, args.batch
+            url, args.seconds, args.concurrency, args.batch, args.client
         )
     finally:
         benchlib.stop(bare)
@@ -74,7 +83,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="relay-bench-ingest-") as tmp:
         async with benchlib.serve_relay(Path(tmp), destinations=args.destinations) as relay:
             results["relay"] = await load(
-                f"{relay.url}/v1/batch", args.seconds, args.concurrency, args.batch
+                f"{relay.url}/v1/batch", args.seconds, args.concurrency, args.batch, args.client
             )
 
     print(
