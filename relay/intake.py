@@ -15,7 +15,7 @@ from typing import Any
 from relay.codec import encode
 from relay.metrics import Metrics
 from relay.routing import Routes, RoutingResult
-from relay.store.base import EnqueueOutcome, NewDelivery, NewEvent, Store
+from relay.store.base import EnqueueOutcome, EventTuple, NewDelivery, Store
 from relay.vocab import segment as seg
 
 
@@ -64,7 +64,7 @@ class Intake:
         notify: Callable[[set[str]], None] = lambda _d: None,
         clock: Callable[[], float] = time.time,
         new_message_id: Callable[[], str] = lambda: f"relay-{uuid.uuid4()}",
-        observe: Callable[[str, str, list[NewEvent], list[EnqueueOutcome]], None] | None = None,
+        observe: Callable[[str, str, list[EventTuple], list[EnqueueOutcome]], None] | None = None,
     ) -> None:
         self.store = store
         self.routes = routes
@@ -84,8 +84,9 @@ class Intake:
             return Incoming(msg, seg.ordering_key(msg), None)
         return Incoming(msg, seg.ordering_key(msg), message_id, encoded=encoded)
 
-    def build(self, kind: str, source: str, item: Incoming, received_at: float) -> NewEvent:
-        """The stored form of one message, with a delivery per destination it is routed to."""
+    def build(self, kind: str, source: str, item: Incoming, received_at: float) -> EventTuple:
+        """The stored form of one message, with a delivery per destination it is routed to:
+        a NewEvent's fields, in a plain tuple (see relay.store.base.EventTuple)."""
         deliveries: tuple[NewDelivery, ...] = ()
         if item.rejected_reason is None:  # a rejected message is stored, never routed
             result = self.routes.route(kind, source, item.message)
@@ -103,7 +104,7 @@ class Intake:
                 deliveries = memo
             else:
                 deliveries = self._edited(result, item)
-        return NewEvent(  # positional: this runs for every event
+        return (
             source,
             kind,
             item.encoded if item.encoded is not None else _stored_json(item),
@@ -143,15 +144,24 @@ class Intake:
         events = [self.build(kind, source, item, received_at) for item in items]
         outcomes = await self.store.enqueue(events)
         destinations: set[str] = set()
-        tally: dict[str, int] = {}
         unrouted = 0  # accepted (not a duplicate, not rejected) but matched by no route
-        for event, outcome in zip(events, outcomes, strict=True):
-            tally[outcome] = tally.get(outcome, 0) + 1
-            if outcome == "queued":
-                if not event.deliveries:
-                    unrouted += 1
-                for d in event.deliveries:
-                    destinations.add(d.destination)
+        queued = outcomes.count("queued")
+        if queued == len(outcomes):  # the usual request: every event new and routed
+            tally = {"queued": queued}
+            # Events routed alike share their deliveries: each is looked at once.
+            routed = {id(e[5]): e[5] for e in events}.values()
+            for deliveries in routed:
+                destinations.update(destination for destination, _ in deliveries)
+            if not all(routed):
+                unrouted = sum(not e[5] for e in events)
+        else:
+            tally = {}
+            for event, outcome in zip(events, outcomes, strict=True):
+                tally[outcome] = tally.get(outcome, 0) + 1
+                if outcome == "queued":
+                    if not event[5]:
+                        unrouted += 1
+                    destinations.update(destination for destination, _ in event[5])
         for name, count in tally.items():
             self.metrics.received.labels(kind, source, name).inc(count)
         if unrouted:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.store.base import NewEvent
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as runs
 from relay.store.sqlite.dedup import (
@@ -20,6 +21,7 @@ from relay.store.sqlite.dedup import (
     Merge,
     Run,
     count_ids,
+    dedup_keys,
     drop_expired,
     drop_table,
     filter_of,
@@ -68,6 +70,32 @@ def merge_all(conn: sqlite3.Connection, target: int, sources: list[Run], now: fl
     finish_merge(conn, merge, written)
     for run in sources:
         drop_table(conn, run.id)
+
+
+def test_a_key_is_what_earlier_versions_recorded() -> None:
+    # Keys are kept on disk across versions: a changed key would let every repeat through.
+    assert dedup_key("segment", "web", "id-1").hex() == "a28ee74e5fe507fe3bec6ef9123563bf"
+    assert dedup_key("customerio", "workspace", "\ud800é").hex() == (
+        "cc9be70e3db270d278d1ea532135cf8b"
+    )
+
+
+# Any text, lone surrogates too (from `\\ud800` escapes in JSON), which are hashed as they are.
+texts = st.lists(st.characters() | st.sampled_from(["\ud800", "\udfff"]), max_size=6).map("".join)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["segment", "customerio"]), texts, st.none() | texts),
+        max_size=12,
+    )
+)
+def test_the_keys_of_a_request_are_each_id_s_own_key(
+    rows: list[tuple[str, str, str | None]],
+) -> None:
+    events = [NewEvent(source, kind, b"{}", NOW, "u:a", (), i) for kind, source, i in rows]
+    expected = [None if i is None else dedup_key(kind, source, i) for kind, source, i in rows]
+    assert dedup_keys(events) == expected
 
 
 @settings(max_examples=150, deadline=None)

@@ -17,6 +17,7 @@ from relay.routing import Routes, compile_routes
 from relay.sources.segment import plain_batches as seg
 from relay.sources.segment.api import SegmentAPI
 from relay.sources.segment.settings import SegmentSource
+from relay.store.base import NewEvent
 
 
 def _routes(spec: list[dict[str, Any]]) -> Routes:
@@ -63,10 +64,10 @@ def _outcome(api: SegmentAPI, incoming: list[Incoming]) -> list[tuple[Any, ...]]
     """What would be stored for each message: itself, and each delivery's own message."""
     out = []
     for item in incoming:
-        event = api.intake.build("segment", "web", item, 1.0)
+        event = NewEvent(*api.intake.build("segment", "web", item, 1.0))
         deliveries = [
-            (d.destination, None if d.message_json is None else _given_id(decode(d.message_json)))
-            for d in event.deliveries
+            (destination, None if routed is None else _given_id(decode(routed)))
+            for destination, routed in event.deliveries
         ]
         out.append(
             (
@@ -83,7 +84,7 @@ def _outcome(api: SegmentAPI, incoming: list[Incoming]) -> list[tuple[Any, ...]]
 def _both_ways(body: bytes, api: SegmentAPI | None = None) -> tuple[Any, Any] | None:
     """(usual, plain) outcomes of one body, or None when it is not a plain batch."""
     api = api or _api()
-    plain = seg.plain_batch(body)
+    plain = seg.plain_batch(body, decoded=api.intake.routes.reads_messages("segment"))
     if plain is None:
         return None
     write_key, items = plain
@@ -210,11 +211,12 @@ def test_the_usual_batch_of_a_library_is_plain() -> None:
     assert plain is not None
     write_key, items = plain
     assert write_key is None
-    assert [type(item) for item in items] == [seg.PlainMessage, seg.PlainMessage]
+    assert [type(item) for item in items] == [Incoming, Incoming]
     first = items[0]
-    assert isinstance(first, seg.PlainMessage)
-    assert (first.message_id, first.ordering_key) == ("m1", "u:u1")
-    assert decode(first.raw) == body["batch"][0]  # kept as it came, whitespace and all
+    assert isinstance(first, Incoming) and first.encoded is not None
+    assert (first.dedup_id, first.ordering_key) == ("m1", "u:u1")
+    assert first.message == {}  # what routing reads: no integrations
+    assert decode(first.encoded) == body["batch"][0]  # kept as it came, whitespace and all
     both = _both_ways(raw)
     assert both is not None and both[0] == both[1]
 
@@ -237,7 +239,7 @@ def test_what_is_not_plain_is_read_the_usual_way_beside_plain_messages(item: Any
     plain = seg.plain_batch(raw)
     assert plain is not None
     _, items = plain
-    assert type(items[0]) is seg.PlainMessage
+    assert type(items[0]) is Incoming
     assert items[1] == item
     both = _both_ways(raw)
     assert both is not None and both[0] == both[1]

@@ -256,7 +256,9 @@ async def test_a_message_is_kept_beside_its_deliveries_once_for_those_that_share
     store = await open_store()
     other, edited = "segment.main", "customerio.edited"
     routed = event("a", "A1", to=(DEST, other))
-    routed.deliveries = (*routed.deliveries, NewDelivery(edited, b'{"event":"Renamed"}'))
+    routed = routed._replace(
+        deliveries=(*routed.deliveries, NewDelivery(edited, b'{"event":"Renamed"}'))
+    )
     await store.enqueue([routed, event("c", "C1")])
     redis = store._redis
     p = store.prefix

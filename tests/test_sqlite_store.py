@@ -18,7 +18,7 @@ import pytest
 
 from relay.codec import decode
 from relay.errors import StoreUnavailable
-from relay.store.base import NewDelivery, NewEvent, Settlement, event_tuples
+from relay.store.base import NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as sqlite_dedup
 from relay.store.sqlite import store as sqlite_store
@@ -163,7 +163,7 @@ async def test_ids_of_a_transaction_that_did_not_commit_are_never_recorded(
             "CREATE TABLE child (parent INTEGER REFERENCES parent DEFERRABLE INITIALLY DEFERRED)"
         )
         assert await store.enqueue([event("before")]) == ["queued"]
-        lost = event_tuples([event("lost")])
+        lost = [event("lost")]
         keys: list[bytes | None] = [dedup_key("segment", "web", "lost")]
 
         def stored_then_not_committed(conn: sqlite3.Connection) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from relay.codec import decode
 from relay.destinations.transport import Response, Transport, TransportError
 from relay.routing import Routes
-from relay.store.base import EnqueueOutcome, NewEvent
+from relay.store.base import EnqueueOutcome, EventTuple
 
 RECENT_ERRORS = 10
 # Delivered totals sampled every SAMPLE_SECONDS, for RATE_SAMPLES samples (10 minutes).
@@ -128,7 +128,7 @@ class Watch:
         self,
         kind: str,
         source: str,
-        events: Sequence[NewEvent],
+        events: Sequence[EventTuple],
         outcomes: Sequence[EnqueueOutcome],
         routes: Routes,
     ) -> None:
@@ -136,7 +136,8 @@ class Watch:
             return
         now = self.clock()
         for event, outcome in zip(events, outcomes, strict=True):
-            message = decode(event.message_json)
+            _, _, message_json, _, _, deliveries, _, _, rejected_reason = event
+            message = decode(message_json)
             matched: list[str] = []
             if outcome != "rejected":
                 for _, route in routes.route(kind, source, message).deliveries:
@@ -150,10 +151,10 @@ class Watch:
                 "outcome": outcome,
                 "message": summary(kind, message),
                 "routes": matched,
-                "destinations": [d.destination for d in event.deliveries],
+                "destinations": [destination for destination, _ in deliveries],
             }
-            if event.rejected_reason:
-                shown["reason"] = event.rejected_reason
+            if rejected_reason:
+                shown["reason"] = rejected_reason
             self._publish(shown)
 
     def went_out(

@@ -6,6 +6,7 @@ backend to it)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.codec import decode
@@ -17,7 +18,7 @@ from relay.store.base import (
     DeadLetterFilter,
     Delivery,
     EnqueueOutcome,
-    NewEvent,
+    EventTuple,
     Settlement,
     check_queue_room,
 )
@@ -76,38 +77,48 @@ class MemoryStore:
         if not self._open:
             raise StoreUnavailable("the event store is not open; retry in a few seconds")
 
-    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
+    async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
         self._check_open()
-        new = sum(len(e.deliveries) for e in events if not e.rejected_reason)
+        new = sum(len(e[5]) for e in events if not e[8])
         check_queue_room(self._pending, new, self.max_pending)
         outcomes: list[EnqueueOutcome] = []
         now = time.time()  # dedup windows are wall-clock, as in every backend
-        for e in events:
-            if e.dedup_id is not None:
-                key = (e.kind, e.source, e.dedup_id)
+        for (
+            source,
+            kind,
+            message_json,
+            received_at,
+            ordering_key,
+            deliveries,
+            dedup_id,
+            dedup_until,
+            rejected_reason,
+        ) in events:
+            if dedup_id is not None:
+                key = (kind, source, dedup_id)
                 expires = self._ids.get(key)
                 if expires is not None and expires > now:
                     outcomes.append("duplicate")
                     continue
-                self._ids[key] = e.dedup_until
-            if e.rejected_reason:
+                self._ids[key] = dedup_until
+            if rejected_reason:
                 self._rejected[self._next_rejected_id] = _Rejected(
-                    e.source, e.kind, e.received_at, e.rejected_reason, e.message_json
+                    source, kind, received_at, rejected_reason, message_json
                 )
                 self._next_rejected_id += 1
                 outcomes.append("rejected")
                 continue
-            for d in e.deliveries:
+            for destination, routed in deliveries:
                 self._rows[self._next_id] = _Row(
-                    d.destination,
-                    e.ordering_key,
+                    destination,
+                    ordering_key,
                     "pending",
                     0,
-                    e.received_at,
-                    e.received_at,
-                    e.source,
-                    e.kind,
-                    e.message_json if d.message_json is None else d.message_json,
+                    received_at,
+                    received_at,
+                    source,
+                    kind,
+                    message_json if routed is None else routed,
                 )
                 self._next_id += 1
                 self._pending += 1

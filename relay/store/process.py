@@ -3,7 +3,8 @@
 Everything the store does (checking dedup ids, building rows, SQLite's own work, commits)
 then runs on the other core, under a GIL of its own: in the relay's process it would compete
 with the event loop for one GIL, and every statement would wait for the loop to let go of it.
-The relay's process only sends each call over a socket and reads the answer back.
+The relay's process only sends each call over a socket and reads the answer back (and
+hashes the dedup ids of the events it sends: it is the less busy of the two).
 
 The child is `python -m relay.store.process`, given one end of a socket pair. Frames are a
 4-byte length and a pickle, between two processes of one program on a private socket. A
@@ -23,6 +24,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from relay.errors import StoreCannotOpen, StoreFull, StoreInUse, StoreUnavailable
@@ -34,11 +36,11 @@ from relay.store.base import (
     DeadLetterFilter,
     Delivery,
     EnqueueOutcome,
-    NewEvent,
+    EventTuple,
     Settlement,
-    event_tuples,
 )
 from relay.store.sqlite import DEFAULT_MIN_FREE_MB, SqliteStore, leased_deliveries
+from relay.store.sqlite.dedup import dedup_keys
 
 log = logging.getLogger("relay.store")
 
@@ -227,8 +229,9 @@ class ProcessStore:
 
     # ------------------------------------------------------------------ Store
 
-    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
-        outcomes: list[EnqueueOutcome] = await self._call("enqueue", event_tuples(events))
+    async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
+        # Hashed here: the store's process is the busier of the two.
+        outcomes: list[EnqueueOutcome] = await self._call("enqueue", events, dedup_keys(events))
         return outcomes
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
@@ -336,8 +339,8 @@ class _Server:
 
 
 # The calls the child serves: the Store's own, and `flush_ids` (for tests), each by the
-# SqliteStore method that takes and gives what crosses the socket (tuples, rows).
-_WIRE_FORMS = {"enqueue": "enqueue_tuples", "lease": "lease_rows"}
+# SqliteStore method that takes and gives what crosses the socket (dedup keys, rows).
+_WIRE_FORMS = {"enqueue": "enqueue_keyed", "lease": "lease_rows"}
 _SERVED = {name: _WIRE_FORMS.get(name, name) for name in (*STORE_CALLS, "flush_ids")}
 
 

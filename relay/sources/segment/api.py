@@ -16,7 +16,7 @@ from relay.intake import Incoming, Intake
 from relay.signatures import verify_segment_webhook
 from relay.sources.body import read_body
 from relay.sources.segment import cdn_settings
-from relay.sources.segment.plain_batches import PlainMessage, plain_batch
+from relay.sources.segment.plain_batches import plain_batch
 from relay.sources.segment.settings import WEBHOOK_SOURCE, SegmentSource
 from relay.vocab import segment as seg
 
@@ -171,7 +171,7 @@ class SegmentAPI:
     async def batch(self, request: web.Request) -> web.Response:
         raw = await read_body(request, seg.MAX_BATCH_BYTES, "a batch")
         # Plain messages are stored as they came (see relay.sources.segment.plain_batches).
-        plain = plain_batch(raw)
+        plain = plain_batch(raw, decoded=self.intake.routes.reads_messages("segment"))
         if plain is not None:
             write_key, items = plain
             source = self._source_for(request, write_key)
@@ -200,20 +200,9 @@ class SegmentAPI:
         incoming: list[Incoming] = []
         rejected: list[dict[str, Any]] = []
         defaults = body if body is not None and seg.has_batch_defaults(body) else None
-        whole = self.intake.routes.reads_messages("segment")
         for index, item in enumerate(items):
-            if type(item) is PlainMessage:
-                # What routing reads of the message: all of it where a route matches on its
-                # fields or edits it; else only `integrations`, and nothing is decoded.
-                if whole:
-                    view = decode(item.raw)
-                elif item.integrations is None:
-                    view = {}
-                else:
-                    view = {"integrations": item.integrations}
-                incoming.append(
-                    Incoming(view, item.ordering_key, item.message_id, encoded=item.raw)
-                )
+            if type(item) is Incoming:  # a plain message (see plain_batch), read already
+                incoming.append(item)
                 continue
             if defaults is not None and isinstance(item, dict):
                 item = seg.merge_batch_defaults(item, defaults)

@@ -3,12 +3,12 @@ relay.vocab.segment."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 
 from relay.codec import decode
+from relay.intake import Incoming
 from relay.vocab.segment import (
     MAX_BATCH_MESSAGES,
     MAX_MESSAGE_BYTES,
@@ -125,20 +125,14 @@ _PLAIN_MAX_BYTES = int(MAX_MESSAGE_BYTES / 4.5)
 _PLAIN_MAX_DEPTH = 500
 
 
-@dataclass(slots=True)
-class PlainMessage:
-    """A valid message kept as the bytes it arrived as, with what routing and storing need."""
-
-    raw: bytes
-    message_id: str
-    ordering_key: str
-    integrations: dict[str, Any] | None
-
-
-def plain_batch(body: bytes) -> tuple[str | None, list[PlainMessage | Any]] | None:
-    """A `/v1/batch` body as (writeKey, items): each item a `PlainMessage`, or the decoded
-    message for the full checks. None when the body must be read the usual way (it is not
-    a plain batch, or not valid JSON, or not what `relay.codec.decode` would read alike)."""
+def plain_batch(
+    body: bytes, decoded: bool = False
+) -> tuple[str | None, list[Incoming | Any]] | None:
+    """A `/v1/batch` body as (writeKey, items): each valid plain message an `Incoming` kept
+    as the bytes it arrived as (its `message` is what routing reads: the whole message
+    decoded when `decoded`, else only its `integrations`), and any other item decoded, for
+    the full checks. None when the body must be read the usual way (it is not a plain
+    batch, or not valid JSON, or not what `relay.codec.decode` would read alike)."""
     if not body.isascii():
         try:
             body.decode("utf-8")  # msgspec does not check the strings it skips
@@ -159,16 +153,35 @@ def plain_batch(body: bytes) -> tuple[str | None, list[PlainMessage | Any]] | No
         calls = []
     if len(calls) != len(raws):  # one message could not be read as plain: each on its own
         calls = [_plain_call(data) for data in raws]
-    items: list[PlainMessage | Any] = []
+    items: list[Incoming | Any] = []
+    # The checks of a plain message, inline: this runs for every message of every batch.
     for data, call in zip(raws, calls, strict=True):
-        plain = None if call is None else _plain_message(data, call)
-        if plain is None:
-            try:
-                items.append(decode(data))
-            except ValueError:
-                return None
-        else:
-            items.append(plain)
+        if (
+            call is not None
+            and call.messageId
+            and not call.writeKey
+            and len(data) <= _PLAIN_MAX_BYTES
+            and (
+                len(data) < 2 * _PLAIN_MAX_DEPTH
+                or data.count(b"{") + data.count(b"[") < _PLAIN_MAX_DEPTH
+            )
+        ):
+            key = person_key(call.userId, call.anonymousId)
+            if key is not None:  # else not plain: the usual checks refuse it, and say why
+                if decoded:
+                    view = decode(data)
+                elif call.integrations is None:
+                    view = {}
+                else:
+                    view = {"integrations": call.integrations}
+                # Positional (webhook profile and rejected reason None): it runs for every
+                # message.
+                items.append(Incoming(view, key, call.messageId, None, None, data))
+                continue
+        try:
+            items.append(decode(data))
+        except ValueError:
+            return None
     return parsed.writeKey, items
 
 
@@ -178,21 +191,3 @@ def _plain_call(data: bytes) -> _Plain | None:
     except (msgspec.DecodeError, RecursionError):
         return None
     return call
-
-
-def _plain_message(data: bytes, call: _Plain) -> PlainMessage | None:
-    message_id = call.messageId
-    if (
-        not message_id
-        or call.writeKey
-        or len(data) > _PLAIN_MAX_BYTES
-        or (
-            len(data) >= 2 * _PLAIN_MAX_DEPTH
-            and data.count(b"{") + data.count(b"[") >= _PLAIN_MAX_DEPTH
-        )
-    ):
-        return None
-    key = person_key(call.userId, call.anonymousId)
-    if key is None:
-        return None
-    return PlainMessage(data, message_id, key, call.integrations)

@@ -22,7 +22,7 @@ from relay.store.base import (
     DeadLetterFilter,
     Delivery,
     EnqueueOutcome,
-    NewEvent,
+    EventTuple,
     Settlement,
     check_queue_room,
 )
@@ -199,24 +199,34 @@ class RedisStore:
 
     # ------------------------------------------------------------------ operations
 
-    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
-        new = sum(len(e.deliveries) for e in events if not e.rejected_reason)
+    async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
+        new = sum(len(e[5]) for e in events if not e[8])
         args: list[Any] = [self.max_pending, new, len(events)]
-        for e in events:
+        for (
+            source,
+            kind,
+            message_json,
+            received_at,
+            ordering_key,
+            deliveries,
+            dedup_id,
+            dedup_until,
+            rejected_reason,
+        ) in events:
             args += [
-                e.kind,
-                e.source,
-                "" if e.dedup_id is None else e.dedup_id,
-                int(e.dedup_until * 1000),
-                e.rejected_reason or "",
-                repr(e.received_at),
-                e.ordering_key,
-                partition_of(e.ordering_key, self.partitions),
-                e.message_json,
-                len(e.deliveries),
+                kind,
+                source,
+                "" if dedup_id is None else dedup_id,
+                int(dedup_until * 1000),
+                rejected_reason or "",
+                repr(received_at),
+                ordering_key,
+                partition_of(ordering_key, self.partitions),
+                message_json,
+                len(deliveries),
             ]
-            for d in e.deliveries:
-                args += [d.destination, b"" if d.message_json is None else b"=" + d.message_json]
+            for destination, routed in deliveries:
+                args += [destination, b"" if routed is None else b"=" + routed]
         result = await self._run("ENQUEUE", args)
         if result and result[0] == b"full":
             check_queue_room(int(result[1]), new, self.max_pending, "storage.redis.max_pending")

@@ -24,10 +24,8 @@ from relay.store.base import (
     Delivery,
     EnqueueOutcome,
     EventTuple,
-    NewEvent,
     Settlement,
     check_queue_room,
-    event_tuples,
 )
 from relay.store.sqlite.dedup import (
     LOOKUPS_PREPARED,
@@ -36,7 +34,7 @@ from relay.store.sqlite.dedup import (
     Merge,
     Run,
     abandon_merge,
-    dedup_key,
+    dedup_keys,
     drop_expired,
     drop_table,
     filter_of,
@@ -573,11 +571,14 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ operations
 
-    async def enqueue(self, events: list[NewEvent]) -> list[EnqueueOutcome]:
-        return await self.enqueue_tuples(event_tuples(events))
+    async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
+        return await self.enqueue_keyed(events, dedup_keys(events))
 
-    async def enqueue_tuples(self, events: list[EventTuple]) -> list[EnqueueOutcome]:
-        """`enqueue` for events in their tuple form (as they reach the store's process)."""
+    async def enqueue_keyed(
+        self, events: Sequence[EventTuple], keys: list[bytes | None]
+    ) -> list[EnqueueOutcome]:
+        """`enqueue`, given each event's dedup key (dedup_keys): the store's process is
+        given them by relay's, which has a core less busy than this one to hash them on."""
         # A rejected message with an id is de-duplicated too: a sender's retries of one bad
         # webhook are stored once.
         try:
@@ -594,13 +595,12 @@ class SqliteStore:
             # Known once committed, before any row that uses them is written.
             self._codes.update(added)
             self._names.update({code: name for name, code in added.items()})
-        keys = [None if e[6] is None else dedup_key(e[1], e[0], e[6]) for e in events]
         now = time.time()
         outcomes = await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
         self._train_when_sampled()
         return outcomes
 
-    def _unknown_names(self, events: list[EventTuple]) -> set[str]:
+    def _unknown_names(self, events: Sequence[EventTuple]) -> set[str]:
         codes = self._codes
         unknown: set[str] = set()
         seen: set[int] = set()
@@ -623,7 +623,7 @@ class SqliteStore:
     def _enqueue(
         self,
         conn: sqlite3.Connection,
-        events: list[EventTuple],
+        events: Sequence[EventTuple],
         keys: list[bytes | None],
         now: float,
     ) -> list[EnqueueOutcome]:
