@@ -216,7 +216,7 @@ def _rows_insert(head: str, row: str, rows: int) -> str:
 
 def insert_deliveries(
     conn: sqlite3.Connection,
-    events: list[EventTuple],
+    events: Sequence[EventTuple],
     next_id: int,
     pack: Callable[[bytes], bytes],
     codes: Mapping[str, int],

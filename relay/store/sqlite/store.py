@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from relay.codec import encode
 from relay.errors import StoreCannotOpen, StoreFull, StoreUnavailable
@@ -601,16 +601,11 @@ class SqliteStore:
         return outcomes
 
     def _unknown_names(self, events: Sequence[EventTuple]) -> set[str]:
-        codes = self._codes
-        unknown: set[str] = set()
-        seen: set[int] = set()
-        for e in events:
-            if e[0] not in codes or e[1] not in codes:
-                unknown.update(n for n in e[:2] if n not in codes)
-            if id(e[5]) not in seen:  # events routed alike share their deliveries
-                seen.add(id(e[5]))
-                unknown.update(d for d, _ in e[5] if d not in codes)
-        return unknown
+        names = {e[0] for e in events} | {e[1] for e in events}
+        # Events routed alike share their deliveries: each tuple of them is read once.
+        for deliveries in {id(e[5]): e[5] for e in events}.values():
+            names.update(destination for destination, _ in deliveries)
+        return names.difference(self._codes)
 
     @staticmethod
     def _add_names(conn: sqlite3.Connection, names: set[str]) -> dict[str, int]:
@@ -630,23 +625,36 @@ class SqliteStore:
         new_deliveries = sum(len(e[5]) for e in events if not e[8])
         check_queue_room(self._pending, new_deliveries, self.max_pending)
         seen = self._known_ids(keys, now)
-        recorded: list[tuple[bytes, float]] = []
-        outcomes: list[EnqueueOutcome] = []
+        recorded: list[tuple[bytes, float]]
+        outcomes: list[EnqueueOutcome]
         rejected: list[tuple[Any, ...]] = []
-        stored: list[EventTuple] = []
-        for key, e in zip(keys, events, strict=True):
-            if key is not None:
-                if key in seen:
-                    outcomes.append("duplicate")
+        stored: Sequence[EventTuple]
+        if (
+            not seen
+            and None not in keys
+            and len(set(keys)) == len(keys)
+            and not any(e[8] for e in events)
+        ):
+            # The usual request: every event new, with an id of its own, and none rejected.
+            ids = cast("list[bytes]", keys)
+            recorded = list(zip(ids, [e[7] for e in events], strict=True))
+            outcomes = ["queued"] * len(events)
+            stored = events
+        else:
+            recorded, outcomes, stored = [], [], []
+            for key, e in zip(keys, events, strict=True):
+                if key is not None:
+                    if key in seen:
+                        outcomes.append("duplicate")
+                        continue
+                    seen.add(key)
+                    recorded.append((key, e[7]))
+                if e[8]:
+                    rejected.append((e[0], e[1], e[3], e[8], e[2]))
+                    outcomes.append("rejected")
                     continue
-                seen.add(key)
-                recorded.append((key, e[7]))
-            if e[8]:
-                rejected.append((e[0], e[1], e[3], e[8], e[2]))
-                outcomes.append("rejected")
-                continue
-            stored.append(e)
-            outcomes.append("queued")
+                stored.append(e)
+                outcomes.append("queued")
         delivery_id, shared = insert_deliveries(
             conn, stored, self._next_delivery_id, self._packer.pack, self._codes
         )
