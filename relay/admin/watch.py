@@ -18,7 +18,7 @@ from typing import Any
 from relay.codec import decode
 from relay.destinations.transport import Response, Transport, TransportError
 from relay.routing import Routes
-from relay.store.base import EnqueueOutcome, EventTuple
+from relay.store.base import EnqueueOutcome, EventTuple, NewEvent
 
 RECENT_ERRORS = 10
 # Delivered totals sampled every SAMPLE_SECONDS, for RATE_SAMPLES samples (10 minutes).
@@ -135,9 +135,8 @@ class Watch:
         if not self.tails:
             return
         now = self.clock()
-        for event, outcome in zip(events, outcomes, strict=True):
-            _, _, message_json, _, _, deliveries, _, _, rejected_reason = event
-            message = decode(message_json)
+        for event, outcome in zip(map(NewEvent._make, events), outcomes, strict=True):
+            message = decode(event.message_json)
             matched: list[str] = []
             if outcome != "rejected":
                 for _, route in routes.route(kind, source, message).deliveries:
@@ -151,10 +150,10 @@ class Watch:
                 "outcome": outcome,
                 "message": summary(kind, message),
                 "routes": matched,
-                "destinations": [destination for destination, _ in deliveries],
+                "destinations": [destination for destination, _ in event.deliveries],
             }
-            if rejected_reason:
-                shown["reason"] = rejected_reason
+            if event.rejected_reason:
+                shown["reason"] = event.rejected_reason
             self._publish(shown)
 
     def went_out(

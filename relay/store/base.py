@@ -36,7 +36,8 @@ class NewEvent(NamedTuple):
 # What a store is given to enqueue: a NewEvent, or the same fields in a plain tuple, as
 # relay.intake builds them for every message it accepts (a tuple display costs a fifth of
 # a NewEvent's constructor), with deliveries as NewDelivery or plain (destination, message)
-# pairs. Stores read them by position or unpack them, never by name. Events routed alike
+# pairs. The SQLite store reads them by position, on the hot path; elsewhere they are named
+# with NewEvent._make, at the cost of a named tuple an event. Events routed alike
 # share one tuple of deliveries, which pickles once for all of them on the way to the
 # store's process.
 EventTuple = tuple[

@@ -19,6 +19,7 @@ from relay.store.base import (
     Delivery,
     EnqueueOutcome,
     EventTuple,
+    NewEvent,
     Settlement,
     check_queue_room,
 )
@@ -83,42 +84,32 @@ class MemoryStore:
         check_queue_room(self._pending, new, self.max_pending)
         outcomes: list[EnqueueOutcome] = []
         now = time.time()  # dedup windows are wall-clock, as in every backend
-        for (
-            source,
-            kind,
-            message_json,
-            received_at,
-            ordering_key,
-            deliveries,
-            dedup_id,
-            dedup_until,
-            rejected_reason,
-        ) in events:
-            if dedup_id is not None:
-                key = (kind, source, dedup_id)
+        for e in map(NewEvent._make, events):
+            if e.dedup_id is not None:
+                key = (e.kind, e.source, e.dedup_id)
                 expires = self._ids.get(key)
                 if expires is not None and expires > now:
                     outcomes.append("duplicate")
                     continue
-                self._ids[key] = dedup_until
-            if rejected_reason:
+                self._ids[key] = e.dedup_until
+            if e.rejected_reason:
                 self._rejected[self._next_rejected_id] = _Rejected(
-                    source, kind, received_at, rejected_reason, message_json
+                    e.source, e.kind, e.received_at, e.rejected_reason, e.message_json
                 )
                 self._next_rejected_id += 1
                 outcomes.append("rejected")
                 continue
-            for destination, routed in deliveries:
+            for destination, routed in e.deliveries:
                 self._rows[self._next_id] = _Row(
                     destination,
-                    ordering_key,
+                    e.ordering_key,
                     "pending",
                     0,
-                    received_at,
-                    received_at,
-                    source,
-                    kind,
-                    message_json if routed is None else routed,
+                    e.received_at,
+                    e.received_at,
+                    e.source,
+                    e.kind,
+                    e.message_json if routed is None else routed,
                 )
                 self._next_id += 1
                 self._pending += 1

@@ -23,6 +23,7 @@ from relay.store.base import (
     Delivery,
     EnqueueOutcome,
     EventTuple,
+    NewEvent,
     Settlement,
     check_queue_room,
 )
@@ -202,30 +203,20 @@ class RedisStore:
     async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
         new = sum(len(e[5]) for e in events if not e[8])
         args: list[Any] = [self.max_pending, new, len(events)]
-        for (
-            source,
-            kind,
-            message_json,
-            received_at,
-            ordering_key,
-            deliveries,
-            dedup_id,
-            dedup_until,
-            rejected_reason,
-        ) in events:
+        for e in map(NewEvent._make, events):
             args += [
-                kind,
-                source,
-                "" if dedup_id is None else dedup_id,
-                int(dedup_until * 1000),
-                rejected_reason or "",
-                repr(received_at),
-                ordering_key,
-                partition_of(ordering_key, self.partitions),
-                message_json,
-                len(deliveries),
+                e.kind,
+                e.source,
+                "" if e.dedup_id is None else e.dedup_id,
+                int(e.dedup_until * 1000),
+                e.rejected_reason or "",
+                repr(e.received_at),
+                e.ordering_key,
+                partition_of(e.ordering_key, self.partitions),
+                e.message_json,
+                len(e.deliveries),
             ]
-            for destination, routed in deliveries:
+            for destination, routed in e.deliveries:
                 args += [destination, b"" if routed is None else b"=" + routed]
         result = await self._run("ENQUEUE", args)
         if result and result[0] == b"full":
