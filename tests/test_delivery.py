@@ -225,7 +225,7 @@ async def test_gives_up_only_when_old_and_failed_three_times(
         NewEvent(
             "web",
             "segment",
-            '{"type":"track"}',
+            b'{"type":"track"}',
             now - age,
             f"k{i}",
             (NewDelivery("customerio.test"),),

@@ -1,6 +1,6 @@
-"""Messages are packed on disk with a dictionary the store trains on its own messages: every
-message reads back exactly as it was queued, before, during and after a dictionary, across
-restarts, in leases and in dead letters."""
+"""Messages are packed on disk with a dictionary the store trains on its own messages, a
+request's together as a block: every message reads back exactly as it was queued, before,
+during and after a dictionary, across restarts, in leases and in dead letters."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from relay.store.base import EVERY_DEAD_LETTER, NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import SqliteStore, packing
-from relay.store.sqlite.packing import SAMPLES, ZSTD_MAGIC, Packer, train, unused
+from relay.store.sqlite.packing import BLOCK, SAMPLES, ZSTD_MAGIC, Packer, train, unused
 
 DEST = "customerio.main"
 
@@ -100,6 +100,56 @@ def test_too_few_samples_make_no_dictionary() -> None:
 _PACKER = trained_packer()
 
 
+def test_a_block_gives_back_every_entry_and_holds_a_message_once_however_often_it_is_in() -> None:
+    one, two, three = message(10**6), message(10**6 + 1), message(10**6 + 2)
+    entries = [one, two, one, one, three]
+    packed = _PACKER.pack_block(entries)
+    assert packed.startswith(BLOCK + ZSTD_MAGIC)
+    assert _PACKER.unpack_shared(packed, len(entries)) == entries
+    # Without a dictionary a block is stored as it is: each message is in it once.
+    unpacked = Packer().pack_block(entries)
+    assert unpacked.startswith(BLOCK) and unpacked[1:5] != ZSTD_MAGIC
+    assert [unpacked.count(m) for m in (one, two, three)] == [1, 1, 1]
+    assert Packer().unpack_shared(unpacked, len(entries)) == entries
+
+
+def test_a_block_takes_less_than_half_the_room_of_its_messages_packed_one_by_one() -> None:
+    request = [message(10**6 + i) for i in range(64)]
+    alone = sum(len(_PACKER.pack(m)) for m in request)
+    together = len(_PACKER.pack_block(request))
+    assert together * 2 < alone, (together, alone)
+
+
+def test_a_shared_row_of_one_message_serves_every_delivery_it_names() -> None:
+    # As stores wrote before blocks, for an event routed as it came to three destinations.
+    for stored in (message(1), _PACKER.pack(message(1))):
+        assert _PACKER.unpack_shared(stored, 3) == [message(1)] * 3
+
+
+def test_without_a_dictionary_blocks_are_sampled_message_by_message() -> None:
+    packer = Packer()
+    first = [message(i) for i in range(SAMPLES - 2)]
+    packer.pack_block(first)
+    assert not packer.wants_training
+    repeated = message(SAMPLES - 2)  # one object: an event routed as it came to two
+    packer.pack_block([repeated, repeated, message(SAMPLES - 1), message(0)])
+    assert packer.wants_training
+    assert packer.take_samples() == [*first, message(SAMPLES - 2), message(SAMPLES - 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(max_size=600).map(lambda rest: b"{" + rest), min_size=1, max_size=20),
+    st.lists(st.integers(min_value=0, max_value=19), min_size=2, max_size=70),
+)
+def test_any_block_reads_back_exactly(messages: list[bytes], picks: list[int]) -> None:
+    # Entries that are the same object, as an event routed as it came to several
+    # destinations gives, and equal ones that are not.
+    entries = [messages[i % len(messages)] for i in picks] + [bytes(messages[0])]
+    for packer in (_PACKER, Packer()):
+        assert packer.unpack_shared(packer.pack_block(entries), len(entries)) == entries
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=3000))
 def test_any_message_reads_back_exactly(rest: bytes) -> None:
@@ -125,6 +175,11 @@ def stored_messages(path: Path) -> list[bytes]:
         return [row[0] for row in conn.execute("SELECT message FROM queue ORDER BY id")]
 
 
+def stored_blocks(path: Path) -> list[tuple[int, int, bytes]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT id, deliveries, message FROM shared ORDER BY id").fetchall()
+
+
 async def test_the_store_trains_a_dictionary_and_every_message_reads_back(
     tmp_path: Path,
 ) -> None:
@@ -135,11 +190,15 @@ async def test_the_store_trains_a_dictionary_and_every_message_reads_back(
     await store.enqueue([new_event(i, now) for i in range(SAMPLES)])
     assert await store.train_dictionary()
     await store.enqueue([new_event(i, now) for i in range(SAMPLES, SAMPLES + 100)])
-    on_disk = stored_messages(path)
-    assert on_disk[:SAMPLES] == [message(i) for i in range(SAMPLES)]
-    packed = on_disk[SAMPLES:]
-    assert all(p.startswith(ZSTD_MAGIC) for p in packed)
-    assert sum(map(len, packed)) * 3 < sum(len(message(i)) for i in range(100))
+    assert set(stored_messages(path)) == {b""}  # each in its request's block
+    blocks = stored_blocks(path)
+    before = [packed for first, _, packed in blocks if first <= SAMPLES]
+    assert all(p.startswith(BLOCK) and p[1:5] != ZSTD_MAGIC for p in before)
+    after = [(deliveries, packed) for first, deliveries, packed in blocks if first > SAMPLES]
+    assert [deliveries for deliveries, _ in after] == [100]
+    assert all(p.startswith(BLOCK + ZSTD_MAGIC) for _, p in after)
+    packed_size = sum(len(p) for _, p in after)
+    assert packed_size * 3 < sum(len(message(i)) for i in range(SAMPLES, SAMPLES + 100))
     leased = await store.lease(DEST, 2 * SAMPLES, now + 1)
     await store.settle(Settlement(dead=[(leased[-1].id, "refused")]), now + 1)
     await store.close()

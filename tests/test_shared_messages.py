@@ -1,6 +1,8 @@
-"""An event routed as it came to two destinations or more is stored once in the SQLite store
-(its deliveries point at it), reads back whole for every destination, through dead letters
-and restarts, and is deleted with the last delivery that needs it."""
+"""The messages of deliveries inserted together are stored as one block in the SQLite store
+(their deliveries point at it), an event routed as it came to two destinations or more in it
+once; every delivery reads its own message back, through dead letters and restarts, and the
+block is deleted with the last delivery that needs it. Shared rows of one message, as stores
+wrote before blocks, still serve every delivery they name."""
 
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.codec import decode, encode
 from relay.store.base import DeadLetterFilter, NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import SqliteStore
+from relay.store.sqlite import rows as rows_module
+from relay.store.sqlite.packing import BLOCK, Packer
 from tests.test_sqlite_store import opened
 
 DESTINATIONS = ("customerio.a", "customerio.b", "segment.c")
@@ -34,7 +39,7 @@ def routed(i: int, deliveries: tuple[NewDelivery, ...], at: float) -> NewEvent:
 
 
 def rows(store: SqliteStore) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
-    """(id, message) of each delivery, and (id, deliveries) of each shared message."""
+    """(id, message) of each delivery, and (id, deliveries) of each shared row."""
     with sqlite3.connect(store.path) as conn:
         queue = conn.execute("SELECT id, message FROM queue ORDER BY id").fetchall()
         shared = conn.execute("SELECT id, deliveries FROM shared ORDER BY id").fetchall()
@@ -43,6 +48,11 @@ def rows(store: SqliteStore) -> tuple[list[tuple[int, bytes]], list[tuple[int, i
 
 async def leased(store: SqliteStore, destination: str) -> dict[int, object]:
     return {d.id: d.message for d in await store.lease(destination, 1000, 1e12)}
+
+
+def blocks(store: SqliteStore) -> list[bytes]:
+    with sqlite3.connect(store.path) as conn:
+        return [row[0] for row in conn.execute("SELECT message FROM shared ORDER BY id")]
 
 
 async def test_an_event_routed_as_it_came_to_three_destinations_is_stored_once(
@@ -54,26 +64,30 @@ async def test_an_event_routed_as_it_came_to_three_destinations_is_stored_once(
         assert await store.enqueue([routed(i, three, at) for i in range(2)]) == ["queued"] * 2
         queue, shared = rows(store)
         assert [m for _, m in queue] == [b""] * 6
-        assert shared == [(1, 3), (4, 3)]
+        assert shared == [(1, 6)]
+        # No dictionary yet: the block is stored as it is, each message in it once.
+        (block,) = blocks(store)
+        assert block.startswith(BLOCK)
+        assert (block.count(message(0)), block.count(message(1))) == (1, 1)
         for n, destination in enumerate(DESTINATIONS):
             got = await leased(store, destination)
             assert got == {1 + n: decode(message(0)), 4 + n: decode(message(1))}
         # Delivered to two of them, dead at the third: the message stays for the dead letter.
         await store.settle(Settlement(done=[1, 2, 4, 5], dead=[(3, "400 bad"), (6, "400")]), at)
-        assert rows(store)[1] == [(1, 3), (4, 3)]
+        assert rows(store)[1] == [(1, 6)]
         (first, second) = await store.dead_letters()
         assert (first.id, first.message) == (3, decode(message(0)))
         assert (second.id, second.message) == (6, decode(message(1)))
-        # Replayed and delivered: the last delivery of the event takes its message along.
+        # Replayed and delivered: the block stays for the last delivery that needs it.
         assert await store.replay(DeadLetterFilter(ids=(3,)), at) == 1
         assert await leased(store, "segment.c") == {3: decode(message(0))}
         await store.settle(Settlement(done=[3]), at)
-        assert rows(store) == ([(6, b"")], [(4, 3)])
+        assert rows(store) == ([(6, b"")], [(1, 6)])
         assert await store.discard(DeadLetterFilter(ids=(6,))) == 1
         assert rows(store) == ([], [])
 
 
-async def test_edited_deliveries_keep_their_own_message_beside_the_shared_one(
+async def test_edited_deliveries_have_their_own_entry_beside_the_shared_one(
     tmp_path: Path,
 ) -> None:
     async with opened(SqliteStore(str(tmp_path / "relay.db"))) as store:
@@ -86,8 +100,8 @@ async def test_edited_deliveries_keep_their_own_message_beside_the_shared_one(
         ]
         assert await store.enqueue(mixed) == ["queued"] * 3
         queue, shared = rows(store)
-        assert [m == b"" for _, m in queue] == [True, False, True, False, False, False]
-        assert shared == [(1, 3)]
+        assert [m for _, m in queue] == [b""] * 6
+        assert shared == [(1, 6)]
         assert await leased(store, a) == {1: decode(message(0)), 4: decode(message(1))}
         assert await leased(store, b) == {
             2: decode(edited(0, b)),
@@ -109,6 +123,70 @@ async def test_a_shared_message_outlives_a_restart(tmp_path: Path) -> None:
         assert await leased(store, "customerio.b") == {2: decode(message(0))}
 
 
+async def test_a_shared_row_of_one_message_as_stores_wrote_before_blocks_serves_them_all(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "relay.db")
+    async with opened(SqliteStore(path)) as store:
+        await store.enqueue([routed(0, tuple(NewDelivery(d) for d in DESTINATIONS), time.time())])
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE shared SET message = ?", (message(0),))
+    async with opened(SqliteStore(path)) as store:
+        for n, destination in enumerate(DESTINATIONS):
+            assert await leased(store, destination) == {1 + n: decode(message(0))}
+        await store.settle(Settlement(done=[1, 2], dead=[(3, "400")]), time.time())
+        (letter,) = await store.dead_letters()
+        assert (letter.id, letter.message) == (3, decode(message(0)))
+        assert rows(store) == ([(3, b"")], [(1, 3)])
+
+
+async def test_a_new_delivery_takes_no_id_of_a_block_still_kept(tmp_path: Path) -> None:
+    path = str(tmp_path / "relay.db")
+    one = (NewDelivery("customerio.a"),)
+    async with opened(SqliteStore(path)) as store:
+        await store.enqueue([routed(i, one, time.time()) for i in range(4)])
+        await store.settle(Settlement(done=[3, 4]), time.time())
+        assert rows(store)[1] == [(1, 4)]
+    # Reopened, the store goes on past the block's last id, not past its last delivery.
+    async with opened(SqliteStore(path)) as store:
+        await store.enqueue([routed(i, one, time.time()) for i in range(4, 6)])
+        assert rows(store)[1] == [(1, 4), (5, 2)]
+        assert await leased(store, "customerio.a") == {
+            1: decode(message(0)),
+            2: decode(message(1)),
+            5: decode(message(4)),
+            6: decode(message(5)),
+        }
+
+
+async def test_a_large_request_is_packed_in_blocks_each_read_once_by_small_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rows_module, "BLOCK_DELIVERIES", 8)
+    unpacked: list[int] = []
+    unpack_shared = Packer.unpack_shared
+
+    def counted(self: Packer, stored: bytes, deliveries: int) -> list[bytes]:
+        unpacked.append(deliveries)
+        return unpack_shared(self, stored, deliveries)
+
+    monkeypatch.setattr(Packer, "unpack_shared", counted)
+    one = (NewDelivery("customerio.a"),)
+    async with opened(SqliteStore(str(tmp_path / "relay.db"))) as store:
+        at = time.time()
+        await store.enqueue([routed(i, one, at) for i in range(20)])
+        assert rows(store)[1] == [(1, 8), (9, 8), (17, 4)]
+        got: dict[int, object] = {}
+        while len(got) < 20:
+            # Three at a time: most leases read a block the one before read too.
+            lease = await store.lease("customerio.a", 3, 1e12)
+            got.update({d.id: d.message for d in lease})
+            await store.settle(Settlement(done=[d.id for d in lease]), at)
+        assert got == {i + 1: decode(message(i)) for i in range(20)}
+        assert unpacked == [8, 8, 4]
+        assert rows(store) == ([], [])
+
+
 # Each event: for each destination, not routed (None), routed as it came (True), or with a
 # message of its own (False). Then the deliveries are settled in the order drawn, each
 # done or dead.
@@ -122,11 +200,21 @@ events_strategy = st.lists(
 
 
 @settings(max_examples=40, deadline=None)
-@given(events=events_strategy, order=st.randoms(use_true_random=False), one_request=st.booleans())
+@given(
+    events=events_strategy,
+    order=st.randoms(use_true_random=False),
+    one_request=st.booleans(),
+    block=st.sampled_from([2, 3, 7, rows_module.BLOCK_DELIVERIES]),
+)
 def test_every_delivery_reads_its_message_and_the_last_one_takes_it_along(
-    events: list[tuple[bool | None, ...]], order, one_request: bool
+    events: list[tuple[bool | None, ...]], order, one_request: bool, block: int
 ) -> None:
-    asyncio.run(_check(events, order, one_request))
+    default = rows_module.BLOCK_DELIVERIES
+    rows_module.BLOCK_DELIVERIES = block
+    try:
+        asyncio.run(_check(events, order, one_request))
+    finally:
+        rows_module.BLOCK_DELIVERIES = default
 
 
 async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool) -> None:
@@ -148,16 +236,19 @@ async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool
                     await store.enqueue([event])
             expected: dict[int, tuple[str, object]] = {}
             next_id = 1
-            sharing: dict[int, int] = {}  # first delivery id: deliveries, of events that share
             for i, routing in enumerate(events):
-                routed_to = [r for r in routing if r is not None]
-                if routed_to.count(True) >= 2:
-                    sharing[next_id] = len(routed_to)
                 for d, as_it_came in zip(DESTINATIONS, routing, strict=True):
                     if as_it_came is not None:
                         text = message(i) if as_it_came else edited(i, d)
                         expected[next_id] = (d, decode(text))
                         next_id += 1
+            # Every delivery without a message of its own is in exactly one block, and
+            # blocks hold nothing else.
+            queue, stored = rows(store)
+            sharing = dict(stored)
+            covered = [i for first, count in stored for i in range(first, first + count)]
+            assert sorted(covered) == [i for i, m in queue if m == b""]
+            assert len(set(covered)) == len(covered)
             got = {}
             for d in DESTINATIONS:
                 got.update({i: (d, m) for i, m in (await leased(store, d)).items()})
@@ -177,7 +268,7 @@ async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool
                 await store.settle(Settlement(done=done, dead=[(d, "gone") for d in gone]), at)
                 queue, shared = rows(store)
                 left = {i for i, _ in queue}
-                # A shared message is kept exactly while a delivery of its event is.
+                # A block is kept exactly while a delivery it holds the message of is.
                 assert dict(shared) == {
                     first: count
                     for first, count in sharing.items()

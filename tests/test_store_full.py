@@ -115,7 +115,9 @@ async def test_low_disk_refuses_new_events_keeps_delivering_and_recovers_at_once
             NewEvent(
                 "web",
                 "segment",
-                b'{"p":"' + b"x" * 2000 + b'"}',
+                # Each its own object: a block holds a message object once however many
+                # of its deliveries it serves.
+                b'{"p":"%s"}' % (b"x" * 2000),
                 now,
                 f"u:{i}",
                 deliveries,

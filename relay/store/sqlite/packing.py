@@ -15,6 +15,11 @@ hardly shrinks, but with a dictionary of what messages look like it takes a sixt
   message as it came (JSON starts with `{`, never with zstd's magic number). So rows written
   before packing, or whose message did not shrink, read back as they are, and each row reads
   back with the dictionary it was written with.
+- A request's messages are packed together, as a block (`pack_block`): one zstd frame for
+  its deliveries (up to rows.BLOCK_DELIVERIES), each message in it once however many of them
+  share it. Packed alone, a message of 340 bytes took 1.2 µs and 73 bytes, most of the time
+  zstd's set-up for each call; in a block of 100, 0.23 µs and 31 bytes. A block starts with
+  `BLOCK` (a zero byte), never the start of a message or frame.
 - A dictionary records the first delivery id packed with it. Once no queued delivery is
   older than the next dictionary's first id, no row can name it, and it is deleted (see
   `unused`): a long-running store keeps a few dictionaries, not one per million messages.
@@ -22,12 +27,18 @@ hardly shrinks, but with a dictionary of what messages look like it takes a sixt
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
 import zstandard
 
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+
+# The first byte of a block (Packer.pack_block). After it, packed as a message is: the count
+# of its entries (4 bytes, little-endian), where each entry's message starts and how long it
+# is (4 + 4 bytes each), then the messages, each once.
+BLOCK: Final = b"\x00"
 
 # Messages a dictionary is trained on, and the dictionary's size: 5,000 and 16 KB already
 # packed the messages of scripts/bench_memory.py from 350 bytes to 57; twice that size
@@ -121,6 +132,46 @@ class Packer:
         self.packed += 1
         packed = compressor.compress(message)
         return packed if len(packed) < len(message) else message
+
+    def pack_block(self, entries: Sequence[bytes]) -> bytes:
+        """`entries`, one message each (the same object any number of times), packed as one
+        block; `unpack_shared` gives them back in order."""
+        spans: dict[int, tuple[int, int]] = {}  # by id(): the object, not its bytes
+        header: list[int] = [len(entries)]
+        unique: list[bytes] = []
+        end = 0
+        for message in entries:
+            span = spans.get(id(message))
+            if span is None:
+                span = spans[id(message)] = (end, len(message))
+                unique.append(message)
+                end += len(message)
+            header += span
+        plain = struct.pack(f"<{len(header)}I", *header) + b"".join(unique)
+        compressor = self._compressor
+        if compressor is None or self.packed >= RETRAIN_AFTER:
+            room = SAMPLES - len(self._samples)
+            if room > 0:
+                self._samples += unique[:room]
+            if compressor is None:
+                return BLOCK + plain
+        self.packed += len(unique)
+        packed = compressor.compress(plain)
+        return BLOCK + (packed if len(packed) < len(plain) else plain)
+
+    def unpack_shared(self, stored: bytes, deliveries: int) -> list[bytes]:
+        """The message of each of the `deliveries` that a row of `shared` serves: a block's
+        entries, or (as stores wrote before blocks) one message for all of them."""
+        if stored[:1] != BLOCK:
+            return [self.unpack(stored)] * deliveries
+        plain = self.unpack(stored[1:])
+        (count,) = struct.unpack_from("<I", plain)
+        spans = struct.unpack_from(f"<{2 * count}I", plain, 4)
+        base = 4 + 8 * count
+        return [
+            plain[base + start : base + start + length]
+            for start, length in zip(spans[::2], spans[1::2], strict=True)
+        ]
 
     def unpack(self, stored: bytes) -> bytes:
         if stored[:4] != ZSTD_MAGIC:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from relay.codec import decode
@@ -17,12 +17,56 @@ from relay.store.base import (
     Delivery,
     EventTuple,
 )
-from relay.store.sqlite.schema import DEAD, PENDING, STATES, message_of
+from relay.store.sqlite.packing import Packer
+from relay.store.sqlite.schema import DEAD, PENDING, STATES, shared_of
 
 T = TypeVar("T")
 
 # id, ordering key, attempts, created at, source, kind, message JSON
 LeasedRow = tuple[int, str, int, float, str, str, bytes]
+
+
+# Blocks kept unpacked by read_messages, the most recently read: a lease of a few deliveries
+# of a large block reads the rest of it at the next lease.
+UNPACKED_BLOCKS = 8
+
+
+def read_messages(
+    conn: sqlite3.Connection,
+    stored: Sequence[tuple[int, bytes, int | None]],
+    packer: Packer,
+    unpacked: dict[int, list[bytes]],
+) -> list[bytes]:
+    """The message of each delivery, from its id, its row's `message` and the id of the
+    `shared` row it reads (shared_of): each shared row read and unpacked once, and kept in
+    `unpacked` (by id) for the next reads. A shared row never changes, and its id is never
+    used again while the store is open: keep `unpacked` no longer than that, and empty it
+    when a transaction is rolled back."""
+    blocks: dict[int, list[bytes]] = {}
+    missing: set[int] = set()
+    for _, _, shared in stored:
+        if shared is not None and shared not in blocks:
+            block = unpacked.get(shared)
+            if block is None:
+                missing.add(shared)
+            else:
+                blocks[shared] = block
+    for chunk in in_chunks(sorted(missing)):
+        for shared, deliveries, data in conn.execute(
+            f"SELECT id, deliveries, message FROM shared WHERE id IN ({placeholders(len(chunk))})",
+            chunk,
+        ):
+            blocks[shared] = packer.unpack_shared(data, deliveries)
+    for shared, block in blocks.items():  # the most recent last
+        unpacked.pop(shared, None)
+        unpacked[shared] = block
+    while len(unpacked) > UNPACKED_BLOCKS:
+        del unpacked[next(iter(unpacked))]
+    unpack = packer.unpack
+    return [
+        unpack(message) if shared is None else blocks[shared][did - shared]
+        for did, message, shared in stored
+    ]
 
 
 def leased_deliveries(destination: str, rows: Sequence[LeasedRow]) -> list[Delivery]:
@@ -104,9 +148,21 @@ def rejected_where(
 
 
 def dead_letter_rows(
-    conn: sqlite3.Connection, which: DeadLetterFilter, unpack: Callable[[bytes], bytes]
+    conn: sqlite3.Connection,
+    which: DeadLetterFilter,
+    packer: Packer,
+    unpacked: dict[int, list[bytes]],
 ) -> list[DeadLetter]:
     where, args = dead_where(which)
+    found = conn.execute(
+        f"SELECT id, {_name_of('destination')}, {_name_of('source')}, {_name_of('kind')},"
+        f" last_error, attempts, created_at, next_at, history, message, {shared_of('queue')}"
+        f" FROM queue WHERE {where}",
+        args,
+    ).fetchall()
+    messages = iter(
+        read_messages(conn, [(row[0], row[9], row[10]) for row in found], packer, unpacked)
+    )
     out = [
         DeadLetter(
             did,
@@ -116,18 +172,11 @@ def dead_letter_rows(
             reason,
             attempts,
             created_at,
-            decode(unpack(message)),
+            decode(next(messages)),
             dead_at,
             tuple((at, error) for at, error in decode(history or b"[]")),
         )
-        for did, dest, source, kind, reason, attempts, created_at, message, dead_at, history in (
-            conn.execute(
-                f"SELECT id, {_name_of('destination')}, {_name_of('source')},"
-                f" {_name_of('kind')}, last_error, attempts, created_at, {message_of('queue')},"
-                f" next_at, history FROM queue WHERE {where}",
-                args,
-            )
-        )
+        for did, dest, source, kind, reason, attempts, created_at, dead_at, history, _, _ in found
     ]
     left = None if which.limit is None else which.limit - len(out)
     if which.takes_rejected() and (left is None or left > 0):
@@ -179,6 +228,10 @@ _ROWS_PER_STATEMENT = 64
 # SQLite 3.32; builds of Python 3.11 and later are linked with newer ones).
 _MAX_PARAMETERS = 2000
 
+# Deliveries whose messages are packed as one block (packing.py), at most: a request of up
+# to 500 KB (the Tracking API's limit) is one block or a few.
+BLOCK_DELIVERIES = 512
+
 _INSERT_DELIVERIES = (
     "INSERT INTO queue (id, destination, ordering_key, next_at, created_at, source, kind,"
     " message, state) VALUES "
@@ -197,7 +250,7 @@ def _fixed_chunks(items: Sequence[T], largest: int = _ROWS_PER_STATEMENT) -> Ite
 
 
 @functools.cache
-def _shared_insert(events: int, destinations: int) -> str:
+def _alike_insert(events: int, destinations: int) -> str:
     """An INSERT of `events` events routed alike: ?1 source, ?2 kind, ?3 received at,
     ?4... the destinations, then id, ordering key and message for each row."""
     rows = []
@@ -218,16 +271,20 @@ def insert_deliveries(
     conn: sqlite3.Connection,
     events: Sequence[EventTuple],
     next_id: int,
-    pack: Callable[[bytes], bytes],
+    packer: Packer,
     codes: Mapping[str, int],
 ) -> tuple[int, bool]:
-    """Insert a delivery row for each destination of each event, its message packed (see
-    packing.py) and its names as their numbers in `codes`; returns the next id, and whether
-    a message was shared: an event routed as it came to two destinations or more has its
-    message stored once, in `shared` (see schema.py)."""
+    """Insert a delivery row for each destination of each event, with its names as their
+    numbers in `codes`; returns the next id, and whether a block was written.
+
+    The messages of the request's deliveries are packed together, as blocks of up to
+    BLOCK_DELIVERIES in `shared` (see schema.py); an event routed as it came to several
+    destinations is in its block once. The one delivery of a request of one keeps its
+    message, packed, in its row."""
     if not events:
         return next_id, False
-    shared: list[tuple[int, int, bytes]] = []
+    first = next_id
+    entries: list[bytes] = []
     source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
     if deliveries and all(
         e[5] is deliveries and e[3] == received_at and e[0] == source and e[1] == kind
@@ -237,56 +294,57 @@ def insert_deliveries(
         # the rows share is bound once, not once a row.
         destinations = [codes[d] for d, _ in deliveries]
         routed = [r for _, r in deliveries]
-        sharing = routed.count(None) >= 2
+        lone = len(events) == 1 and len(routed) == 1
         largest = _ROWS_PER_STATEMENT
         while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
             largest //= 2
         for chunk in _fixed_chunks(events, largest):
             values: list[Any] = [codes[source], codes[kind], received_at, *destinations]
-            for e in chunk:
-                if sharing:
-                    shared.append((next_id, len(routed), pack(e[2])))
-                for message in routed:
-                    if message is not None:
-                        message = pack(message)
-                    elif sharing:
-                        message = b""
-                    else:
-                        message = pack(e[2])
-                    values += (next_id, e[4], message)
-                    next_id += 1
-            conn.execute(_shared_insert(len(chunk), len(destinations)), values)
+            if routed == [None]:
+                entries += [e[2] for e in chunk]
+                start, next_id = next_id, next_id + len(chunk)
+                values += itertools.chain.from_iterable(
+                    zip(range(start, next_id), [e[4] for e in chunk], itertools.repeat(b""))
+                )
+            else:
+                for e in chunk:
+                    for message in routed:
+                        entries.append(e[2] if message is None else message)
+                        values += (next_id, e[4], b"")
+                        next_id += 1
+            if lone:
+                values[-1] = packer.pack(entries[0])
+            conn.execute(_alike_insert(len(chunk), len(destinations)), values)
     else:
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for e in events:
-            own: bytes | None = None
-            if sum(message is None for _, message in e[5]) >= 2:
-                shared.append((next_id, len(e[5]), pack(e[2])))
-                own = b""
             for destination, message in e[5]:
-                if message is not None:
-                    message = pack(message)
-                else:
-                    message = own if own is not None else pack(e[2])
+                entries.append(e[2] if message is None else message)
                 rows.append(
-                    (
-                        next_id,
-                        codes[destination],
-                        e[4],
-                        e[3],
-                        e[3],
-                        codes[e[0]],
-                        codes[e[1]],
-                        message,
-                    )
+                    (next_id, codes[destination], e[4], e[3], e[3], codes[e[0]], codes[e[1]])
                 )
                 next_id += 1
-        insert_rows(conn, _INSERT_DELIVERIES, f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})", rows)
-    if shared:
+        lone = len(rows) == 1
+        own = packer.pack(entries[0]) if lone else b""
         insert_rows(
-            conn, "INSERT INTO shared (id, deliveries, message) VALUES ", "(?, ?, ?)", shared
+            conn,
+            _INSERT_DELIVERIES,
+            f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})",
+            [(*row, own) for row in rows],
         )
-    return next_id, bool(shared)
+    if lone:
+        return next_id, False
+    insert_rows(
+        conn,
+        "INSERT INTO shared (id, deliveries, message) VALUES ",
+        "(?, ?, ?)",
+        [
+            (first + at, len(part), packer.pack_block(part))
+            for at in range(0, len(entries), BLOCK_DELIVERIES)
+            for part in (entries[at : at + BLOCK_DELIVERIES],)
+        ],
+    )
+    return next_id, True
 
 
 def insert_rows(

@@ -9,16 +9,17 @@ import sqlite3
 
 log = logging.getLogger("relay.store")
 
-# One row per (message, destination): the message travels with its delivery, so the hot
-# path writes two rows per event (delivery and dedup id) and leasing needs no join. Names
-# (destinations, sources, kinds) are stored as numbers from `names`, and states as numbers
-# (STATES): 40 bytes less per delivery, in its row and in the queue's index.
+# One row per (message, destination). Names (destinations, sources, kinds) are stored as
+# numbers from `names`, and states as numbers (STATES): 40 bytes less per delivery, in its
+# row and in the queue's index.
 #
-# An event routed as it came to two destinations or more is stored once, in `shared`: its
-# deliveries' ids follow one another (an event's deliveries are inserted together), the
-# first is the shared row's id, and each of those deliveries has an empty `message`. A
-# delivery finds its event's message as the shared row with the greatest id not above its
-# own (message_of), and the shared row goes with the last delivery that needs it.
+# The messages of deliveries inserted together (a statement's rows: up to 64) are packed
+# together, as a block (packing.Packer.pack_block) in `shared`: the block's id is the first
+# of their ids, which follow one another, and each of them has an empty `message`. A
+# delivery finds its message as its entry in the shared row with the greatest id not above
+# its own (shared_of), and the row goes with the last delivery that needs it. Stores before
+# blocks wrote there, for an event routed as it came to several destinations, one message
+# that all its deliveries read (Packer.unpack_shared reads either).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (
     id   INTEGER PRIMARY KEY,
@@ -83,19 +84,18 @@ PENDING, LEASED, DEAD = 0, 1, 2
 STATES = {PENDING: "pending", LEASED: "leased", DEAD: "dead"}
 
 
-def message_of(row: str) -> str:
-    """SQL for the message of the `queue` row named `row`: its own, or its event's in
-    `shared`."""
+def shared_of(row: str) -> str:
+    """SQL for the id of the `shared` row that holds the message of the `queue` row named
+    `row`, or NULL when that row holds its own."""
     return (
         f"CASE {row}.message WHEN x'' THEN"
-        f" (SELECT message FROM shared WHERE id <= {row}.id ORDER BY id DESC LIMIT 1)"
-        f" ELSE {row}.message END"
+        f" (SELECT id FROM shared WHERE id <= {row}.id ORDER BY id DESC LIMIT 1) END"
     )
 
 
-# What deleting deliveries may leave unneeded: the shared messages that the deliveries with
-# the ids in the JSON array ?1 read (one index step each), once no delivery of their event
-# is left. (Over a range of ids instead, one old retry in a lease made it a scan.)
+# What deleting deliveries may leave unneeded: the shared rows that the deliveries with the
+# ids in the JSON array ?1 read (one index step each), once no delivery they serve is
+# left. (Over a range of ids instead, one old retry in a lease made it a scan.)
 UNSHARED = """
 DELETE FROM shared
 WHERE id IN (
@@ -109,7 +109,8 @@ WHERE id IN (
 # A delivery may be leased when it is due and no earlier delivery of the same person is
 # held (leased, or waiting for a retry): a retry holds back that person only.
 LEASE = f"""
-SELECT id, ordering_key, attempts, created_at, source, kind, {message_of("d")} FROM queue AS d
+SELECT id, ordering_key, attempts, created_at, source, kind, message, {shared_of("d")}
+FROM queue AS d
 WHERE d.destination = :dest AND d.state = {PENDING} AND d.next_at <= :now
   AND NOT EXISTS (
       SELECT 1 FROM held AS h

@@ -67,6 +67,7 @@ from relay.store.sqlite.rows import (
     leased_deliveries,
     oldest_queued,
     placeholders,
+    read_messages,
     rejected_where,
 )
 from relay.store.sqlite.schema import (
@@ -170,6 +171,7 @@ class SqliteStore:
         self._next_delivery_id = 1
         self._pending = 0
         self._sharing = False  # some message is shared (see _resync)
+        self._unpacked: dict[int, list[bytes]] = {}  # blocks read lately (read_messages)
         self._packer = Packer()
         # The numbers names (destinations, sources, kinds) are stored as, both ways (main
         # writer's thread; a name is added in a commit of its own before rows use it).
@@ -282,7 +284,14 @@ class SqliteStore:
         return conn
 
     def _resync(self, conn: sqlite3.Connection) -> None:
-        self._next_delivery_id = (conn.execute("SELECT max(id) FROM queue").fetchone()[0] or 0) + 1
+        # A block read in a transaction rolled back may be gone, and its id taken again.
+        self._unpacked.clear()
+        # Past every shared row's ids too: a block whose last deliveries are gone still
+        # serves the ones before them, and a new delivery must not take one of its ids.
+        self._next_delivery_id = 1 + max(
+            conn.execute("SELECT max(id) FROM queue").fetchone()[0] or 0,
+            conn.execute("SELECT max(id + deliveries) - 1 FROM shared").fetchone()[0] or 0,
+        )
         # Whether any message is shared, so that a store with none skips looking for them.
         self._sharing = conn.execute("SELECT 1 FROM shared LIMIT 1").fetchone() is not None
         self._pending = conn.execute(
@@ -656,7 +665,7 @@ class SqliteStore:
                 stored.append(e)
                 outcomes.append("queued")
         delivery_id, shared = insert_deliveries(
-            conn, stored, self._next_delivery_id, self._packer.pack, self._codes
+            conn, stored, self._next_delivery_id, self._packer, self._codes
         )
         self._sharing = self._sharing or shared
         if rejected:
@@ -765,11 +774,15 @@ class SqliteStore:
         code = self._codes.get(destination)
         if code is None:
             return []  # nothing was ever queued for it
-        unpack, names = self._packer.unpack, self._names
+        found = conn.execute(LEASE, {"dest": code, "now": now, "limit": limit}).fetchall()
+        messages = read_messages(
+            conn, [(r[0], r[6], r[7]) for r in found], self._packer, self._unpacked
+        )
+        names = self._names
         rows: list[LeasedRow] = [
-            (did, okey, attempts, created_at, names[source], names[kind], unpack(message))
-            for did, okey, attempts, created_at, source, kind, message in conn.execute(
-                LEASE, {"dest": code, "now": now, "limit": limit}
+            (did, okey, attempts, created_at, names[source], names[kind], message)
+            for (did, okey, attempts, created_at, source, kind, _, _), message in zip(
+                found, messages, strict=True
             )
         ]
         # A statement per chunk of ids rather than one per row: 1.96 → 1.39 µs a row for the
@@ -850,7 +863,9 @@ class SqliteStore:
             self._pending -= cur.rowcount
 
     async def dead_letters(self, which: DeadLetterFilter = EVERY_DEAD_LETTER) -> list[DeadLetter]:
-        return await self._submit(lambda conn: dead_letter_rows(conn, which, self._packer.unpack))
+        return await self._submit(
+            lambda conn: dead_letter_rows(conn, which, self._packer, self._unpacked)
+        )
 
     async def replay(self, which: DeadLetterFilter, now: float) -> int:
         def run(conn: sqlite3.Connection) -> int:
