@@ -111,6 +111,7 @@ def test_a_block_gives_back_every_entry_and_holds_a_message_once_however_often_i
     assert unpacked.startswith(BLOCK) and unpacked[1:5] != ZSTD_MAGIC
     assert [unpacked.count(m) for m in (one, two, three)] == [1, 1, 1]
     assert Packer().unpack_shared(unpacked, len(entries)) == entries
+    assert Packer().pack_block(entries, repeats=False).count(one) == 3
 
 
 def test_a_block_takes_less_than_half_the_room_of_its_messages_packed_one_by_one() -> None:
@@ -146,8 +147,10 @@ def test_any_block_reads_back_exactly(messages: list[bytes], picks: list[int]) -
     # Entries that are the same object, as an event routed as it came to several
     # destinations gives, and equal ones that are not.
     entries = [messages[i % len(messages)] for i in picks] + [bytes(messages[0])]
-    for packer in (_PACKER, Packer()):
-        assert packer.unpack_shared(packer.pack_block(entries), len(entries)) == entries
+    for packer, repeats in itertools.product((_PACKER, Packer()), (True, False)):
+        # Told that no object repeats, a block holds each entry's message on its own.
+        packed = packer.pack_block(entries, repeats)
+        assert packer.unpack_shared(packed, len(entries)) == entries
 
 
 @settings(max_examples=300, deadline=None)

@@ -295,6 +295,7 @@ def insert_deliveries(
         destinations = [codes[d] for d, _ in deliveries]
         routed = [r for _, r in deliveries]
         lone = len(events) == 1 and len(routed) == 1
+        repeats = len(routed) > 1  # else each entry is an event's own message
         largest = _ROWS_PER_STATEMENT
         while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
             largest //= 2
@@ -325,6 +326,7 @@ def insert_deliveries(
                 )
                 next_id += 1
         lone = len(rows) == 1
+        repeats = True
         own = packer.pack(entries[0]) if lone else b""
         insert_rows(
             conn,
@@ -339,7 +341,7 @@ def insert_deliveries(
         "INSERT INTO shared (id, deliveries, message) VALUES ",
         "(?, ?, ?)",
         [
-            (first + at, len(part), packer.pack_block(part))
+            (first + at, len(part), packer.pack_block(part, repeats))
             for at in range(0, len(entries), BLOCK_DELIVERIES)
             for part in (entries[at : at + BLOCK_DELIVERIES],)
         ],
