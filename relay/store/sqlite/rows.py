@@ -334,7 +334,7 @@ def insert_deliveries(
             f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})",
             [(*row, own) for row in rows],
         )
-    if lone:
+    if lone or not entries:  # one delivery, or none (events routed nowhere)
         return next_id, False
     insert_rows(
         conn,

@@ -13,8 +13,8 @@ log = logging.getLogger("relay.store")
 # numbers from `names`, and states as numbers (STATES): 40 bytes less per delivery, in its
 # row and in the queue's index.
 #
-# The messages of deliveries inserted together (a statement's rows: up to 64) are packed
-# together, as a block (packing.Packer.pack_block) in `shared`: the block's id is the first
+# The messages of a request's deliveries are packed together, as blocks of up to
+# rows.BLOCK_DELIVERIES (packing.Packer.pack_block) in `shared`: a block's id is the first
 # of their ids, which follow one another, and each of them has an empty `message`. A
 # delivery finds its message as its entry in the shared row with the greatest id not above
 # its own (shared_of), and the row goes with the last delivery that needs it. Stores before
