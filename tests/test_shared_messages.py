@@ -1,8 +1,8 @@
-"""The messages of deliveries inserted together are stored as one block in the SQLite store
-(their deliveries point at it), an event routed as it came to two destinations or more in it
-once; every delivery reads its own message back, through dead letters and restarts, and the
-block is deleted with the last delivery that needs it. Shared rows of one message, as stores
-wrote before blocks, still serve every delivery they name."""
+"""The messages of a request's deliveries are stored together, in blocks, in the SQLite store
+(the deliveries point at them), an event routed as it came to two destinations or more once
+in its block; every delivery reads its own message back, through dead letters and restarts,
+and a block is deleted with the last delivery that needs it. Shared rows of one message, as
+stores wrote before blocks, still serve every delivery they name."""
 
 from __future__ import annotations
 
