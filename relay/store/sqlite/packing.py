@@ -139,15 +139,22 @@ class Packer:
         self._decompressors.pop(dict_id, None)
 
     def pack(self, message: bytes) -> bytes:
+        return self._packed(message, (message,))
+
+    def _packed(self, data: bytes, messages: Sequence[bytes]) -> bytes:
+        """`data`, which holds `messages`, compressed with the current dictionary (as it is,
+        without one, or where it would not shrink); `messages` are sampled for the next
+        dictionary while one is wanted, and counted as packed with the current one."""
         compressor = self._compressor
         if compressor is None or self.packed >= RETRAIN_AFTER:
-            if len(self._samples) < SAMPLES:
-                self._samples.append(message)
+            room = SAMPLES - len(self._samples)
+            if room > 0:
+                self._samples += messages[:room]
             if compressor is None:
-                return message
-        self.packed += 1
-        packed = compressor.compress(message)
-        return packed if len(packed) < len(message) else message
+                return data
+        self.packed += len(messages)
+        packed = compressor.compress(data)
+        return packed if len(packed) < len(data) else data
 
     def pack_block(self, entries: Sequence[bytes], repeats: bool = True) -> bytes:
         """`entries`, one message each, packed as one block; `unpack_shared` gives them
@@ -162,17 +169,7 @@ class Packer:
             picks = _words([numbers.setdefault(id(message), len(numbers)) for message in entries])
             unique = list({id(message): message for message in entries}.values())
         head = _COUNTS.pack(count, len(unique)) + _words(map(len, unique)) + picks
-        plain = head + b"".join(unique)
-        compressor = self._compressor
-        if compressor is None or self.packed >= RETRAIN_AFTER:
-            room = SAMPLES - len(self._samples)
-            if room > 0:
-                self._samples += unique[:room]
-            if compressor is None:
-                return BLOCK + plain
-        self.packed += len(unique)
-        packed = compressor.compress(plain)
-        return BLOCK + (packed if len(packed) < len(plain) else plain)
+        return BLOCK + self._packed(head + b"".join(unique), unique)
 
     def unpack_shared(self, stored: bytes, deliveries: int) -> list[bytes]:
         """The message of each of the `deliveries` that a row of `shared` serves: a block's
