@@ -15,7 +15,13 @@ from typing import Any
 from relay.codec import encode
 from relay.metrics import Metrics
 from relay.routing import Routes, RoutingResult
-from relay.store.base import EnqueueOutcome, EventTuple, NewDelivery, Store
+from relay.store.base import (
+    EnqueueOutcome,
+    EventTuple,
+    NewDelivery,
+    Store,
+    distinct_deliveries,
+)
 from relay.vocab import segment as seg
 
 
@@ -148,8 +154,7 @@ class Intake:
         queued = outcomes.count("queued")
         if queued == len(outcomes):  # the usual request: every event new and routed
             tally = {"queued": queued}
-            # Events routed alike share their deliveries: each is looked at once.
-            routed = {id(e[5]): e[5] for e in events}.values()
+            routed = distinct_deliveries(events)
             for deliveries in routed:
                 destinations.update(destination for destination, _ in deliveries)
             if not all(routed):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
@@ -43,6 +43,14 @@ class NewEvent(NamedTuple):
 EventTuple = tuple[
     str, str, bytes, float, str, tuple[tuple[str, bytes | None], ...], str | None, float, str | None
 ]
+
+
+def distinct_deliveries(
+    events: Sequence[EventTuple],
+) -> Collection[tuple[tuple[str, bytes | None], ...]]:
+    """Each tuple of deliveries among `events` once: events routed alike share one, so a
+    request's destinations are read once, not once an event."""
+    return {id(e[5]): e[5] for e in events}.values()
 
 
 # A named tuple rather than a frozen dataclass, which sets each field through

@@ -26,6 +26,7 @@ from relay.store.base import (
     EventTuple,
     Settlement,
     check_queue_room,
+    distinct_deliveries,
 )
 from relay.store.sqlite.dedup import (
     LOOKUPS_PREPARED,
@@ -611,8 +612,7 @@ class SqliteStore:
 
     def _unknown_names(self, events: Sequence[EventTuple]) -> set[str]:
         names = {e[0] for e in events} | {e[1] for e in events}
-        # Events routed alike share their deliveries: each tuple of them is read once.
-        for deliveries in {id(e[5]): e[5] for e in events}.values():
+        for deliveries in distinct_deliveries(events):
             names.update(destination for destination, _ in deliveries)
         return names.difference(self._codes)
 
