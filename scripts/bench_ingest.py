@@ -10,6 +10,10 @@ Customer.io destination's key is left unset, so the destination is paused and de
 stay queued: this measures ingestion. With `--destinations N`, every event is routed alike
 to N such workspaces.
 
+A second table gives the CPU each server's processes took an event (relay's: its own and its
+store's), the load's, and the share of the machine's cores left idle, over the same load:
+where the cores are all busy, the ratio is what the CPU an event allows.
+
     python scripts/bench_ingest.py [--seconds 10] [--concurrency 16] [--batch 100]
                                    [--destinations 1] [--client plain|aiohttp]
 """
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import benchlib
 from benchlib import CLIENTS, HOST
@@ -39,11 +44,13 @@ KINDS = ("identify", "track", "track", "track")
 
 
 async def load(
-    url: str, seconds: float, concurrency: int, batch: int, client: str
-) -> dict[str, float]:
+    url: str, seconds: float, concurrency: int, batch: int, client: str, pids: list[int]
+) -> dict[str, Any]:
     bodies = [benchlib.make_batch(batch, KINDS, uniform=True) for _ in range(64)]
-    result = await benchlib.closed_loop(url, bodies, seconds, concurrency, client)
+    with benchlib.cpu_meter(pids) as cpu:
+        result = await benchlib.closed_loop(url, bodies, seconds, concurrency, client)
     p50, p99, p999 = (benchlib.percentile(result.latencies, p) or 0.0 for p in (50, 99, 99.9))
+    events = result.requests * batch or 1
     return {
         "requests": result.requests,
         "events_per_s": result.requests * batch / (result.ended - result.started),
@@ -52,6 +59,9 @@ async def load(
         "p999_ms": p999 * 1000,
         "max_ms": max(result.latencies, default=0.0) * 1000,
         "failures": result.failures,
+        "server_us": None if cpu.server is None else cpu.server / events * 1e6,
+        "load_us": cpu.load / events * 1e6,
+        "idle": cpu.idle,
     }
 
 
@@ -75,15 +85,22 @@ async def main() -> None:
         await benchlib.wait_up(f"http://{HOST}:{port}/", bare)
         url = f"http://{HOST}:{port}/v1/batch"
         results["baseline"] = await load(
-            url, args.seconds, args.concurrency, args.batch, args.client
+            url, args.seconds, args.concurrency, args.batch, args.client, [bare.pid]
         )
     finally:
         benchlib.stop(bare)
 
     with tempfile.TemporaryDirectory(prefix="relay-bench-ingest-") as tmp:
         async with benchlib.serve_relay(Path(tmp), destinations=args.destinations) as relay:
+            # relay's process and its store's.
+            pids = [relay.proc.pid, *benchlib.children(relay.proc.pid)]
             results["relay"] = await load(
-                f"{relay.url}/v1/batch", args.seconds, args.concurrency, args.batch, args.client
+                f"{relay.url}/v1/batch",
+                args.seconds,
+                args.concurrency,
+                args.batch,
+                args.client,
+                pids,
             )
 
     print(
@@ -95,6 +112,11 @@ async def main() -> None:
             f"{name:<10}{r['events_per_s']:>12.0f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
             f"{r['p999_ms']:>10.1f}{r['max_ms']:>9.1f}{r['requests']:>10.0f}{r['failures']:>9.0f}"
         )
+    print(f"\n{'server':<10}{'CPU µs an event: server':>25}{'load':>7}{'cores idle':>12}")
+    for name, r in results.items():
+        server = "" if r["server_us"] is None else f"{r['server_us']:.2f}"
+        idle = "" if r["idle"] is None else f"{r['idle'] * 100:.0f} %"
+        print(f"{name:<10}{server:>25}{r['load_us']:>7.2f}{idle:>12}")
     ratio = results["relay"]["events_per_s"] / results["baseline"]["events_per_s"]
     print(f"ratio relay/baseline: {ratio:.2f}")
 

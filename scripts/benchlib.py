@@ -4,8 +4,9 @@ Free loopback ports; Segment `/v1/batch` bodies to load relay with, and a closed
 them; relay's config for a run (Segment in, one Customer.io destination out, SQLite), relay
 and a stand-in Customer.io each started in a process of its own (`python` run in this
 checkout, with PYTHONPATH starting at it, so that this checkout is what is measured), waited
-for and stopped; the resident memory of a process and its descendants from /proc; the
-busiest second of a list of arrivals, percentiles, samples from a /metrics page.
+for and stopped; the resident memory of a process and its descendants, and the CPU that
+processes and the machine's cores take, from /proc; the busiest second of a list of arrivals,
+percentiles, samples from a /metrics page.
 
 The scripts are run as `python scripts/NAME.py`, which puts scripts/ on sys.path: they
 `import benchlib`. Neither relay nor its tests use it.
@@ -352,6 +353,55 @@ def children(pid: int) -> list[int]:
             with open(f"/proc/{pid}/task/{task}/children") as fh:
                 found.extend(int(c) for c in fh.read().split())
     return found + [g for c in found for g in children(c)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, every thread) that `pid` has taken so far, 0 once it is
+    gone; from /proc (Linux)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as fh:
+        # Fields 14 and 15 (utime, stime), counted after the command's closing parenthesis.
+        fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def idle_ticks() -> tuple[int, int]:
+    """(idle, all) clock ticks of every core since boot, from /proc/stat (Linux); waiting for
+    the disk counts as idle. (0, 0) where there is no /proc/stat."""
+    with contextlib.suppress(OSError), open("/proc/stat") as fh:
+        ticks = [int(t) for t in fh.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks[:8])  # idle, iowait; user … steal
+    return 0, 0
+
+
+@dataclass
+class CpuUse:
+    """CPU taken over a stretch of time: by the processes measured, by this one (the load it
+    sends), and the share of the machine's cores left idle (see cpu_meter)."""
+
+    server: float | None = None  # seconds; None where /proc cannot tell
+    load: float = 0.0  # seconds
+    idle: float | None = None  # 0 to 1; None where /proc/stat cannot tell
+
+
+@contextlib.contextmanager
+def cpu_meter(pids: Sequence[int]) -> Iterator[CpuUse]:
+    """What `pids` (each with the threads of its own) and this process take while the block
+    runs, filled in when it ends."""
+    use = CpuUse()
+    server = sum(cpu_seconds(p) for p in pids)
+    ours = os.times()
+    idle, every = idle_ticks()
+    try:
+        yield use
+    finally:
+        if os.path.exists("/proc/self/stat"):
+            use.server = sum(cpu_seconds(p) for p in pids) - server
+        now = os.times()
+        use.load = now.user + now.system - ours.user - ours.system
+        idle_after, every_after = idle_ticks()
+        if every_after > every:
+            use.idle = (idle_after - idle) / (every_after - every)
 
 
 def rss(pid: int, field: str = "VmRSS") -> int:
