@@ -336,6 +336,23 @@ async def test_events_routed_alike_are_stored_with_what_they_share_bound_once(
         assert other == [(2 + 2 * i, f"u:u{i}", "Renamed", at) for i in range(150)]
 
 
+async def test_events_routed_alike_from_requests_received_apart_keep_each_its_own_time(
+    tmp_path: Path,
+) -> None:
+    # The requests that relay's process stores by one call each have a time of their own.
+    async with opened(store_at(tmp_path)) as store:
+        at = time.time()
+        main = (NewDelivery("customerio.main"),)
+        times = [at] * 40 + [at + 1] * 70 + [at] * 3 + [at + 2]
+        events = [_routed(i, main, t) for i, t in enumerate(times)]
+        assert await store.enqueue(events) == ["queued"] * len(events)
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            rows = conn.execute("SELECT next_at, created_at FROM queue ORDER BY id").fetchall()
+        assert rows == [(t, t) for t in times]
+        leased = await _leased(store, "customerio.main")
+        assert leased == [(1 + i, f"u:u{i}", f"E{i}", t) for i, t in enumerate(times)]
+
+
 async def test_events_routed_differently_in_one_request_are_all_stored(tmp_path: Path) -> None:
     async with opened(store_at(tmp_path)) as store:
         at = time.time()

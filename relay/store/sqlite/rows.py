@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -277,21 +278,19 @@ def insert_deliveries(
     """Insert a delivery row for each destination of each event, with its names as their
     numbers in `codes`; returns the next id, and whether a block was written.
 
-    The messages of the request's deliveries are packed together, as blocks of up to
+    The messages of the call's deliveries are packed together, as blocks of up to
     BLOCK_DELIVERIES in `shared` (see schema.py); an event routed as it came to several
-    destinations is in its block once. The one delivery of a request of one keeps its
-    message, packed, in its row."""
+    destinations is in its block once. The one delivery of a call of one keeps its message,
+    packed, in its row."""
     if not events:
         return next_id, False
     first = next_id
     entries: list[bytes] = []
-    source, kind, _, received_at, _, deliveries, _, _, _ = events[0]
-    if deliveries and all(
-        e[5] is deliveries and e[3] == received_at and e[0] == source and e[1] == kind
-        for e in events
-    ):
-        # The usual request: every event from one source at one time, routed alike. What
-        # the rows share is bound once, not once a row.
+    source, kind, _, _, _, deliveries, _, _, _ = events[0]
+    if deliveries and all(e[5] is deliveries and e[0] == source and e[1] == kind for e in events):
+        # The usual call: every event from one source, routed alike, its requests each
+        # received at one time. What the rows share is bound once a statement, not once a
+        # row; a statement's rows are of one time.
         destinations = [codes[d] for d, _ in deliveries]
         routed = [r for _, r in deliveries]
         lone = len(events) == 1 and len(routed) == 1
@@ -299,8 +298,13 @@ def insert_deliveries(
         largest = _ROWS_PER_STATEMENT
         while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
             largest //= 2
-        for chunk in _fixed_chunks(events, largest):
-            values: list[Any] = [codes[source], codes[kind], received_at, *destinations]
+        chunks = (
+            (at, chunk)
+            for at, run in itertools.groupby(events, operator.itemgetter(3))
+            for chunk in _fixed_chunks(list(run), largest)
+        )
+        for at, chunk in chunks:
+            values: list[Any] = [codes[source], codes[kind], at, *destinations]
             if routed == [None]:
                 entries += [e[2] for e in chunk]
                 start, next_id = next_id, next_id + len(chunk)
