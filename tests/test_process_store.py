@@ -4,13 +4,18 @@ again, and what was acknowledged before survives it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from relay.errors import StoreUnavailable
+from relay.errors import StoreFull, StoreUnavailable
+from relay.store.base import NewDelivery, NewEvent
 from relay.store.process import ProcessStore
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
 from tests.helpers import post, sent_ops, track
@@ -77,3 +82,89 @@ async def test_a_call_that_meets_the_broken_connection_is_a_503_not_a_500(
         assert asyncio.get_running_loop().time() < deadline, "the store never came back"
         await asyncio.sleep(0.2)
     assert store._proc is not None and store._proc.pid != first_child
+
+
+def _event(dedup_id: str, rejected: str | None = None) -> NewEvent:
+    now = time.time()
+    return NewEvent(
+        "web",
+        "segment",
+        f'{{"type":"track","userId":"u1","event":"{dedup_id}"}}'.encode(),
+        now,
+        "u:u1",
+        (NewDelivery("customerio.main"),),
+        dedup_id,
+        now + 3600,
+        rejected,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _opened(store: ProcessStore) -> AsyncIterator[list[tuple[str, int]]]:
+    """The store, opened, with the list of enqueue calls it sends (and their sizes)."""
+    await store.open()
+    calls: list[tuple[str, int]] = []
+    call = store._call
+
+    async def counted(method: str, *args: Any) -> Any:
+        if method == "enqueue":
+            calls.append((method, len(args[0])))
+        return await call(method, *args)
+
+    store._call = counted  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        await store.close()
+
+
+async def test_requests_of_one_turn_of_the_loop_are_stored_by_one_call(tmp_path: Path) -> None:
+    store = ProcessStore(str(tmp_path / "relay.db"))
+    async with _opened(store) as calls:
+        first = [_event("a"), _event("b")]
+        second = [_event("c"), _event("a")]  # "a" again: a repeat of the first request's
+        third = [_event("d", rejected="not a Segment message")]
+        outcomes = await asyncio.gather(
+            store.enqueue(first), store.enqueue(second), store.enqueue(third)
+        )
+        assert outcomes == [["queued", "queued"], ["queued", "duplicate"], ["rejected"]]
+        assert calls == [("enqueue", 5)]
+        # A request of a later turn goes by a call of its own.
+        assert await store.enqueue([_event("e"), _event("b")]) == ["queued", "duplicate"]
+        assert calls == [("enqueue", 5), ("enqueue", 2)]
+        counts = await store.counts()
+        assert counts["customerio.main"]["pending"] == 4
+
+
+async def test_a_refused_call_refuses_each_of_its_requests_with_an_error_of_its_own(
+    tmp_path: Path,
+) -> None:
+    store = ProcessStore(str(tmp_path / "relay.db"), max_pending=3)
+    async with _opened(store) as calls:
+        refused = await asyncio.gather(
+            store.enqueue([_event("a"), _event("b")]),
+            store.enqueue([_event("c"), _event("d")]),
+            return_exceptions=True,
+        )
+        assert calls == [("enqueue", 4)]
+        assert all(isinstance(error, StoreFull) for error in refused)
+        assert refused[0] is not refused[1]
+        assert [error.retry_after for error in refused] == [30, 30]  # type: ignore[union-attr]
+        # Nothing of them was stored: each fits once sent again.
+        assert await store.enqueue([_event("a"), _event("b")]) == ["queued", "queued"]
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_others_of_its_call_answered(
+    tmp_path: Path,
+) -> None:
+    store = ProcessStore(str(tmp_path / "relay.db"))
+    async with _opened(store) as calls:
+        gone = asyncio.create_task(store.enqueue([_event("a")]))
+        kept = asyncio.create_task(store.enqueue([_event("b")]))
+        await asyncio.sleep(0)  # both gathered, and their call on its way
+        gone.cancel()
+        assert await kept == ["queued"]
+        assert gone.cancelled()
+        assert calls == [("enqueue", 2)]
+        # What was sent is stored: an acknowledgement may only be lost, never an event.
+        assert await store.enqueue([_event("a")]) == ["duplicate"]

@@ -4,7 +4,8 @@ Everything the store does (checking dedup ids, building rows, SQLite's own work,
 then runs on the other core, under a GIL of its own: in the relay's process it would compete
 with the event loop for one GIL, and every statement would wait for the loop to let go of it.
 The relay's process only sends each call over a socket and reads the answer back (and
-hashes the dedup ids of the events it sends: it is the less busy of the two).
+hashes the dedup ids of the events it sends: it is the less busy of the two). The requests
+it handles in one turn of its event loop are stored by one call (see ProcessStore.enqueue).
 
 The child is `python -m relay.store.process`, given one end of a socket pair. Frames are a
 4-byte length and a pickle, between two processes of one program on a private socket. A
@@ -70,6 +71,10 @@ def _frame(value: Any) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+# A request's events to store, and the future its outcomes go to.
+_Gathered = tuple[Sequence[EventTuple], "asyncio.Future[list[EnqueueOutcome]]"]
+
+
 class ProcessStore:
     """A `SqliteStore` in a child process; safe against `kill -9` of either process."""
 
@@ -90,6 +95,10 @@ class ProcessStore:
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        # Requests to store, gathered in this turn of the event loop (see enqueue), and the
+        # calls sending them.
+        self._gathered: list[_Gathered] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._opened = False  # open() succeeded and close() was not called since
@@ -230,9 +239,48 @@ class ProcessStore:
     # ------------------------------------------------------------------ Store
 
     async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
-        # Hashed here: the store's process is the busier of the two.
-        outcomes: list[EnqueueOutcome] = await self._call("enqueue", events, dedup_keys(events))
-        return outcomes
+        """Requests handled in one turn of the event loop are stored by one call, their events
+        in the order they came: each call costs the store's process a frame, a task, a few
+        statements and a block of its own, about 50–90 µs, whatever its size. Each request
+        gets its own events' outcomes, or the call's error. A queue that is nearly full
+        (`max_pending`) therefore refuses all the requests of a call where it might have
+        taken the first of them."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[EnqueueOutcome]] = loop.create_future()
+        if not self._gathered:
+            loop.call_soon(self._send_gathered)
+        self._gathered.append((events, fut))
+        return await fut
+
+    def _send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, []
+        task = asyncio.create_task(self._enqueue_gathered(gathered), name="relay-store-enqueue")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _enqueue_gathered(self, gathered: list[_Gathered]) -> None:
+        events = [event for part, _ in gathered for event in part]
+        try:
+            # Hashed here: the store's process is the busier of the two.
+            outcomes: list[EnqueueOutcome] = await self._call("enqueue", events, dedup_keys(events))
+        except BaseException as exc:
+            for _, fut in gathered:
+                if fut.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    fut.cancel()
+                elif isinstance(exc, StoreUnavailable):  # each caller raises one of its own
+                    fut.set_exception(type(exc)(exc.message, retry_after=exc.retry_after))
+                else:
+                    fut.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        at = 0
+        for part, fut in gathered:
+            if not fut.done():
+                fut.set_result(outcomes[at : at + len(part)])
+            at += len(part)
 
     async def lease(self, destination: str, limit: int, now: float) -> list[Delivery]:
         return leased_deliveries(destination, await self._call("lease", destination, limit, now))
