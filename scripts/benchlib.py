@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -107,6 +108,12 @@ def make_batch(size: int, kinds: Sequence[str] = MIX, *, uniform: bool = False) 
     return json.dumps({"batch": batch, "sentAt": "2024-05-06T07:08:10.000Z"}).encode()
 
 
+# The number each request a load sends is made fresh with (see fresh): one count for every
+# load of the process, so that loads sent at once, or one after another, to relays on one
+# store never send the same ids.
+_SENT = itertools.count(1)
+
+
 def fresh(body: bytes, n: int) -> bytes:
     """`body` (from make_batch) with `n` put before every messageId: sent with an `n` of its
     own each time, its events are new every time, so that de-duplication short-cuts nothing
@@ -193,16 +200,14 @@ async def closed_loop(
     loop = asyncio.get_running_loop()
     result = Load()
     deadline = time.monotonic() + seconds
-    counter = 0
 
     async def worker() -> None:
-        nonlocal counter
         transport, connection = await loop.create_connection(
             _PlainClient, parts.hostname, parts.port
         )
         try:
             while time.monotonic() < deadline:
-                counter += 1
+                counter = next(_SENT)
                 body = fresh(bodies[counter % len(bodies)], counter)
                 begin = time.perf_counter()
                 connection.answer = loop.create_future()
@@ -225,12 +230,10 @@ async def _closed_loop_aiohttp(
 ) -> Load:
     result = Load()
     deadline = time.monotonic() + seconds
-    counter = 0
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal counter
         while time.monotonic() < deadline:
-            counter += 1
+            counter = next(_SENT)
             body = fresh(bodies[counter % len(bodies)], counter)
             begin = time.perf_counter()
             async with session.post(url, data=body, headers=HEADERS) as resp:
