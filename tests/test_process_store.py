@@ -161,7 +161,7 @@ async def test_a_caller_that_stops_waiting_leaves_the_others_of_its_call_answere
     async with _opened(store) as calls:
         gone = asyncio.create_task(store.enqueue([_event("a")]))
         kept = asyncio.create_task(store.enqueue([_event("b")]))
-        await asyncio.sleep(0)  # both gathered, and their call on its way
+        await asyncio.sleep(0)  # both gathered; their call goes at the end of this turn
         gone.cancel()
         assert await kept == ["queued"]
         assert gone.cancelled()
