@@ -36,7 +36,8 @@ from relay.errors import (
     StoreInUse,
 )
 from relay.reload import Reloader
-from relay.runtime import tune_garbage_collector
+from relay.runtime import event_loop_name, tune_garbage_collector
+from relay.runtime import run as run_loop
 
 log = logging.getLogger("relay")
 
@@ -104,11 +105,12 @@ async def _serve(config: Config) -> None:
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()
     log.info(
-        "relay %s listening on http://%s:%d (store %s)",
+        "relay %s listening on http://%s:%d (store %s, event loop %s)",
         __version__,
         config.server.host,
         config.server.port,
         store_name(config),
+        event_loop_name(loop),
     )
     try:
         admin_runner = await start_admin(app[RELAY])
@@ -143,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.log_format is None:  # the flag wins over the file
         _log_to_stderr(args, config.server.log_format)
     try:
-        asyncio.run(_serve(config))
+        run_loop(_serve(config))
     except StoreInUse as exc:
         log.error(
             "not starting: %s; stop it first, or give each relay a storage.sqlite.path of its own",
@@ -212,7 +214,7 @@ def _operator_command(run: Callable[[Config, argparse.Namespace], Any]) -> Any:
             return 1
         try:
             result = run(config, args)
-            code: int = asyncio.run(result) if asyncio.iscoroutine(result) else result
+            code: int = run_loop(result) if asyncio.iscoroutine(result) else result
         except (CommandError, ClientError) as exc:
             print(
                 f"{name}: {exc.message if isinstance(exc, ClientError) else exc}", file=sys.stderr

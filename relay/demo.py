@@ -40,6 +40,7 @@ from relay.config import Config, check_config
 from relay.dryrun import dry_run_async
 from relay.errors import RelayError, StoreCannotOpen, StoreInUse
 from relay.routing import Routes
+from relay.runtime import run as run_loop
 from relay.signatures import customerio_signature
 
 # The stand-ins' credentials: demo values, not secrets (a real config takes its credentials
@@ -866,6 +867,6 @@ def run_demo(*, keep_running: bool = False, timeout: float = 15.0) -> int:
     """Run the demo in a temporary directory, removed at the end; the exit code."""
     directory = Path(tempfile.mkdtemp(prefix="relay-demo-"))
     try:
-        return asyncio.run(_demo(directory, keep_running, timeout))
+        return run_loop(_demo(directory, keep_running, timeout))
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -15,7 +15,6 @@ credentials, so the output never holds a secret.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import uuid
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from relay.destinations.transport import RecordingTransport, Sent
 from relay.intake import Incoming, Intake
 from relay.metrics import Metrics
 from relay.routing import CUSTOMERIO, SEGMENT, Routes
+from relay.runtime import run as run_loop
 from relay.sources.customerio.webhooks import CustomerIOWebhooks
 from relay.sources.segment.api import SegmentAPI
 from relay.store.memory import MemoryStore
@@ -111,7 +111,7 @@ def dry_run(
     source: str | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per message: its routes and, per destination, the exact requests."""
-    return asyncio.run(dry_run_async(config, routes, messages, now, source=source))
+    return run_loop(dry_run_async(config, routes, messages, now, source=source))
 
 
 async def dry_run_async(

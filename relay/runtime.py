@@ -1,17 +1,49 @@
 """Settings of the Python runtime for relay's long-running processes (the server and the
-store's process)."""
+store's process), and the event loop every command of relay runs on."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from importlib.metadata import version
+from typing import Any, TypeVar
+
+try:
+    import uvloop
+except ImportError:  # Windows, where it does not build, or uninstalled: asyncio's own loop
+    uvloop = None  # type: ignore[assignment]
+
+_T = TypeVar("_T")
 
 # Ingestion allocates thousands of short-lived objects per request, which refcounting frees;
 # at Python's default threshold (700) the cyclic collector would run every few events, each
 # time holding the GIL. Collect young objects every 100,000 allocations instead, and keep
 # what start-up made out of every collection.
 GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """What `loop` is, as the server's first line names it: uvloop's (with its version), or
+    asyncio's own."""
+    if uvloop is not None and isinstance(loop, uvloop.Loop):
+        return f"uvloop {version('uvloop')}"
+    return "asyncio"
+
+
+def run(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run `main` as asyncio.run does, on uvloop's event loop where it is installed.
+
+    Its loop and transports are written in C (on libuv): relay's process spends less on
+    each request's reads, writes and callbacks, and so does the store's on its socket.
+    `scripts/bench_ingest.py` took in events at 1.03 times the rate on asyncio's loop, the
+    median of 10 pairs (0.87–1.19), with less CPU an event in 9 of them. Where uvloop is not
+    installed (it does not build on Windows), asyncio's own loop runs the same code.
+    """
+    factory = None if uvloop is None else uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def tune_garbage_collector() -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,33 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, customerio: StandIn
         watch_output("relay serve", output)
         assert "shutting down" in output and "stopped" in output
         assert "Traceback" not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_server_and_store_process_run_on_uvloop(tmp_path: Path, customerio: StandIn) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_relay(write_config(tmp_path, tmp_path / "loop.db", customerio.url, port))
+    try:
+        await wait_ready(url, proc)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/v1/track",
+                json=track("u1", "On uvloop", "m-1"),
+                headers={"Authorization": basic(WRITE_KEY)},
+            ) as resp,
+        ):
+            assert resp.status == 200
+        await customerio.wait_for(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        # The loop the server runs on, as its first line names it (the store's process says
+        # its own when it opens the store: tests/test_process_store.py).
+        assert f"(store {tmp_path / 'loop.db'}, event loop uvloop {version('uvloop')})" in output
     finally:
         if proc.poll() is None:
             proc.kill()

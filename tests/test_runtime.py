@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
+import uvloop
 
 from relay import runtime
 
@@ -38,3 +41,26 @@ def test_free_heap_pages_go_back_to_the_system() -> None:
     before, after, kept = (int(word) for word in done.stdout.split())
     assert kept == 6250
     assert before - after > 100  # MB: nearly all of the 190 MB freed
+
+
+async def _loop_of_the_run() -> tuple[type[asyncio.AbstractEventLoop], str]:
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    return type(loop), runtime.event_loop_name(loop)
+
+
+def test_run_is_on_uvloop_where_it_is_installed() -> None:
+    assert runtime.run(_loop_of_the_run()) == (uvloop.Loop, f"uvloop {version('uvloop')}")
+    with pytest.raises(KeyError, match="raised in the run"):
+        runtime.run(_fails())
+
+
+async def _fails() -> None:
+    raise KeyError("raised in the run")
+
+
+def test_run_is_on_asyncios_loop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "uvloop", None)
+    loop, name = runtime.run(_loop_of_the_run())
+    assert issubclass(loop, asyncio.BaseEventLoop) and not issubclass(loop, uvloop.Loop)
+    assert name == "asyncio"
