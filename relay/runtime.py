@@ -35,11 +35,12 @@ def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
 def run(main: Coroutine[Any, Any, _T]) -> _T:
     """Run `main` as asyncio.run does, on uvloop's event loop where it is installed.
 
-    Its loop and transports are written in C (on libuv): relay's process spends less on
-    each request's reads, writes and callbacks, and so does the store's on its socket.
-    `scripts/bench_ingest.py` took in events at 1.03 times the rate on asyncio's loop, the
-    median of 10 pairs (0.87–1.19), with less CPU an event in 9 of them. Where uvloop is not
-    installed (it does not build on Windows), asyncio's own loop runs the same code.
+    Its loop and transports are written in C (on libuv), and relay's process spends about
+    a sixth of its time taking in events in asyncio's loop, selector and socket writes. In
+    runs alternating with asyncio's loop, `scripts/bench_ingest.py` took in 1.04–1.09 times
+    the events a second (5 pairs), with less CPU an event in each. Where uvloop is not
+    installed (it does not build on Windows), asyncio's own loop runs the same code. The
+    store's process stays on asyncio's (relay.store.process).
     """
     factory = None if uvloop is None else uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:

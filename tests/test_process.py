@@ -122,7 +122,9 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, customerio: StandIn
             proc.kill()
 
 
-async def test_server_and_store_process_run_on_uvloop(tmp_path: Path, customerio: StandIn) -> None:
+async def test_the_server_runs_on_uvloop_and_its_first_line_says_so(
+    tmp_path: Path, customerio: StandIn
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_relay(write_config(tmp_path, tmp_path / "loop.db", customerio.url, port))
@@ -141,8 +143,7 @@ async def test_server_and_store_process_run_on_uvloop(tmp_path: Path, customerio
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         output = proc.stdout.read().decode() if proc.stdout else ""
-        # The loop the server runs on, as its first line names it (the store's process says
-        # its own when it opens the store: tests/test_process_store.py).
+        # The loop that served the request above, as the server's first line names it.
         assert f"(store {tmp_path / 'loop.db'}, event loop uvloop {version('uvloop')})" in output
     finally:
         if proc.poll() is None:

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +51,6 @@ async def test_a_killed_store_process_is_started_again_and_nothing_acknowledged_
     while {op["name"] for op in sent_ops(customerio)} != {"Before", "After"}:
         assert asyncio.get_running_loop().time() < deadline, "an acknowledged event was lost"
         await asyncio.sleep(0.2)
-
-
-async def test_the_store_process_runs_on_uvloop_and_says_so_when_it_opens(tmp_path: Path) -> None:
-    store = ProcessStore(str(tmp_path / "relay.db"))
-    assert store.event_loop is None
-    await store.open()
-    try:
-        assert store.event_loop == f"uvloop {version('uvloop')}"
-        assert await store.enqueue([_event("a")]) == ["queued"]
-    finally:
-        await store.close()
 
 
 async def test_a_store_that_cannot_be_opened_says_why(tmp_path: Path) -> None:

@@ -29,8 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.errors import StoreCannotOpen, StoreFull, StoreInUse, StoreUnavailable
-from relay.runtime import event_loop_name, tune_garbage_collector
-from relay.runtime import run as run_loop
+from relay.runtime import tune_garbage_collector
 from relay.store.base import (
     EVERY_DEAD_LETTER,
     STORE_CALLS,
@@ -105,8 +104,6 @@ class ProcessStore:
         self._opened = False  # open() succeeded and close() was not called since
         self._ready = False  # the current child has opened the store
         self._restarting: asyncio.Task[None] | None = None
-        # The event loop the child runs on, as it said when it opened the store.
-        self.event_loop: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,9 +132,7 @@ class ProcessStore:
         reader, self._writer = await asyncio.open_connection(sock=ours)
         self._reader_task = asyncio.create_task(self._read_answers(reader), name="relay-store")
         try:
-            self.event_loop = await asyncio.wait_for(
-                self._call("open"), _OPEN_TIMEOUT + self.lock_wait
-            )
+            await asyncio.wait_for(self._call("open"), _OPEN_TIMEOUT + self.lock_wait)
         except BaseException:
             await self._stop()
             raise
@@ -380,7 +375,7 @@ class _Server:
     async def _dispatch(self, method: str, args: tuple[Any, ...]) -> Any:
         if method == "open":
             await self.store.open()
-            return event_loop_name(asyncio.get_running_loop())
+            return None
         served = _SERVED.get(method)
         if served is None:
             raise ValueError(f"unknown store call {method!r}")
@@ -430,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         lock_wait=args.lock_wait,
     )
     tune_garbage_collector()
-    run_loop(_serve(args.fd, store))
+    # asyncio's own loop, not uvloop's as in relay's process (relay.runtime.run): this one
+    # only reads and answers one socket, and uvloop would add 3.4 MB to its memory.
+    asyncio.run(_serve(args.fd, store))
     return 0
 
 
