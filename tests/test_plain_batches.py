@@ -17,7 +17,7 @@ from relay.routing import Routes, compile_routes
 from relay.sources.segment import plain_batches as seg
 from relay.sources.segment.api import SegmentAPI
 from relay.sources.segment.settings import SegmentSource
-from relay.store.base import NewEvent
+from relay.store.base import EventTuple, NewEvent
 
 
 def _routes(spec: list[dict[str, Any]]) -> Routes:
@@ -50,7 +50,7 @@ ROUTES = {"plain": PLAIN_ROUTES, "reading": READING_ROUTES}
 
 def _api(routes: Routes = PLAIN_ROUTES) -> SegmentAPI:
     # The store is never reached: only reading and routing are compared here.
-    intake = Intake(None, routes, Metrics(), dedup_windows={})  # type: ignore[arg-type]
+    intake = Intake(None, routes, Metrics(), dedup_windows={"segment": 3600.0})  # type: ignore[arg-type]
     return SegmentAPI(intake, SegmentSource({"web": "web-key"}, None, 86400.0))
 
 
@@ -60,11 +60,12 @@ def _given_id(message: Any) -> Any:
     return message
 
 
-def _outcome(api: SegmentAPI, incoming: list[Incoming]) -> list[tuple[Any, ...]]:
+def _outcome(events: list[EventTuple]) -> list[tuple[Any, ...]]:
     """What would be stored for each message: itself, and each delivery's own message."""
     out = []
-    for item in incoming:
-        event = NewEvent(*api.intake.build("segment", "web", item, 1.0))
+    for fields in events:
+        event = NewEvent(*fields)
+        assert (event.source, event.kind, event.received_at) == ("web", "segment", 1.0)
         deliveries = [
             (destination, None if routed is None else _given_id(decode(routed)))
             for destination, routed in event.deliveries
@@ -74,11 +75,16 @@ def _outcome(api: SegmentAPI, incoming: list[Incoming]) -> list[tuple[Any, ...]]
                 _given_id(decode(event.message_json)),
                 event.ordering_key,
                 event.dedup_id,
+                event.dedup_until,
                 event.rejected_reason,
                 deliveries,
             )
         )
     return out
+
+
+def _built(api: SegmentAPI, incoming: list[Incoming]) -> list[EventTuple]:
+    return [api.intake.build("segment", "web", item, 1.0) for item in incoming]
 
 
 def _both_ways(body: bytes, api: SegmentAPI | None = None) -> tuple[Any, Any] | None:
@@ -87,12 +93,19 @@ def _both_ways(body: bytes, api: SegmentAPI | None = None) -> tuple[Any, Any] | 
     plain = seg.plain_batch(body, decoded=api.intake.routes.reads_messages("segment"))
     if plain is None:
         return None
-    write_key, items = plain
     full = decode(body)
-    assert write_key == full.get("writeKey")
+    assert plain.write_key == full.get("writeKey")
     usual = api._explode(full["batch"], full)
-    fast = api._explode(items, None)
-    return (_outcome(api, usual[0]), usual[1]), (_outcome(api, fast[0]), fast[1])
+    assert plain.every_one_plain == all(type(item) is tuple for item in plain.items)
+    if plain.every_one_plain:  # stored as Intake.accept_plain stores them
+        fast: tuple[list[EventTuple], list[dict[str, Any]]] = (
+            api.intake.build_plain("web", plain.items, 1.0),
+            [],
+        )
+    else:
+        incoming, rejected = api._explode(plain.items, None)
+        fast = (_built(api, incoming), rejected)
+    return (_outcome(_built(api, usual[0])), usual[1]), (_outcome(fast[0]), fast[1])
 
 
 ids = st.text(max_size=4) | st.integers(-5, 5) | st.none() | st.booleans()
@@ -209,14 +222,12 @@ def test_the_usual_batch_of_a_library_is_plain() -> None:
     raw = json.dumps(body, indent=1).encode()
     plain = seg.plain_batch(raw)
     assert plain is not None
-    write_key, items = plain
-    assert write_key is None
-    assert [type(item) for item in items] == [Incoming, Incoming]
-    first = items[0]
-    assert isinstance(first, Incoming) and first.encoded is not None
-    assert (first.dedup_id, first.ordering_key) == ("m1", "u:u1")
-    assert first.message == {}  # what routing reads: no integrations
-    assert decode(first.encoded) == body["batch"][0]  # kept as it came, whitespace and all
+    assert plain.write_key is None and plain.every_one_plain
+    (data, key, message_id, view), second = plain.items
+    assert (key, message_id, view) == ("u:u1", "m1", None)  # None: no integrations to route
+    # Kept as it came, whitespace and all: a part of the body.
+    assert data in raw and data.startswith(b'{\n   "type"') and decode(data) == body["batch"][0]
+    assert second[1:] == ("a:a1", "m2", None)
     both = _both_ways(raw)
     assert both is not None and both[0] == both[1]
 
@@ -237,10 +248,10 @@ def test_what_is_not_plain_is_read_the_usual_way_beside_plain_messages(item: Any
     plain_item = {"type": "identify", "userId": "u", "messageId": "m0"}
     raw = json.dumps({"batch": [plain_item, item]}).encode()
     plain = seg.plain_batch(raw)
-    assert plain is not None
-    _, items = plain
-    assert type(items[0]) is Incoming
-    assert items[1] == item
+    assert plain is not None and not plain.every_one_plain
+    first, second = plain.items
+    assert first == (json.dumps(plain_item).encode(), "u:u", "m0", None)
+    assert second == item
     both = _both_ways(raw)
     assert both is not None and both[0] == both[1]
 

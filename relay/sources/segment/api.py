@@ -173,9 +173,12 @@ class SegmentAPI:
         # Plain messages are stored as they came (see relay.sources.segment.plain_batches).
         plain = plain_batch(raw, decoded=self.intake.routes.reads_messages("segment"))
         if plain is not None:
-            write_key, items = plain
-            source = self._source_for(request, write_key)
-            incoming, rejected = self._explode(items, None)
+            source = self._source_for(request, plain.write_key)
+            if plain.every_one_plain:  # the usual batch
+                if plain.items:
+                    await self.intake.accept_plain(source, plain.items)
+                return _ok()
+            incoming, rejected = self._explode(plain.items, None)
             if incoming:
                 await self.intake.accept("segment", source, incoming)
             return _ok(rejected)
@@ -201,8 +204,11 @@ class SegmentAPI:
         rejected: list[dict[str, Any]] = []
         defaults = body if body is not None and seg.has_batch_defaults(body) else None
         for index, item in enumerate(items):
-            if type(item) is Incoming:  # a plain message (see plain_batch), read already
-                incoming.append(item)
+            if type(item) is tuple:  # a plain message (see plain_batch), read already
+                data, key, message_id, view = item
+                incoming.append(
+                    Incoming({} if view is None else view, key, message_id, None, None, data)
+                )
                 continue
             if defaults is not None and isinstance(item, dict):
                 item = seg.merge_batch_defaults(item, defaults)

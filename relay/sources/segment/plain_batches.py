@@ -3,12 +3,12 @@ relay.vocab.segment."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
 from relay.codec import decode
-from relay.intake import Incoming
+from relay.intake import PlainMessage
 from relay.vocab.segment import (
     MAX_BATCH_MESSAGES,
     MAX_MESSAGE_BYTES,
@@ -125,14 +125,19 @@ _PLAIN_MAX_BYTES = int(MAX_MESSAGE_BYTES / 4.5)
 _PLAIN_MAX_DEPTH = 500
 
 
-def plain_batch(
-    body: bytes, decoded: bool = False
-) -> tuple[str | None, list[Incoming | Any]] | None:
-    """A `/v1/batch` body as (writeKey, items): each valid plain message an `Incoming` kept
-    as the bytes it arrived as (its `message` is what routing reads: the whole message
-    decoded when `decoded`, else only its `integrations`), and any other item decoded, for
-    the full checks. None when the body must be read the usual way (it is not a plain
-    batch, or not valid JSON, or not what `relay.codec.decode` would read alike)."""
+class PlainBatch(NamedTuple):
+    write_key: str | None
+    # Each message as a PlainMessage where it is plain, else decoded, for the full checks.
+    items: list[PlainMessage | Any]
+    every_one_plain: bool
+
+
+def plain_batch(body: bytes, decoded: bool = False) -> PlainBatch | None:
+    """A `/v1/batch` body as its writeKey and its items: each valid plain message as a
+    PlainMessage (what routing reads of it decoded when `decoded`, else only its
+    `integrations`), and any other item decoded, for the full checks. None when the body
+    must be read the usual way (it is not a plain batch, or not valid JSON, or not what
+    `relay.codec.decode` would read alike)."""
     if not body.isascii():
         try:
             body.decode("utf-8")  # msgspec does not check the strings it skips
@@ -153,7 +158,8 @@ def plain_batch(
         calls = []
     if len(calls) != len(raws):  # one message could not be read as plain: each on its own
         calls = [_plain_call(data) for data in raws]
-    items: list[Incoming | Any] = []
+    items: list[PlainMessage | Any] = []
+    others = 0
     # The checks of a plain message, inline: this runs for every message of every batch.
     for data, call in zip(raws, calls, strict=True):
         if (
@@ -171,18 +177,17 @@ def plain_batch(
                 if decoded:
                     view = decode(data)
                 elif call.integrations is None:
-                    view = {}
+                    view = None
                 else:
                     view = {"integrations": call.integrations}
-                # Positional (webhook profile and rejected reason None): it runs for every
-                # message.
-                items.append(Incoming(view, key, call.messageId, None, None, data))
+                items.append((data, key, call.messageId, view))
                 continue
         try:
             items.append(decode(data))
         except ValueError:
             return None
-    return parsed.writeKey, items
+        others += 1
+    return PlainBatch(parsed.writeKey, items, others == 0)
 
 
 def _plain_call(data: bytes) -> _Plain | None:
