@@ -140,6 +140,15 @@ async def test_the_server_runs_on_uvloop_and_its_first_line_says_so(
         ):
             assert resp.status == 200
         await customerio.wait_for(1)
+        if sys.platform.startswith("linux"):
+            # The store's process runs on asyncio's loop, without uvloop's library loaded.
+            (store,) = (
+                int(pid)
+                for task in Path(f"/proc/{proc.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()
+            )
+            assert "/uvloop/" in Path(f"/proc/{proc.pid}/maps").read_text()
+            assert "/uvloop/" not in Path(f"/proc/{store}/maps").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         output = proc.stdout.read().decode() if proc.stdout else ""

@@ -60,7 +60,7 @@ async def _fails() -> None:
 
 
 def test_run_is_on_asyncios_loop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "uvloop", None)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
     loop, name = runtime.run(_loop_of_the_run())
     assert issubclass(loop, asyncio.BaseEventLoop) and not issubclass(loop, uvloop.Loop)
     assert name == "asyncio"
