@@ -204,7 +204,8 @@ class SegmentAPI:
         rejected: list[dict[str, Any]] = []
         defaults = body if body is not None and seg.has_batch_defaults(body) else None
         for index, item in enumerate(items):
-            if type(item) is tuple:  # a plain message (see plain_batch), read already
+            # A plain message (see plain_batch), read already; a decoded item is never a tuple.
+            if type(item) is tuple:
                 data, key, message_id, view = item
                 incoming.append(
                     Incoming({} if view is None else view, key, message_id, None, None, data)
