@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, config_yaml, free_port
+from tests.faults import children_of, is_store_process
 from tests.helpers import sent_ops, track, wait_ready, watch_output
 
 
@@ -96,6 +97,8 @@ async def test_sigkill_after_acknowledging_loses_nothing(
 
 
 async def test_sigterm_drains_and_exits_zero(tmp_path: Path, customerio: StandIn) -> None:
+    # Also: the server runs on uvloop and its first line says so; its store's process runs on
+    # asyncio's loop, without uvloop's library loaded.
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_relay(write_config(tmp_path, tmp_path / "term.db", customerio.url, port))
@@ -111,49 +114,18 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, customerio: StandIn
         ):
             assert resp.status == 200
         await customerio.wait_for(1)
+        if sys.platform.startswith("linux"):
+            (store,) = [pid for pid in children_of(proc.pid) if is_store_process(pid)]
+            assert "/uvloop/" in Path(f"/proc/{proc.pid}/maps").read_text()
+            assert "/uvloop/" not in Path(f"/proc/{store}/maps").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         output = proc.stdout.read().decode() if proc.stdout else ""
         watch_output("relay serve", output)
         assert "shutting down" in output and "stopped" in output
         assert "Traceback" not in output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-async def test_the_server_runs_on_uvloop_and_its_first_line_says_so(
-    tmp_path: Path, customerio: StandIn
-) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_relay(write_config(tmp_path, tmp_path / "loop.db", customerio.url, port))
-    try:
-        await wait_ready(url, proc)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{url}/v1/track",
-                json=track("u1", "On uvloop", "m-1"),
-                headers={"Authorization": basic(WRITE_KEY)},
-            ) as resp,
-        ):
-            assert resp.status == 200
-        await customerio.wait_for(1)
-        if sys.platform.startswith("linux"):
-            # The store's process runs on asyncio's loop, without uvloop's library loaded.
-            (store,) = (
-                int(pid)
-                for task in Path(f"/proc/{proc.pid}/task").iterdir()
-                for pid in (task / "children").read_text().split()
-            )
-            assert "/uvloop/" in Path(f"/proc/{proc.pid}/maps").read_text()
-            assert "/uvloop/" not in Path(f"/proc/{store}/maps").read_text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-        output = proc.stdout.read().decode() if proc.stdout else ""
         # The loop that served the request above, as the server's first line names it.
-        assert f"(store {tmp_path / 'loop.db'}, event loop uvloop {version('uvloop')})" in output
+        assert f"(store {tmp_path / 'term.db'}, event loop uvloop {version('uvloop')})" in output
     finally:
         if proc.poll() is None:
             proc.kill()
