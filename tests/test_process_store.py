@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -15,8 +16,15 @@ from typing import Any
 import pytest
 
 from relay.errors import StoreFull, StoreUnavailable
-from relay.store.base import NewDelivery, NewEvent
+from relay.store.base import (
+    AlikeEvents,
+    NewDelivery,
+    NewEvent,
+    deliveries_to_add,
+    distinct_deliveries,
+)
 from relay.store.process import ProcessStore
+from relay.store.sqlite.dedup import dedup_keys
 from tests.conftest import WRITE_KEY, RelayFactory, StandIn, basic, relay_of
 from tests.helpers import post, sent_ops, track
 
@@ -101,14 +109,14 @@ def _event(dedup_id: str, rejected: str | None = None) -> NewEvent:
 
 @contextlib.asynccontextmanager
 async def _opened(store: ProcessStore) -> AsyncIterator[list[tuple[str, int]]]:
-    """The store, opened, with the list of enqueue calls it sends (and their sizes)."""
+    """The store, opened, with the list of enqueue calls it sends (and their events)."""
     await store.open()
     calls: list[tuple[str, int]] = []
     call = store._call
 
     async def counted(method: str, *args: Any) -> Any:
         if method == "enqueue":
-            calls.append((method, len(args[0])))
+            calls.append((method, len(args[1])))  # a key an event
         return await call(method, *args)
 
     store._call = counted  # type: ignore[method-assign]
@@ -134,6 +142,73 @@ async def test_requests_of_one_turn_of_the_loop_are_stored_by_one_call(tmp_path:
         assert calls == [("enqueue", 5), ("enqueue", 2)]
         counts = await store.counts()
         assert counts["customerio.main"]["pending"] == 4
+
+
+def _alike(*dedup_ids: str, window: float = 3600) -> AlikeEvents:
+    """A request's plain messages, as relay's process makes them: a person and a message
+    each, routed alike, their ids kept for `window` seconds."""
+    now = time.time()
+    messages = [f'{{"type":"track","userId":"u{i}","event":"{i}"}}'.encode() for i in dedup_ids]
+    people = [f"u:u{i}" for i in dedup_ids]
+    deliveries = (NewDelivery("customerio.main"),)
+    return AlikeEvents("web", "segment", now, deliveries, now + window, messages, people, dedup_ids)
+
+
+def test_alike_events_read_as_the_events_they_stand_for() -> None:
+    alike = _alike("a", "b", "c")
+    events = list(alike)
+    assert len(alike) == 3
+    assert events[1] == (
+        "web",
+        "segment",
+        b'{"type":"track","userId":"ub","event":"b"}',
+        alike.received_at,
+        "u:ub",
+        (NewDelivery("customerio.main"),),
+        "b",
+        alike.received_at + 3600,
+        None,
+    )
+    assert [alike[i] for i in range(3)] == events and alike[1:] == events[1:]
+    assert list(pickle.loads(pickle.dumps(alike))) == events
+    assert distinct_deliveries(alike) == (alike.deliveries,)
+    assert deliveries_to_add(alike) == 3
+    assert dedup_keys(alike) == dedup_keys(events)
+    # What crosses the socket: the events without their ids, given their keys beside.
+    assert [e[:6] + e[7:] for e in alike.without_ids()] == [e[:6] + e[7:] for e in events]
+    assert [e[6] for e in alike.without_ids()] == [None] * 3
+
+
+async def test_alike_events_are_stored_as_the_events_they_stand_for(tmp_path: Path) -> None:
+    store = ProcessStore(str(tmp_path / "relay.db"))
+    async with _opened(store) as calls:
+        outcomes = await asyncio.gather(
+            store.enqueue(_alike("a", "b")),
+            store.enqueue([_event("c")]),
+            store.enqueue(_alike("d", "a", "e")),  # "a" again: a repeat of the first's
+        )
+        assert outcomes == [["queued"] * 2, ["queued"], ["queued", "duplicate", "queued"]]
+        assert calls == [("enqueue", 6)]
+        # A later call of alike events only, each new, and one of their repeats.
+        assert await store.enqueue(_alike("f", "g")) == ["queued"] * 2
+        assert await store.enqueue(_alike("g")) == ["duplicate"]
+        # Each id is kept for its own window: a repeat after it is new.
+        assert await store.enqueue(_alike("h", "i", window=0.5)) == ["queued"] * 2
+        await asyncio.sleep(0.6)
+        assert await store.enqueue(_alike("i", "g")) == ["queued", "duplicate"]
+        leased = await store.lease("customerio.main", 100, time.time())
+        assert [(d.ordering_key, d.message.get("event")) for d in leased] == [
+            ("u:ua", "a"),
+            ("u:ub", "b"),
+            ("u:u1", "c"),
+            ("u:ud", "d"),
+            ("u:ue", "e"),
+            ("u:uf", "f"),
+            ("u:ug", "g"),
+            ("u:uh", "h"),
+            ("u:ui", "i"),
+            ("u:ui", "i"),
+        ]
 
 
 async def test_a_refused_call_refuses_each_of_its_requests_with_an_error_of_its_own(

@@ -7,19 +7,30 @@ stores wrote before blocks, still serve every delivery they name."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import sqlite3
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.codec import decode, encode
-from relay.store.base import DeadLetterFilter, NewDelivery, NewEvent, Settlement
+from relay.store.base import (
+    AlikeEvents,
+    DeadLetterFilter,
+    EventTuple,
+    NewDelivery,
+    NewEvent,
+    Settlement,
+)
 from relay.store.sqlite import SqliteStore
 from relay.store.sqlite import rows as rows_module
+from relay.store.sqlite.dedup import dedup_keys
 from relay.store.sqlite.packing import BLOCK, Packer
 from tests.test_sqlite_store import opened
 
@@ -200,24 +211,44 @@ events_strategy = st.lists(
 
 
 @settings(max_examples=40, deadline=None)
+@example(events=[(True, None, None)], order=random.Random(0), calls="alike together", block=2)
+@example(events=[(True, True, None)] * 3, order=random.Random(0), calls="alike together", block=2)
 @given(
     events=events_strategy,
     order=st.randoms(use_true_random=False),
-    one_request=st.booleans(),
+    calls=st.sampled_from(["one request", "a request each", "alike together"]),
     block=st.sampled_from([2, 3, 7, rows_module.BLOCK_DELIVERIES]),
 )
 def test_every_delivery_reads_its_message_and_the_last_one_takes_it_along(
-    events: list[tuple[bool | None, ...]], order, one_request: bool, block: int
+    events: list[tuple[bool | None, ...]], order, calls: str, block: int
 ) -> None:
     default = rows_module.BLOCK_DELIVERIES
     rows_module.BLOCK_DELIVERIES = block
     try:
-        asyncio.run(_check(events, order, one_request))
+        asyncio.run(_check(events, order, calls))
     finally:
         rows_module.BLOCK_DELIVERIES = default
 
 
-async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool) -> None:
+def _alike_together(events: list[NewEvent]) -> list[Sequence[EventTuple]]:
+    """`events` as the parts of one call: each run of events routed alike, as they came,
+    as AlikeEvents (as relay's process sends a request of plain messages), each other event
+    as a list of its own."""
+    parts: list[Sequence[EventTuple]] = []
+    for deliveries, run in itertools.groupby(events, lambda event: event.deliveries):
+        alike = list(run)
+        if any(message is not None for _, message in deliveries):
+            parts += [[event] for event in alike]
+            continue
+        at, until = alike[0].received_at, alike[0].dedup_until
+        messages = [event.message_json for event in alike]
+        keys = [event.ordering_key for event in alike]
+        ids = [event.dedup_id for event in alike]
+        parts.append(AlikeEvents("web", "segment", at, deliveries, until, messages, keys, ids))
+    return parts
+
+
+async def _check(events: list[tuple[bool | None, ...]], order, calls: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with opened(SqliteStore(str(Path(tmp) / "relay.db"))) as store:
             at = time.time()
@@ -229,8 +260,11 @@ async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool
                     if as_it_came is not None
                 )
                 new.append(routed(i, deliveries, at))
-            if one_request:
+            if calls == "one request":
                 await store.enqueue(new)
+            elif calls == "alike together":
+                parts = _alike_together(new)
+                assert await store.enqueue_keyed(parts, dedup_keys(new)) == ["queued"] * len(new)
             else:
                 for event in new:
                     await store.enqueue([event])
@@ -249,6 +283,8 @@ async def _check(events: list[tuple[bool | None, ...]], order, one_request: bool
             covered = [i for first, count in stored for i in range(first, first + count)]
             assert sorted(covered) == [i for i, m in queue if m == b""]
             assert len(set(covered)) == len(covered)
+            if len(expected) == 1:  # the one delivery of a call of one keeps its message
+                assert stored == []
             got = {}
             for d in DESTINATIONS:
                 got.update({i: (d, m) for i, m in (await leased(store, d)).items()})

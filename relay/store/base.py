@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol, overload
 
 from relay.codec import decode
 from relay.errors import StoreFull
@@ -45,12 +45,108 @@ EventTuple = tuple[
 ]
 
 
-def distinct_deliveries(
-    events: Sequence[EventTuple],
-) -> Collection[tuple[tuple[str, bytes | None], ...]]:
+Deliveries = tuple[tuple[str, bytes | None], ...]
+
+
+class AlikeEvents(Sequence[EventTuple]):
+    """Events alike in all but their message, person and dedup id, kept as a column a field
+    where they differ: a request's plain messages routed alike (Intake.build_plain), none
+    rejected. As a sequence they are EventTuples, each made as it is read, so every store
+    takes them as it takes a list; the socket to the SQLite store's process and that store
+    take the columns as they are (pickled, a list a field costs a third of what a tuple an
+    event does, and the store's process makes no tuple an event)."""
+
+    __slots__ = (
+        "source",
+        "kind",
+        "received_at",
+        "deliveries",
+        "dedup_until",
+        "messages",
+        "ordering_keys",
+        "dedup_ids",
+    )
+
+    def __init__(
+        self,
+        source: str,
+        kind: str,
+        received_at: float,
+        deliveries: Deliveries,
+        dedup_until: float,
+        messages: Sequence[bytes],
+        ordering_keys: Sequence[str],
+        dedup_ids: Sequence[str | None],
+    ) -> None:
+        self.source = source
+        self.kind = kind
+        self.received_at = received_at
+        self.deliveries = deliveries
+        self.dedup_until = dedup_until
+        self.messages = messages
+        self.ordering_keys = ordering_keys
+        self.dedup_ids = dedup_ids
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __reduce__(self) -> tuple[type[AlikeEvents], tuple[Any, ...]]:
+        return AlikeEvents, self._fields()
+
+    def without_ids(self) -> AlikeEvents:
+        """These events with None for each dedup id: for a store given each event's dedup key
+        instead (the SQLite store's process, given them by relay's: dedup_keys), since
+        pickling the ids too made the call to it a third dearer."""
+        fields = [*self._fields()[:-1], (None,) * len(self.messages)]
+        return AlikeEvents(*fields)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @overload
+    def __getitem__(self, index: int) -> EventTuple: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[EventTuple]: ...
+
+    def __getitem__(self, index: int | slice) -> EventTuple | Sequence[EventTuple]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return self._event(self.messages[index], self.ordering_keys[index], self.dedup_ids[index])
+
+    def _event(self, message: bytes, ordering_key: str, dedup_id: str | None) -> EventTuple:
+        return (
+            self.source,
+            self.kind,
+            message,
+            self.received_at,
+            ordering_key,
+            self.deliveries,
+            dedup_id,
+            self.dedup_until,
+            None,
+        )
+
+    def __iter__(self) -> Iterator[EventTuple]:
+        return map(self._event, self.messages, self.ordering_keys, self.dedup_ids)
+
+    def __repr__(self) -> str:
+        return f"AlikeEvents({list(self)!r})"
+
+
+def distinct_deliveries(events: Sequence[EventTuple]) -> Collection[Deliveries]:
     """Each tuple of deliveries among `events` once: events routed alike share one, so a
     request's destinations are read once, not once an event."""
+    if isinstance(events, AlikeEvents):
+        return (events.deliveries,)
     return {id(e[5]): e[5] for e in events}.values()
+
+
+def deliveries_to_add(events: Sequence[EventTuple]) -> int:
+    """The deliveries `events` would add to the queue, were none of them a duplicate."""
+    if isinstance(events, AlikeEvents):
+        return len(events) * len(events.deliveries)
+    return sum(len(e[5]) for e in events if not e[8])
 
 
 # A named tuple rather than a frozen dataclass, which sets each field through

@@ -22,6 +22,7 @@ from relay.store.base import (
     NewEvent,
     Settlement,
     check_queue_room,
+    deliveries_to_add,
 )
 
 
@@ -80,7 +81,7 @@ class MemoryStore:
 
     async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
         self._check_open()
-        new = sum(len(e[5]) for e in events if not e[8])
+        new = deliveries_to_add(events)
         check_queue_room(self._pending, new, self.max_pending)
         outcomes: list[EnqueueOutcome] = []
         now = time.time()  # dedup windows are wall-clock, as in every backend

@@ -33,6 +33,7 @@ from relay.runtime import tune_garbage_collector
 from relay.store.base import (
     EVERY_DEAD_LETTER,
     STORE_CALLS,
+    AlikeEvents,
     DeadLetter,
     DeadLetterFilter,
     Delivery,
@@ -259,10 +260,13 @@ class ProcessStore:
         task.add_done_callback(self._sending.discard)
 
     async def _enqueue_gathered(self, gathered: list[_Gathered]) -> None:
-        events = [event for part, _ in gathered for event in part]
+        # Each request's events as they are (AlikeEvents cross as columns), and their dedup
+        # keys, hashed here: the store's process is the busier of the two.
+        parts = [part for part, _ in gathered]
+        keys = list(itertools.chain.from_iterable(map(dedup_keys, parts)))
+        sent = [p.without_ids() if isinstance(p, AlikeEvents) else p for p in parts]
         try:
-            # Hashed here: the store's process is the busier of the two.
-            outcomes: list[EnqueueOutcome] = await self._call("enqueue", events, dedup_keys(events))
+            outcomes: list[EnqueueOutcome] = await self._call("enqueue", sent, keys)
         except BaseException as exc:
             for _, fut in gathered:
                 if fut.done():

@@ -26,6 +26,7 @@ from relay.store.base import (
     NewEvent,
     Settlement,
     check_queue_room,
+    deliveries_to_add,
 )
 from relay.store.redis import scripts
 from relay.store.redis.client import Redis, RedisError, connect, describe, where
@@ -201,7 +202,7 @@ class RedisStore:
     # ------------------------------------------------------------------ operations
 
     async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
-        new = sum(len(e[5]) for e in events if not e[8])
+        new = deliveries_to_add(events)
         args: list[Any] = [self.max_pending, new, len(events)]
         for e in map(NewEvent._make, events):
             args += [

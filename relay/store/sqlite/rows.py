@@ -8,15 +8,17 @@ import functools
 import itertools
 import operator
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from relay.codec import decode
 from relay.store.base import (
+    AlikeEvents,
     DeadLetter,
     DeadLetterFilter,
     Delivery,
     EventTuple,
+    deliveries_to_add,
 )
 from relay.store.sqlite.packing import Packer
 from relay.store.sqlite.schema import DEAD, PENDING, STATES, shared_of
@@ -270,76 +272,46 @@ def _rows_insert(head: str, row: str, rows: int) -> str:
 
 def insert_deliveries(
     conn: sqlite3.Connection,
-    events: Sequence[EventTuple],
+    parts: Sequence[Sequence[EventTuple]],
     next_id: int,
     packer: Packer,
     codes: Mapping[str, int],
 ) -> tuple[int, bool]:
-    """Insert a delivery row for each destination of each event, with its names as their
-    numbers in `codes`; returns the next id, and whether a block was written.
+    """Insert a delivery row for each destination of each event of `parts` (lists of events,
+    or AlikeEvents), with its names as their numbers in `codes`; returns the next id, and
+    whether a block was written.
 
     The messages of the call's deliveries are packed together, as blocks of up to
     BLOCK_DELIVERIES in `shared` (see schema.py); an event routed as it came to several
     destinations is in its block once. The one delivery of a call of one keeps its message,
     packed, in its row."""
-    if not events:
+    total = sum(map(deliveries_to_add, parts))
+    if total <= 1:  # one delivery, or none (events routed nowhere)
+        for e in itertools.chain.from_iterable(parts):
+            for destination, message in e[5]:
+                own = packer.pack(e[2] if message is None else message)
+                row = (next_id, codes[destination], e[4], e[3], e[3], codes[e[0]], codes[e[1]], own)
+                insert_rows(conn, _INSERT_DELIVERIES, _DELIVERY_ROW, [row])
+                next_id += 1
         return next_id, False
     first = next_id
-    entries: list[bytes] = []
-    source, kind, _, _, _, deliveries, _, _, _ = events[0]
-    if deliveries and all(e[5] is deliveries and e[0] == source and e[1] == kind for e in events):
-        # The usual call: every event from one source, routed alike, its requests each
-        # received at one time. What the rows share is bound once a statement, not once a
-        # row; a statement's rows are of one time.
-        destinations = [codes[d] for d, _ in deliveries]
-        routed = [r for _, r in deliveries]
-        lone = len(events) == 1 and len(routed) == 1
-        repeats = len(routed) > 1  # else each entry is an event's own message
-        largest = _ROWS_PER_STATEMENT
-        while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
-            largest //= 2
-        chunks = (
-            (at, chunk)
-            for at, run in itertools.groupby(events, operator.itemgetter(3))
-            for chunk in _fixed_chunks(list(run), largest)
-        )
-        for at, chunk in chunks:
-            values: list[Any] = [codes[source], codes[kind], at, *destinations]
-            if routed == [None]:
-                entries += [e[2] for e in chunk]
-                start, next_id = next_id, next_id + len(chunk)
-                values += itertools.chain.from_iterable(
-                    zip(range(start, next_id), [e[4] for e in chunk], itertools.repeat(b""))
-                )
-            else:
-                for e in chunk:
-                    for message in routed:
-                        entries.append(e[2] if message is None else message)
-                        values += (next_id, e[4], b"")
-                        next_id += 1
-            if lone:
-                values[-1] = packer.pack(entries[0])
-            conn.execute(_alike_insert(len(chunk), len(destinations)), values)
-    else:
-        rows: list[tuple[Any, ...]] = []
-        for e in events:
+    entries: list[bytes] = []  # the message of each delivery, in the order of their ids
+    rows: list[tuple[Any, ...]] = []  # the deliveries of events not routed alike
+    repeats = False  # else each entry is an event's own message
+    for alike in _alike_runs(parts):
+        if isinstance(alike, AlikeEvents):
+            next_id = _insert_alike(conn, alike, next_id, entries, codes)
+            repeats = repeats or len(alike.deliveries) > 1
+            continue
+        for e in alike:
             for destination, message in e[5]:
                 entries.append(e[2] if message is None else message)
                 rows.append(
-                    (next_id, codes[destination], e[4], e[3], e[3], codes[e[0]], codes[e[1]])
+                    (next_id, codes[destination], e[4], e[3], e[3], codes[e[0]], codes[e[1]], b"")
                 )
                 next_id += 1
-        lone = len(rows) == 1
         repeats = True
-        own = packer.pack(entries[0]) if lone else b""
-        insert_rows(
-            conn,
-            _INSERT_DELIVERIES,
-            f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})",
-            [(*row, own) for row in rows],
-        )
-    if lone or not entries:  # one delivery, or none (events routed nowhere)
-        return next_id, False
+    insert_rows(conn, _INSERT_DELIVERIES, _DELIVERY_ROW, rows)
     insert_rows(
         conn,
         "INSERT INTO shared (id, deliveries, message) VALUES ",
@@ -351,6 +323,85 @@ def insert_deliveries(
         ],
     )
     return next_id, True
+
+
+_DELIVERY_ROW = f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})"
+
+
+def _alike_runs(
+    parts: Sequence[Sequence[EventTuple]],
+) -> Iterator[AlikeEvents | Sequence[EventTuple]]:
+    """The events of `parts`, in order: each AlikeEvents as it is; the events of the lists
+    between them as AlikeEvents too, a run for each time they were received at, where all
+    of them are from one source and routed alike (as the requests of single events are,
+    whose calls take one each), else as they are."""
+    events: list[EventTuple] = []
+    for part in parts:
+        if isinstance(part, AlikeEvents):
+            yield from _alike_if_so(events)
+            events = []
+            yield part
+        else:
+            events += part
+    yield from _alike_if_so(events)
+
+
+def _alike_if_so(events: list[EventTuple]) -> Iterator[AlikeEvents | Sequence[EventTuple]]:
+    if not events:
+        return
+    source, kind, _, _, _, deliveries, _, _, _ = events[0]
+    if not all(e[5] is deliveries and e[0] == source and e[1] == kind for e in events):
+        yield events
+        return
+    for at, run in itertools.groupby(events, operator.itemgetter(3)):
+        alike = list(run)
+        yield AlikeEvents(
+            source,
+            kind,
+            at,
+            deliveries,
+            alike[0][7],
+            [e[2] for e in alike],
+            [e[4] for e in alike],
+            [e[6] for e in alike],
+        )
+
+
+def _insert_alike(
+    conn: sqlite3.Connection,
+    alike: AlikeEvents,
+    next_id: int,
+    entries: list[bytes],
+    codes: Mapping[str, int],
+) -> int:
+    """Insert the deliveries of `alike`, their messages added to `entries`; returns the next
+    id. What the rows share is bound once a statement, not once a row."""
+    if not alike.deliveries:  # routed nowhere
+        return next_id
+    destinations = [codes[d] for d, _ in alike.deliveries]
+    routed = [r for _, r in alike.deliveries]
+    largest = _ROWS_PER_STATEMENT
+    while largest > 1 and 3 + len(destinations) * (1 + 3 * largest) > _MAX_PARAMETERS:
+        largest //= 2
+    shared: list[Any] = [codes[alike.source], codes[alike.kind], alike.received_at, *destinations]
+    for chunk in _fixed_chunks(range(len(alike)), largest):
+        messages = alike.messages[chunk[0] : chunk[0] + len(chunk)]
+        keys = alike.ordering_keys[chunk[0] : chunk[0] + len(chunk)]
+        values = shared.copy()
+        if routed == [None]:
+            entries += messages
+            start, next_id = next_id, next_id + len(messages)
+            values += itertools.chain.from_iterable(
+                zip(range(start, next_id), keys, itertools.repeat(b""))
+            )
+        else:
+            for message, key in zip(messages, keys, strict=True):
+                for own in routed:
+                    entries.append(message if own is None else own)
+                    values += (next_id, key, b"")
+                    next_id += 1
+        conn.execute(_alike_insert(len(messages), len(destinations)), values)
+    return next_id
 
 
 def insert_rows(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+import operator
 import os
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -19,6 +21,7 @@ from relay.errors import StoreCannotOpen, StoreFull, StoreUnavailable
 from relay.runtime import release_free_memory
 from relay.store.base import (
     EVERY_DEAD_LETTER,
+    AlikeEvents,
     DeadLetter,
     DeadLetterFilter,
     Delivery,
@@ -26,6 +29,7 @@ from relay.store.base import (
     EventTuple,
     Settlement,
     check_queue_room,
+    deliveries_to_add,
     distinct_deliveries,
 )
 from relay.store.sqlite.dedup import (
@@ -96,6 +100,16 @@ from relay.store.sqlite.writer import Writer
 
 def _copy_log(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _dedup_untils(parts: Sequence[Sequence[EventTuple]]) -> Iterator[float]:
+    """When each event's dedup id expires, in order."""
+    return itertools.chain.from_iterable(
+        itertools.repeat(part.dedup_until, len(part))
+        if isinstance(part, AlikeEvents)
+        else map(operator.itemgetter(7), part)
+        for part in parts
+    )
 
 
 class SqliteStore:
@@ -582,13 +596,15 @@ class SqliteStore:
     # ------------------------------------------------------------------ operations
 
     async def enqueue(self, events: Sequence[EventTuple]) -> list[EnqueueOutcome]:
-        return await self.enqueue_keyed(events, dedup_keys(events))
+        return await self.enqueue_keyed([events], dedup_keys(events))
 
     async def enqueue_keyed(
-        self, events: Sequence[EventTuple], keys: list[bytes | None]
+        self, parts: Sequence[Sequence[EventTuple]], keys: list[bytes | None]
     ) -> list[EnqueueOutcome]:
-        """`enqueue`, given each event's dedup key (dedup_keys): the store's process is
-        given them by relay's, which has a core less busy than this one to hash them on."""
+        """`enqueue` of several requests' events, `parts` (each a list of events, or
+        AlikeEvents), in one transaction, given each event's dedup key (dedup_keys): the
+        store's process is given them by relay's, which has a core less busy than this
+        one to hash them on."""
         # A rejected message with an id is de-duplicated too: a sender's retries of one bad
         # webhook are stored once.
         try:
@@ -599,21 +615,26 @@ class SqliteStore:
             raise StoreFull(
                 f"{no_room}; nothing acknowledged was lost, retry later", retry_after=30
             )
-        unknown = self._unknown_names(events)
+        unknown = self._unknown_names(parts)
         if unknown:
             added = await self._main.submit(lambda conn: self._add_names(conn, unknown))
             # Known once committed, before any row that uses them is written.
             self._codes.update(added)
             self._names.update({code: name for name, code in added.items()})
         now = time.time()
-        outcomes = await self._main.submit(lambda conn: self._enqueue(conn, events, keys, now))
+        outcomes = await self._main.submit(lambda conn: self._enqueue(conn, parts, keys, now))
         self._train_when_sampled()
         return outcomes
 
-    def _unknown_names(self, events: Sequence[EventTuple]) -> set[str]:
-        names = {e[0] for e in events} | {e[1] for e in events}
-        for deliveries in distinct_deliveries(events):
-            names.update(destination for destination, _ in deliveries)
+    def _unknown_names(self, parts: Sequence[Sequence[EventTuple]]) -> set[str]:
+        names: set[str] = set()
+        for part in parts:
+            if isinstance(part, AlikeEvents):
+                names.update((part.source, part.kind))
+            else:
+                names.update({e[0] for e in part} | {e[1] for e in part})
+            for deliveries in distinct_deliveries(part):
+                names.update(destination for destination, _ in deliveries)
         return names.difference(self._codes)
 
     @staticmethod
@@ -627,30 +648,28 @@ class SqliteStore:
     def _enqueue(
         self,
         conn: sqlite3.Connection,
-        events: Sequence[EventTuple],
+        parts: Sequence[Sequence[EventTuple]],
         keys: list[bytes | None],
         now: float,
     ) -> list[EnqueueOutcome]:
-        new_deliveries = sum(len(e[5]) for e in events if not e[8])
-        check_queue_room(self._pending, new_deliveries, self.max_pending)
+        check_queue_room(self._pending, sum(map(deliveries_to_add, parts)), self.max_pending)
         seen = self._known_ids(keys, now)
         recorded: list[tuple[bytes, float]]
         outcomes: list[EnqueueOutcome]
         rejected: list[tuple[Any, ...]] = []
-        stored: Sequence[EventTuple]
         if (
             not seen
             and None not in keys
             and len(set(keys)) == len(keys)
-            and not any(e[8] for e in events)
+            and not any(e[8] for part in parts if type(part) is not AlikeEvents for e in part)
         ):
-            # The usual request: every event new, with an id of its own, and none rejected.
+            # The usual call: every event new, with an id of its own, and none rejected.
             ids = cast("list[bytes]", keys)
-            recorded = list(zip(ids, [e[7] for e in events], strict=True))
-            outcomes = ["queued"] * len(events)
-            stored = events
+            recorded = list(zip(ids, _dedup_untils(parts), strict=True))
+            outcomes = ["queued"] * len(ids)
         else:
             recorded, outcomes, stored = [], [], []
+            events = [e for part in parts for e in part]
             for key, e in zip(keys, events, strict=True):
                 if key is not None:
                     if key in seen:
@@ -664,8 +683,9 @@ class SqliteStore:
                     continue
                 stored.append(e)
                 outcomes.append("queued")
+            parts = [stored]
         delivery_id, shared = insert_deliveries(
-            conn, stored, self._next_delivery_id, self._packer, self._codes
+            conn, parts, self._next_delivery_id, self._packer, self._codes
         )
         self._sharing = self._sharing or shared
         if rejected:
