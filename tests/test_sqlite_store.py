@@ -299,6 +299,42 @@ async def test_the_log_starts_over_after_a_checkpoint_that_could_not_copy_all_of
         assert await store.enqueue([event("a-7"), event("b-7")]) == ["duplicate"] * 2
 
 
+async def test_the_second_writer_syncs_what_it_copied_before_the_main_writer_copies_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite syncs the database file only after a checkpoint that copied the whole log; the
+    second writer's, which the main writer's transactions outrun, syncs it itself, so that
+    the main writer's copy of the rest, which requests wait for, has little to sync."""
+    done: list[tuple[str, object]] = []
+    fsync, copy_log = os.fsync, sqlite_store._copy_log
+
+    def synced(fd: int) -> None:
+        done.append(("synced in", threading.current_thread().name.split("_")[0]))
+        done.append(("the file", os.fstat(fd).st_ino))
+        fsync(fd)
+
+    def copied(conn: sqlite3.Connection) -> None:
+        done.append(("copied", None))
+        copy_log(conn)
+
+    monkeypatch.setattr(sqlite_store.os, "fsync", synced)
+    monkeypatch.setattr(sqlite_store, "_copy_log", copied)
+    async with opened(store_at(tmp_path)) as store:
+        await store.enqueue([event(f"a-{i}") for i in range(300)])
+        await store.checkpoint()
+        database = os.stat(store.path).st_ino
+        expected = [("synced in", "relay-sqlite-dedup"), ("the file", database), ("copied", None)]
+        assert done == expected
+        fd = store._database_fd
+        assert fd is not None and os.fstat(fd).st_ino == database  # open until the store closes
+        await store.checkpoint()
+        assert store._database_fd == fd
+        assert done == expected * 2
+    assert store._database_fd is None
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
 def _routed(i: int, deliveries: tuple[NewDelivery, ...], at: float) -> NewEvent:
     return NewEvent(
         source="web",
