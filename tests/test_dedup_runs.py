@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.store.base import NewEvent
+from relay.store.base import AlikeEvents, NewEvent
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as runs
 from relay.store.sqlite.dedup import (
@@ -96,6 +96,15 @@ def test_the_keys_of_a_request_are_each_id_s_own_key(
     events = [NewEvent(source, kind, b"{}", NOW, "u:a", (), i) for kind, source, i in rows]
     expected = [None if i is None else dedup_key(kind, source, i) for kind, source, i in rows]
     assert dedup_keys(events) == expected
+
+
+@given(texts, st.lists(st.none() | texts, max_size=12))
+def test_the_keys_of_alike_events_are_each_id_s_own_key(source: str, ids: list[str | None]) -> None:
+    alike = AlikeEvents(
+        source, "segment", NOW, (), NOW, [b"{}"] * len(ids), ["u:a"] * len(ids), ids
+    )
+    expected = [None if i is None else dedup_key("segment", source, i) for i in ids]
+    assert dedup_keys(alike) == expected
 
 
 @settings(max_examples=150, deadline=None)

@@ -333,8 +333,8 @@ def _alike_runs(
 ) -> Iterator[AlikeEvents | Sequence[EventTuple]]:
     """The events of `parts`, in order: each AlikeEvents as it is; the events of the lists
     between them as AlikeEvents too, a run for each time they were received at, where all
-    of them are from one source and routed alike (as the requests of single events are,
-    whose calls take one each), else as they are."""
+    of them are from one source and routed alike (the single events of `/v1/track` and the
+    like usually are, a request each), else as they are."""
     events: list[EventTuple] = []
     for part in parts:
         if isinstance(part, AlikeEvents):
