@@ -287,15 +287,13 @@ def insert_deliveries(
     packed, in its row."""
     total = sum(map(deliveries_to_add, parts))
     if total <= 1:  # one delivery, or none (events routed nowhere)
-        for e in itertools.chain.from_iterable(parts):
-            for destination, message in e[5]:
-                own = packer.pack(e[2] if message is None else message)
-                row = (next_id, codes[destination], e[4], e[3], e[3], codes[e[0]], codes[e[1]], own)
-                insert_rows(conn, _INSERT_DELIVERIES, _DELIVERY_ROW, [row])
-                next_id += 1
-        return next_id, False
+        entries: list[bytes] = []
+        lone = _rows_of(itertools.chain.from_iterable(parts), next_id, codes, entries)
+        own = [(*row[:-1], packer.pack(entry)) for row, entry in zip(lone, entries, strict=True)]
+        insert_rows(conn, _INSERT_DELIVERIES, _DELIVERY_ROW, own)
+        return next_id + len(own), False
     first = next_id
-    entries: list[bytes] = []  # the message of each delivery, in the order of their ids
+    entries = []  # the message of each delivery, in the order of their ids
     rows: list[tuple[Any, ...]] = []  # the deliveries of events not routed alike
     repeats = False  # else each entry is an event's own message
     for alike in _alike_runs(parts):
@@ -303,13 +301,9 @@ def insert_deliveries(
             next_id = _insert_alike(conn, alike, next_id, entries, codes)
             repeats = repeats or len(alike.deliveries) > 1
             continue
-        for e in alike:
-            for destination, message in e[5]:
-                entries.append(e[2] if message is None else message)
-                rows.append(
-                    (next_id, codes[destination], e[4], e[3], e[3], codes[e[0]], codes[e[1]], b"")
-                )
-                next_id += 1
+        added = _rows_of(alike, next_id, codes, entries)
+        rows += added
+        next_id += len(added)
         repeats = True
     insert_rows(conn, _INSERT_DELIVERIES, _DELIVERY_ROW, rows)
     insert_rows(
@@ -326,6 +320,20 @@ def insert_deliveries(
 
 
 _DELIVERY_ROW = f"(?, ?, ?, ?, ?, ?, ?, ?, {PENDING})"
+
+
+def _rows_of(
+    events: Iterable[EventTuple], first_id: int, codes: Mapping[str, int], entries: list[bytes]
+) -> list[tuple[Any, ...]]:
+    """A row of _DELIVERY_ROW for each delivery of `events`, with ids from `first_id` and
+    no message (b""); each delivery's message is added to `entries`."""
+    rows: list[tuple[Any, ...]] = []
+    for e in events:
+        for destination, message in e[5]:
+            entries.append(e[2] if message is None else message)
+            did = first_id + len(rows)
+            rows.append((did, codes[destination], e[4], e[3], e[3], codes[e[0]], codes[e[1]], b""))
+    return rows
 
 
 def _alike_runs(

@@ -678,7 +678,7 @@ class SqliteStore:
             not seen
             and None not in keys
             and len(set(keys)) == len(keys)
-            and not any(e[8] for part in parts if type(part) is not AlikeEvents for e in part)
+            and not any(e[8] for part in parts if not isinstance(part, AlikeEvents) for e in part)
         ):
             # The usual call: every event new, with an id of its own, and none rejected.
             ids = cast("list[bytes]", keys)
