@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from relay.codec import decode
-from relay.errors import StoreUnavailable
+from relay.errors import StoreFull, StoreUnavailable
 from relay.store.base import NewDelivery, NewEvent, Settlement
 from relay.store.sqlite import SqliteStore, dedup_key
 from relay.store.sqlite import dedup as sqlite_dedup
@@ -146,6 +146,42 @@ async def test_a_refused_request_leaves_its_ids_free(tmp_path: Path) -> None:
             Settlement(done=[d.id for d in await store.lease("customerio.main", 10, 1e12)]), 0
         )
         assert await store.enqueue([event("second")]) == ["queued"]  # not taken as a repeat
+
+
+async def test_a_request_refused_in_a_group_leaves_the_counts_of_the_others(
+    tmp_path: Path,
+) -> None:
+    """Two requests that each fit when they ask, committed in one group: the second finds the
+    queue full once the first is in, and is refused alone. What is kept in memory about the
+    queue (its size, the next delivery id) stays what the database holds, without counting
+    it again."""
+
+    def named(name: str) -> NewEvent:
+        return event(name)._replace(message_json=b'{"type":"track","event":"%s"}' % name.encode())
+
+    store = SqliteStore(str(tmp_path / "relay.db"), max_pending=3, dedup_flush_interval=3600)
+    async with opened(store):
+        assert await store.enqueue([named("a"), named("b")]) == ["queued", "queued"]
+        store._read_counters = None  # type: ignore[assignment,method-assign]  # never again
+        first, second = await asyncio.gather(
+            store.enqueue([named("c")]), store.enqueue([named("d")]), return_exceptions=True
+        )
+        assert first == ["queued"]
+        assert isinstance(second, StoreFull)
+        assert "the queue holds 3 deliveries" in str(second)
+        assert store._pending == 3
+        commits = store.commits
+        with pytest.raises(StoreFull):  # refused before it reaches the writer
+            await store.enqueue([named("d")])
+        assert store.commits == commits
+        leased = await store.lease("customerio.main", 10, 1e12)
+        assert [(d.id, d.message["event"]) for d in leased] == [(1, "a"), (2, "b"), (3, "c")]
+        await store.settle(Settlement(done=[d.id for d in leased]), 0)
+        assert await store.enqueue([named("d")]) == ["queued"]  # not taken as a repeat
+        more = await store.lease("customerio.main", 10, 1e12)
+        assert [(d.id, d.message["event"]) for d in more] == [(4, "d")]
+        with sqlite3.connect(store.path) as conn:
+            assert conn.execute("SELECT count(*) FROM queue").fetchone() == (store._pending,)
 
 
 async def test_ids_of_a_transaction_that_did_not_commit_are_never_recorded(

@@ -142,20 +142,16 @@ class SqliteStore:
         self._main = Writer(
             "sqlite",
             self._open_main,
-            self._resync,
             max_group,
             on_commit=self._commit_ids,
             on_abort=self._drop_staged,
+            save=self._save_counters,
+            restore=self._restore_counters,
             # The store runs in a process of its own (relay.store.process), whose event loop
             # does nothing else: the main writer runs there, the dedup writer in a thread.
             inline=True,
         )
-        self._dedup = Writer(
-            "sqlite-dedup",
-            self._open_dedup,
-            lambda _conn: None,
-            max_group,
-        )
+        self._dedup = Writer("sqlite-dedup", self._open_dedup, max_group)
         # Dedup ids not yet in the dedup database, by expiry time. Only the main writer's
         # thread changes `_staged` (this transaction's ids) and `_recent` (committed ids);
         # `_flushing` holds the ids being written to the dedup database meanwhile. The same
@@ -186,7 +182,7 @@ class SqliteStore:
         self._checkpoint_failing = False
         self._next_delivery_id = 1
         self._pending = 0
-        self._sharing = False  # some message is shared (see _resync)
+        self._sharing = False  # some message is shared (see _read_counters)
         self._unpacked: dict[int, list[bytes]] = {}  # blocks read lately (read_messages)
         self._packer = Packer()
         # The numbers names (destinations, sources, kinds) are stored as, both ways (main
@@ -290,7 +286,7 @@ class SqliteStore:
             "INSERT INTO held SELECT destination, ordering_key, id FROM queue"
             f" WHERE state = {PENDING} AND attempts > 0"
         )
-        self._resync(conn)
+        self._read_counters(conn)
         # A dictionary whose first id was not recorded (the store stopped, or a commit
         # failed, as it was adopted) is given the next id: later than its true first one,
         # which only keeps the dictionary before it longer.
@@ -299,10 +295,9 @@ class SqliteStore:
         )
         return conn
 
-    def _resync(self, conn: sqlite3.Connection) -> None:
-        # A block read in a transaction rolled back may be gone, and its id taken again.
-        self._unpacked.clear()
-        # Past every shared row's ids too: a block whose last deliveries are gone still
+    def _read_counters(self, conn: sqlite3.Connection) -> None:
+        # As the store opens; from then on they follow the transactions (see Writer). Past
+        # every shared row's ids too: a block whose last deliveries are gone still
         # serves the ones before them, and a new delivery must not take one of its ids.
         self._next_delivery_id = 1 + max(
             conn.execute("SELECT max(id) FROM queue").fetchone()[0] or 0,
@@ -313,6 +308,16 @@ class SqliteStore:
         self._pending = conn.execute(
             f"SELECT count(*) FROM queue WHERE state != {DEAD}"
         ).fetchone()[0]
+
+    def _save_counters(self) -> tuple[int, int, bool]:
+        # In the main writer's thread, as a transaction or an operation begins (see Writer).
+        return self._pending, self._next_delivery_id, self._sharing
+
+    def _restore_counters(self, saved: tuple[int, int, bool]) -> None:
+        # Where the transaction or the operation was rolled back: what it added is gone.
+        self._pending, self._next_delivery_id, self._sharing = saved
+        # A block read in a transaction rolled back may be gone, and its id taken again.
+        self._unpacked.clear()
 
     async def close(self) -> None:
         training, self._training = self._training, None
@@ -632,6 +637,9 @@ class SqliteStore:
             raise StoreFull(
                 f"{no_room}; nothing acknowledged was lost, retry later", retry_after=30
             )
+        # Refused here while the queue is full, as in the operation (which counts what
+        # commits before it): a group with a refused operation in it runs twice.
+        check_queue_room(self._pending, sum(map(deliveries_to_add, parts)), self.max_pending)
         unknown = self._unknown_names(parts)
         if unknown:
             added = await self._main.submit(lambda conn: self._add_names(conn, unknown))

@@ -37,22 +37,31 @@ class Writer:
     loop does nothing but feed the store (relay.store.process), where a second thread would
     only add hand-overs of the GIL. Requests that arrive meanwhile wait in the socket and
     make the next group larger.
+
+    What the caller keeps in memory about the database (counters) follows the transactions:
+    `save` takes it as a transaction begins and before each operation of a group that runs
+    in savepoints, and `restore` puts it back where SQLite rolls the transaction or the
+    operation back, so that it never has to be read again from the database (a count of
+    every queued row took 0.3 s with 5 million queued, twice for each group where one
+    request was refused).
     """
 
     def __init__(
         self,
         name: str,
         connect: Callable[[], sqlite3.Connection],
-        on_rollback: Callable[[sqlite3.Connection], None],
         max_group: int,
         on_commit: Callable[[], None] = lambda: None,
         on_abort: Callable[[], None] = lambda: None,
         inline: bool = False,
+        save: Callable[[], Any] = lambda: None,
+        restore: Callable[[Any], None] = lambda _saved: None,
     ) -> None:
         self.name = name
         self.inline = inline
         self._connect = connect
-        self._on_rollback = on_rollback
+        self._save = save
+        self._restore = restore
         # Told when a transaction committed, or when all its work was thrown away.
         self._on_commit = on_commit
         self._on_abort = on_abort
@@ -163,8 +172,6 @@ class Writer:
                 break
             # SQLite rolled the whole transaction back (a full disk does that): the one
             # that failed keeps its error, the others run again in a new transaction.
-            assert self.conn is not None
-            self._on_rollback(self.conn)
             todo = [i for i in todo if i != lost]
         return [
             r if r is not None else (False, unavailable(RuntimeError("not run"))) for r in results
@@ -184,6 +191,7 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:
             return None
+        saved = self._save()
         changes = conn.total_changes
         try:
             values = [fn(conn) for fn in fns]
@@ -193,7 +201,7 @@ class Writer:
                 conn.execute("ROLLBACK")
             # Counters were advanced by operations that were rolled back.
             self._on_abort()
-            self._on_rollback(conn)
+            self._restore(saved)
             return None
         self.commits += 1
         if conn.total_changes != changes:  # a commit that wrote: the store takes writes
@@ -221,10 +229,12 @@ class Writer:
                 out[i] = (False, unavailable(exc))
             return None
         self._on_abort()  # whatever an earlier try of this group left behind
+        begun = self._save()
         changes = conn.total_changes
         trouble: str | None = None  # an operation failed because of the files themselves
         for i in todo:
             conn.execute("SAVEPOINT op")
+            before = self._save()
             try:
                 value = fns[i](conn)
             except Exception as exc:  # each operation fails alone
@@ -234,10 +244,12 @@ class Writer:
                     self._set_problem(trouble or self.problem)
                     out[i] = (False, error)
                     self._on_abort()
+                    self._restore(begun)
                     return i
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                self._restore(before)
                 results.append((False, error))
             else:
                 conn.execute("RELEASE op")
@@ -254,14 +266,11 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._on_abort()
-            self._on_rollback(conn)
+            self._restore(begun)
             for i in todo:
                 out[i] = (False, unavailable(exc))
             return None
         self._on_commit()
         for i, result in zip(todo, results, strict=True):
             out[i] = result
-        if any(not ok for ok, _ in results):
-            # Counters were advanced by operations that were rolled back.
-            self._on_rollback(conn)
         return None
