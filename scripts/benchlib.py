@@ -259,17 +259,21 @@ def relay_config(
     port: int | None = None,
     api_key: str = PAUSED,
     redis: dict[str, Any] | None = None,
+    sqlite: dict[str, Any] | None = None,
     destinations: int = 1,
     **settings: Any,
 ) -> str:
     """relay's config for a run: Segment in through `/v1/batch` (WRITE_KEY), routed to one
     Customer.io destination, `customerio.main`, with `api_key` (by default paused) and the
     further `settings` given (base_url, rate_limit, batch_size, api); SQLite at `db`, or
-    the `redis` settings given (storage.redis). The server section only with a `port`.
+    the `redis` settings given (storage.redis); `sqlite`, further storage.sqlite settings.
+    The server section only with a `port`.
     With `destinations` above 1, one route sends every event to that many workspaces alike
     (`customerio.main`, `customerio.w2` …)."""
     lines = [] if port is None else [f"server: {{host: {HOST}, port: {port}}}"]
-    storage = {"redis": redis} if redis is not None else {"sqlite": {"path": str(db)}}
+    storage = (
+        {"redis": redis} if redis is not None else {"sqlite": {"path": str(db), **(sqlite or {})}}
+    )
     names = ["main", *(f"w{n}" for n in range(2, destinations + 1))]
     lines += [
         f"storage: {json.dumps(storage)}",
