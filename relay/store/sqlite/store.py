@@ -296,9 +296,10 @@ class SqliteStore:
         return conn
 
     def _read_counters(self, conn: sqlite3.Connection) -> None:
-        # As the store opens; from then on they follow the transactions (see Writer). Past
-        # every shared row's ids too: a block whose last deliveries are gone still
-        # serves the ones before them, and a new delivery must not take one of its ids.
+        # As the store opens; from then on they follow the transactions (see Writer). The
+        # next delivery id is past every shared row's ids too: a block whose last deliveries
+        # are gone still serves the ones before them, and a new delivery must not take one
+        # of its ids.
         self._next_delivery_id = 1 + max(
             conn.execute("SELECT max(id) FROM queue").fetchone()[0] or 0,
             conn.execute("SELECT max(id + deliveries) - 1 FROM shared").fetchone()[0] or 0,
