@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from relay.errors import StoreUnavailable
 from relay.store.sqlite.writer import Writer
 
 
-def writer_at(tmp_path: Path, *, inline: bool) -> Writer:
+def writer_at(tmp_path: Path, *, inline: bool, **hooks: Any) -> Writer:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(
             str(tmp_path / "w.db"), isolation_level=None, check_same_thread=False
@@ -22,7 +23,7 @@ def writer_at(tmp_path: Path, *, inline: bool) -> Writer:
         conn.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
         return conn
 
-    return Writer("test", connect, max_group=64, inline=inline)
+    return Writer("test", connect, max_group=64, inline=inline, **hooks)
 
 
 @pytest.mark.parametrize("inline", [True, False])
@@ -85,14 +86,7 @@ async def test_what_is_kept_in_memory_follows_the_transactions_and_savepoints(
     def restore(saved: int) -> None:
         rows[0] = saved
 
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            str(tmp_path / "w.db"), isolation_level=None, check_same_thread=False
-        )
-        conn.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
-        return conn
-
-    writer = Writer("test", connect, max_group=64, inline=inline, save=save, restore=restore)
+    writer = writer_at(tmp_path, inline=inline, save=save, restore=restore)
     await writer.open()
 
     def insert(n: int):  # type: ignore[no-untyped-def]
