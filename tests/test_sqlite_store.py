@@ -203,7 +203,7 @@ async def test_ids_of_a_transaction_that_did_not_commit_are_never_recorded(
         keys: list[bytes | None] = [dedup_key("segment", "web", "lost")]
 
         def stored_then_not_committed(conn: sqlite3.Connection) -> None:
-            store._enqueue(conn, [lost], keys, time.time())
+            store._enqueue(conn, [lost], keys, len(lost), time.time())
             conn.execute("INSERT INTO child VALUES (1)")
 
         with pytest.raises(StoreUnavailable):

@@ -640,7 +640,8 @@ class SqliteStore:
             )
         # Refused here while the queue is full, as in the operation (which counts what
         # commits before it): a group with a refused operation in it runs twice.
-        check_queue_room(self._pending, sum(map(deliveries_to_add, parts)), self.max_pending)
+        new = sum(map(deliveries_to_add, parts))
+        check_queue_room(self._pending, new, self.max_pending)
         unknown = self._unknown_names(parts)
         if unknown:
             added = await self._main.submit(lambda conn: self._add_names(conn, unknown))
@@ -648,7 +649,7 @@ class SqliteStore:
             self._codes.update(added)
             self._names.update({code: name for name, code in added.items()})
         now = time.time()
-        outcomes = await self._main.submit(lambda conn: self._enqueue(conn, parts, keys, now))
+        outcomes = await self._main.submit(lambda conn: self._enqueue(conn, parts, keys, new, now))
         self._train_when_sampled()
         return outcomes
 
@@ -676,9 +677,11 @@ class SqliteStore:
         conn: sqlite3.Connection,
         parts: Sequence[Sequence[EventTuple]],
         keys: list[bytes | None],
+        new: int,
         now: float,
     ) -> list[EnqueueOutcome]:
-        check_queue_room(self._pending, sum(map(deliveries_to_add, parts)), self.max_pending)
+        """Store `parts`, which would add `new` deliveries were none a duplicate."""
+        check_queue_room(self._pending, new, self.max_pending)
         seen = self._known_ids(keys, now)
         recorded: list[tuple[bytes, float]]
         outcomes: list[EnqueueOutcome]
